@@ -1,0 +1,66 @@
+"""The ``bafenet`` command line.
+
+Each sub-command lives in the module that implements its stage of the pipeline. A module named here exposes
+``add_arguments(parser: argparse.ArgumentParser) -> None`` and ``run(args: argparse.Namespace) -> int``. Only the
+module of the command that is run gets imported, so ``bafenet --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+# command words -> (module, one-line help)
+COMMANDS: dict[tuple[str, ...], tuple[str, str]] = {
+    ("quickstart",): ("bafenet.quickstart", "run the whole pipeline on the embedded synthetic devkit"),
+    ("data", "synth"): ("bafenet.data.synthetic", "write a small synthetic SIRSTdevkit"),
+    ("data", "build"): ("bafenet.data.build", "build the DenseSIRST Parquet dataset folder from a devkit"),
+    ("data", "stats"): ("bafenet.data.stats", "target statistics and plots of a built dataset"),
+    ("train",): ("bafenet.training", "train BAFE-Net (same code as train_accelerate.py)"),
+    ("evaluate",): ("bafenet.evaluation", "score a model on a dataset split (VOC, COCO, IoU/nIoU/Pd/Fa, points)"),
+    ("predict",): ("bafenet.predict", "detect targets in image files and draw them"),
+    ("export", "onnx"): ("bafenet.export_onnx", "export the dense network to ONNX"),
+    ("push",): ("bafenet.hub", "publish a model and/or dataset folder to the Hub (same code as push_to_hub.py)"),
+}
+
+
+def _build_parser(selected: tuple[str, ...] | None) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="bafenet", description="DenseSIRST + BAFE-Net, Hugging Face-native.")
+    groups: dict[tuple[str, ...], argparse._SubParsersAction] = {(): parser.add_subparsers(dest="cmd0", metavar="COMMAND")}
+    for words, (module, help_text) in COMMANDS.items():
+        for depth in range(1, len(words)):
+            prefix = words[:depth]
+            if prefix not in groups:
+                sub = groups[prefix[:-1]].add_parser(prefix[-1], help=f"{prefix[-1]} commands")
+                groups[prefix] = sub.add_subparsers(dest=f"cmd{depth}", metavar="COMMAND")
+        command_parser = groups[words[:-1]].add_parser(words[-1], help=help_text, description=help_text)
+        command_parser.set_defaults(_command=words)
+        if words == selected:
+            importlib.import_module(module).add_arguments(command_parser)
+    return parser
+
+
+def _selected_command(argv: Sequence[str]) -> tuple[str, ...] | None:
+    words = tuple(a for a in argv if not a.startswith("-"))
+    for command in COMMANDS:
+        if words[: len(command)] == command:
+            return command
+    return None
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    selected = _selected_command(argv)
+    parser = _build_parser(selected)
+    args = parser.parse_args(argv)
+    if getattr(args, "_command", None) is None:
+        parser.print_help()
+        return 2
+    module = importlib.import_module(COMMANDS[args._command][0])
+    return int(module.run(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

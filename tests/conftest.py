@@ -1,0 +1,54 @@
+"""Shared fixtures. Heavy imports stay inside fixtures so each test file pays only for what it uses."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+REAL_DEVKIT = Path(os.environ.get("DENSESIRST_DEVKIT", REPO_ROOT.parent / "shared/data/DenseSIRST/data/SIRSTdevkit"))
+
+# A model small enough for CPU unit tests (same architecture, narrow and shallow, 128x128 input).
+TINY_MODEL_KWARGS = dict(backbone="resnet18", fpn_channels=32, num_head_convs=1, adapter_channels=16, image_size=128)
+
+
+@pytest.fixture(scope="session")
+def real_devkit() -> Path:
+    """The real DenseSIRST devkit from ../shared/data (read in place, never copied)."""
+    if not (REAL_DEVKIT / "Splits").is_dir():
+        pytest.skip(f"real DenseSIRST devkit not found at {REAL_DEVKIT}")
+    return REAL_DEVKIT
+
+
+@pytest.fixture(scope="session")
+def synthetic_devkit(tmp_path_factory) -> Path:
+    """A small synthetic SIRSTdevkit (same layout and conventions as the real one)."""
+    from bafenet.data.synthetic import write_synthetic_devkit
+
+    return write_synthetic_devkit(tmp_path_factory.mktemp("devkit") / "SIRSTdevkit", num_images=12, seed=0)
+
+
+@pytest.fixture(scope="session")
+def synthetic_dataset_dir(synthetic_devkit, tmp_path_factory) -> Path:
+    """The synthetic devkit built into a `load_dataset`-able folder (Parquet + README card)."""
+    from bafenet.data.build import build_dataset
+
+    return build_dataset(synthetic_devkit, tmp_path_factory.mktemp("built") / "densesirst")
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    """A randomly initialised tiny BAFE-Net saved with `save_pretrained` (weights, config, remote code, processor)."""
+    import torch
+
+    from bafenet.models.bafenet import BafeNetConfig, BafeNetForObjectDetection, BafeNetImageProcessor
+
+    torch.manual_seed(0)
+    config = BafeNetConfig(**TINY_MODEL_KWARGS)
+    out = tmp_path_factory.mktemp("tiny_model")
+    BafeNetForObjectDetection(config).eval().save_pretrained(out)
+    size = TINY_MODEL_KWARGS["image_size"]
+    BafeNetImageProcessor(size={"height": size, "width": size}).save_pretrained(out)
+    return out
