@@ -1,0 +1,156 @@
+"""Inference latency of BAFE-Net R18/R50 against torchvision FCOS-R50, side by side in one process.
+
+    python benchmarks/bench_inference.py [--size 512] [--repeats 15] [--threads N] [--backbones resnet18 resnet50]
+
+Batch 1, one 512x512 grey uint8 image, random weights for every model (no download). Each measurement is the whole
+user-facing path:
+
+- BAFE-Net: ``processor(images)`` (resize + normalise) -> ``model(pixel_values)`` -> ``post_process_object_detection``
+  (threshold 0.05, NMS, rescale to the image size);
+- FCOS: uint8 -> float tensor -> ``fcos_resnet50_fpn(weights=None, weights_backbone=None, num_classes=1,
+  min_size=size, max_size=size, score_thresh=0.05, nms_thresh=0.5)`` whose forward normalises, runs the network and
+  post-processes (so it sees the same 512x512 input and the same score threshold / NMS IoU as BAFE-Net).
+
+The candidates run interleaved (A, B, C, A, B, C, ...; the order rotates every round) after a warm-up, and the
+median of each is reported with the ratio to FCOS-R50: a ratio measured this way holds on a shared, noisy machine.
+Goal: BAFE-Net R18 <= 1.15x FCOS-R50.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import time
+from collections.abc import Callable
+
+import numpy as np
+import torch
+
+GOAL_R18_VS_FCOS = 1.15
+
+
+def interleaved_median(
+    candidates: dict[str, Callable[[], object]], repeats: int, warmup: int = 2
+) -> dict[str, list[float]]:
+    """Time each callable ``repeats`` times, interleaved (rotating order per round); returns the seconds per run."""
+    for fn in candidates.values():
+        for _ in range(warmup):
+            fn()
+    names = list(candidates)
+    times: dict[str, list[float]] = {name: [] for name in names}
+    for round_index in range(repeats):
+        shift = round_index % len(names)
+        for name in names[shift:] + names[:shift]:
+            start = time.perf_counter()
+            candidates[name]()
+            times[name].append(time.perf_counter() - start)
+    return times
+
+
+def report(times: dict[str, list[float]], reference: str, title: str) -> dict[str, float]:
+    """Print a table (median, IQR, ratio of medians to ``reference``); return the medians in ms."""
+    medians = {name: 1e3 * statistics.median(values) for name, values in times.items()}
+    print(f"\n{title}")
+    print(f"{'model':<34} {'median ms':>10} {'IQR ms':>14} {'x ' + reference:>16}")
+    for name, values in times.items():
+        q1, _, q3 = (1e3 * q for q in statistics.quantiles(values, n=4)) if len(values) > 1 else (0, 0, 0)
+        print(f"{name:<34} {medians[name]:>10.1f} {f'{q1:.0f}-{q3:.0f}':>14} {medians[name] / medians[reference]:>16.3f}")
+    return medians
+
+
+def machine_line() -> str:
+    """One line describing where the numbers came from."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    return (f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__} ({torch.get_num_threads()} threads), "
+            f"load average {load:.1f} at start")
+
+
+def fcos_peer(size: int) -> torch.nn.Module:
+    """torchvision FCOS-R50 (5 FPN levels), random weights, configured to see the same input as BAFE-Net."""
+    from torchvision.models.detection import fcos_resnet50_fpn
+
+    return fcos_resnet50_fpn(weights=None, weights_backbone=None, num_classes=1, min_size=size, max_size=size,
+                             score_thresh=0.05, nms_thresh=0.5, detections_per_img=100)
+
+
+def bafenet_model(backbone: str, size: int) -> tuple[torch.nn.Module, object]:
+    """A randomly initialised full-size BAFE-Net (256-channel FPN/head, 4 tower convs) and its image processor."""
+    from bafenet.models.bafenet import BafeNetConfig, BafeNetForObjectDetection, BafeNetImageProcessor
+
+    torch.manual_seed(0)
+    model = BafeNetForObjectDetection(BafeNetConfig(backbone=backbone, image_size=size)).eval()
+    return model, BafeNetImageProcessor(size={"height": size, "width": size})
+
+
+def test_image(size: int) -> np.ndarray:
+    """A 512x512 grey uint8 image: a real DenseSIRST image when the devkit is present, else smooth noise."""
+    from PIL import Image
+
+    root = os.environ.get("DENSESIRST_DEVKIT", os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data",
+                                                            "DenseSIRST", "data", "SIRSTdevkit"))
+    path = os.path.join(root, "PNGImages", "202105-Enhance-1.png")
+    if os.path.isfile(path):
+        return np.asarray(Image.open(path).convert("L").resize((size, size), Image.Resampling.BILINEAR))
+    rng = np.random.default_rng(0)
+    return np.clip(rng.normal(100, 30, (size, size)), 0, 255).astype(np.uint8)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--size", type=int, default=512)
+    parser.add_argument("--repeats", type=int, default=15)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's default)")
+    parser.add_argument("--backbones", nargs="+", default=["resnet18", "resnet50"])
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    print(machine_line())
+
+    from PIL import Image
+
+    image = test_image(args.size)
+    pil_image = Image.fromarray(image, mode="L")
+    target_sizes = [(args.size, args.size)]
+    candidates: dict[str, Callable[[], object]] = {}
+    for backbone in args.backbones:
+        model, processor = bafenet_model(backbone, args.size)
+
+        def bafenet_predict(model=model, processor=processor):
+            with torch.inference_mode():
+                inputs = processor(images=[pil_image], return_tensors="pt")
+                outputs = model(pixel_values=inputs["pixel_values"])
+                return processor.post_process_object_detection(outputs, threshold=0.05, target_sizes=target_sizes)
+
+        candidates[f"BAFE-Net {backbone.replace('resnet', 'R')}"] = bafenet_predict
+
+    peer = fcos_peer(args.size).eval()
+
+    def fcos_predict():
+        with torch.inference_mode():
+            tensor = torch.from_numpy(image).float().div_(255.0).expand(3, -1, -1)
+            return peer([tensor])
+
+    candidates["FCOS-R50 (torchvision)"] = fcos_predict
+    times = interleaved_median(candidates, args.repeats, args.warmup)
+    medians = report(times, "FCOS-R50 (torchvision)",
+                     f"inference, batch 1, {args.size}x{args.size}, pre + network + post-processing, "
+                     f"{args.repeats} interleaved repeats")
+    if "BAFE-Net R18" in medians:
+        ratio = medians["BAFE-Net R18"] / medians["FCOS-R50 (torchvision)"]
+        verdict = "met" if ratio <= GOAL_R18_VS_FCOS else "MISSED"
+        print(f"\ngoal BAFE-Net R18 <= {GOAL_R18_VS_FCOS}x FCOS-R50: {ratio:.3f}x ({verdict})")
+
+
+if __name__ == "__main__":
+    main()

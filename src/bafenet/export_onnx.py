@@ -1,0 +1,166 @@
+"""``bafenet export onnx``: export BAFE-Net's dense network to ONNX and check it against PyTorch in onnxruntime.
+
+Usage::
+
+    bafenet export onnx --model runs/quickstart/model --out model.onnx [--opset 17] [--dynamo]
+
+What is exported is the *dense network* only: ``pixel_values`` (B, 3, H, W) float32, already pre-processed at the
+model size ``config.image_size``, with a dynamic batch dimension) to four outputs with the same names and shapes as
+the PyTorch model output: ``logits``, ``pred_boxes``, ``centerness``, ``sky_logits``. The dynamic top-K channel
+exchange (topk / sort / gather / scatter) is inside the graph.
+
+Pre- and post-processing stay in Python, in the image processor saved with the model (it is not in the ONNX file)::
+
+    processor = AutoImageProcessor.from_pretrained(model_dir, trust_remote_code=True)
+    pixel_values = processor(images=images, return_tensors="np")["pixel_values"]   # resize + normalise
+    logits, pred_boxes, centerness, sky_logits = session.run(None, {"pixel_values": pixel_values})
+    outputs = SimpleNamespace(logits=torch.from_numpy(logits), pred_boxes=..., centerness=..., sky_logits=...)
+    processor.post_process_object_detection(outputs, threshold=0.3, target_sizes=[(h, w), ...])  # NMS, rescale
+
+``bafenet predict --onnx model.onnx --model DIR`` does exactly this. After export the command runs the file in
+onnxruntime on a random batch and prints the largest difference to PyTorch (after sigmoid for logits/centerness);
+it fails when that exceeds ``--atol`` (default 1e-4).
+
+Exporter: the TorchScript-based exporter (``dynamo=False``) is the default: it handles the exchange's data-dependent
+indices, exports in about a second and gives a graph onnxruntime runs. ``--dynamo`` uses the ``torch.export`` based
+exporter (needs ``onnxscript``; slower to export, same outputs in our tests).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+
+OUTPUT_NAMES = ("logits", "pred_boxes", "centerness", "sky_logits")
+DEFAULT_OPSET = 17
+DEFAULT_ATOL = 1e-4
+
+__all__ = ["DenseNetwork", "export_onnx", "compare_with_pytorch", "add_arguments", "run"]
+
+
+class DenseNetwork(torch.nn.Module):
+    """``pixel_values -> (logits, pred_boxes, centerness, sky_logits)``: the model without pre/post-processing."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        outputs = self.model(pixel_values=pixel_values)
+        return tuple(getattr(outputs, name) for name in OUTPUT_NAMES)
+
+
+def _load_model(model: str | Path | torch.nn.Module) -> torch.nn.Module:
+    if isinstance(model, torch.nn.Module):
+        return model
+    from transformers import AutoModelForObjectDetection
+
+    return AutoModelForObjectDetection.from_pretrained(str(model), trust_remote_code=True)
+
+
+def _image_size(model: torch.nn.Module) -> tuple[int, int]:
+    size = getattr(model.config, "image_size", 512)
+    return (size, size) if isinstance(size, int) else tuple(size)
+
+
+def export_onnx(
+    model: str | Path | torch.nn.Module,
+    out: str | Path,
+    opset: int = DEFAULT_OPSET,
+    dynamo: bool = False,
+    batch_size: int = 1,
+) -> Path:
+    """Export the dense network of ``model`` (a folder/repo id or a loaded model) to ``out``; returns the path.
+
+    The batch dimension is dynamic; height and width are fixed to ``config.image_size`` (the image processor resizes
+    every image to it).
+    """
+    model = _load_model(model).float().eval().cpu()
+    height, width = _image_size(model)
+    dense = DenseNetwork(model).eval()
+    dummy = torch.randn(batch_size, 3, height, width)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    kwargs: dict = dict(input_names=["pixel_values"], output_names=list(OUTPUT_NAMES), opset_version=opset)
+    if dynamo:
+        kwargs["dynamic_shapes"] = ({0: torch.export.Dim("batch", min=1, max=1024)},)
+    else:
+        kwargs["dynamic_axes"] = {"pixel_values": {0: "batch"}, **{name: {0: "batch"} for name in OUTPUT_NAMES}}
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # tracer warnings about Python ints from shapes; the check below is the test
+        torch.onnx.export(dense, (dummy,), str(out), dynamo=dynamo, **kwargs)
+    if dynamo and not out.is_file():
+        raise RuntimeError(f"{out}: the dynamo exporter did not write the file")
+    import onnx
+
+    onnx.checker.check_model(str(out))
+    return out
+
+
+def compare_with_pytorch(
+    model: str | Path | torch.nn.Module, onnx_path: str | Path, batch_size: int = 2, seed: int = 0
+) -> dict[str, float]:
+    """Largest absolute difference per output between onnxruntime and PyTorch on a random batch.
+
+    ``logits`` and ``centerness`` are compared after sigmoid (probabilities), ``sky_logits`` after sigmoid too,
+    ``pred_boxes`` as they are (normalised coordinates).
+    """
+    import onnxruntime as ort
+
+    model = _load_model(model).float().eval().cpu()
+    height, width = _image_size(model)
+    generator = torch.Generator().manual_seed(seed)
+    pixel_values = torch.randn(batch_size, 3, height, width, generator=generator)
+    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    onnx_outputs = session.run(list(OUTPUT_NAMES), {"pixel_values": pixel_values.numpy()})
+    with torch.no_grad():
+        torch_outputs = DenseNetwork(model)(pixel_values)
+    diffs = {}
+    for name, ours, reference in zip(OUTPUT_NAMES, onnx_outputs, torch_outputs):
+        reference = reference.float()
+        ours = torch.from_numpy(np.asarray(ours)).float()
+        if ours.shape != reference.shape:
+            raise AssertionError(f"{name}: ONNX shape {tuple(ours.shape)} != PyTorch shape {tuple(reference.shape)}")
+        if name != "pred_boxes":
+            ours, reference = ours.sigmoid(), reference.sigmoid()
+        diffs[name] = float((ours - reference).abs().max())
+    return diffs
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", required=True, help="model folder or Hub repo id (loaded with trust_remote_code)")
+    parser.add_argument("--out", required=True, type=Path, help="ONNX file to write, e.g. model.onnx")
+    parser.add_argument("--opset", type=int, default=DEFAULT_OPSET, help=f"ONNX opset (default {DEFAULT_OPSET})")
+    parser.add_argument("--dynamo", action="store_true", help="use the torch.export-based exporter (needs onnxscript)")
+    parser.add_argument("--atol", type=float, default=DEFAULT_ATOL,
+                        help=f"fail when onnxruntime and PyTorch differ by more than this (default {DEFAULT_ATOL:g})")
+    parser.add_argument("--no-check", action="store_true", help="skip the onnxruntime comparison")
+
+
+def run(args: argparse.Namespace) -> int:
+    start = time.perf_counter()
+    model = _load_model(args.model)
+    path = export_onnx(model, args.out, opset=args.opset, dynamo=args.dynamo)
+    size_mb = path.stat().st_size / 2**20
+    print(f"exported {args.model} -> {path} ({size_mb:.1f} MiB, opset {args.opset}, "
+          f"{'dynamo' if args.dynamo else 'torchscript'} exporter, {time.perf_counter() - start:.1f} s)")
+    print(f"input: pixel_values (batch, 3, {model.config.image_size}, {model.config.image_size}) from the image "
+          f"processor; outputs: {', '.join(OUTPUT_NAMES)}")
+    if args.no_check:
+        return 0
+    diffs = compare_with_pytorch(model, path)
+    worst = max(diffs.values())
+    print("onnxruntime vs PyTorch, max |diff| (sigmoid for logits/centerness/sky): "
+          + ", ".join(f"{k} {v:.2e}" for k, v in diffs.items()))
+    if worst > args.atol:
+        print(f"error: {path}: onnxruntime output differs from PyTorch by {worst:.2e} > atol {args.atol:g}",
+              file=sys.stderr)
+        return 1
+    print(f"ok: within atol {args.atol:g}")
+    return 0

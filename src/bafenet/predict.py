@@ -1,0 +1,292 @@
+"""``bafenet predict``: detect small targets in image files or folders, write JSON and overlay pictures.
+
+Usage::
+
+    bafenet predict --model runs/quickstart/model images/ one.png --out predictions/ [--threshold 0.3] [--sky]
+    bafenet predict --model runs/quickstart/model --onnx model.onnx images/ --out predictions/
+
+Writes to ``--out``:
+
+- ``predictions.json``: one record per image with ``boxes`` (xyxy in original pixels, 0-based, exclusive max, the
+  DenseSIRST convention), ``scores``, the overlay path and, with ``--sky``, the sky mask PNG path and sky fraction;
+  plus ``errors``: every input that could not be read, with the reason.
+- ``overlays/<name>.png``: the image with thick box outlines, the sky region tinted (``--sky``) and a zoom inset of
+  the densest cluster of detections (see :mod:`bafenet.visualize`).
+- ``sky/<name>.png`` (``--sky``): the predicted sky mask, mode L, values {0, 255}, original size.
+
+Unreadable inputs are reported on stderr (file + reason), skipped, and make the command exit with status 1 at the
+end. With ``--onnx`` the dense network runs in onnxruntime (see :mod:`bafenet.export_onnx`); pre- and
+post-processing still come from the image processor saved with ``--model``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".pgm", ".ppm"})
+ONNX_OUTPUT_NAMES = ("logits", "pred_boxes", "centerness", "sky_logits")
+BOX_FORMAT = "xyxy, original pixels, 0-based, exclusive max (DenseSIRST XML convention)"
+
+__all__ = ["Predictor", "ImageReadError", "collect_inputs", "load_grey_image", "predict_files", "add_arguments", "run"]
+
+
+class ImageReadError(ValueError):
+    """An input image could not be read; the message names the file and the reason."""
+
+
+def load_grey_image(path: str | Path) -> Image.Image:
+    """Read ``path`` as an 8-bit grey PIL image (mode L), the way the model was trained.
+
+    RGB/RGBA/palette images are converted to luminance; 16-bit and float images are min-max scaled to 0..255.
+    Raises :class:`ImageReadError` naming the file and the reason.
+    """
+    path = Path(path)
+    try:
+        with Image.open(path) as image:
+            image.load()
+            if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+                array = np.asarray(image, dtype=np.float32)
+                low, high = float(array.min()), float(array.max())
+                scaled = (array - low) * (255.0 / (high - low)) if high > low else np.zeros_like(array)
+                return Image.fromarray(np.clip(np.rint(scaled), 0, 255).astype(np.uint8), mode="L")
+            return image.convert("L")
+    except FileNotFoundError:
+        raise ImageReadError(f"{path}: file not found") from None
+    except UnidentifiedImageError:
+        raise ImageReadError(f"{path}: not an image file Pillow can read") from None
+    except (OSError, ValueError, SyntaxError) as error:  # truncated / corrupt files
+        raise ImageReadError(f"{path}: cannot decode image ({type(error).__name__}: {error})") from None
+
+
+def collect_inputs(inputs: Sequence[str | Path], recursive: bool = False) -> tuple[list[Path], list[dict[str, str]]]:
+    """Expand files and folders into image paths (sorted per folder).
+
+    Returns ``(images, problems)``; a problem is ``{"file", "reason"}`` for a path that does not exist or a folder
+    without images. Files given explicitly are always kept (a bad one fails later, when it is read, with the reason);
+    other files inside folders are skipped only when their extension is not an image extension.
+    """
+    images: list[Path] = []
+    problems: list[dict[str, str]] = []
+    for item in map(Path, inputs):
+        if item.is_dir():
+            pattern = "**/*" if recursive else "*"
+            found = sorted(p for p in item.glob(pattern) if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+            if not found:
+                problems.append({"file": str(item), "reason": f"folder has no image files ({', '.join(sorted(IMAGE_EXTENSIONS))})"})
+            images.extend(found)
+        elif item.is_file():
+            images.append(item)
+        else:
+            problems.append({"file": str(item), "reason": "no such file or folder"})
+    return images, problems
+
+
+@dataclass
+class Detections:
+    """Detections for one image: ``boxes`` (N, 4) xyxy original pixels, ``scores`` (N,), optional sky mask (H, W)."""
+
+    boxes: np.ndarray
+    scores: np.ndarray
+    sky_mask: np.ndarray | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class Predictor:
+    """Image processor + BAFE-Net (PyTorch, or the dense network in onnxruntime) + post-processing.
+
+    Args:
+        model: a model folder or Hub repo id saved with ``save_pretrained`` (remote code, image processor).
+        onnx: optional path of an ONNX file from ``bafenet export onnx``; the dense network then runs in
+            onnxruntime and only the image processor is loaded from ``model``.
+        threshold: keep detections whose score (sigmoid(cls) x sigmoid(centerness)) is at least this.
+        device: torch device for the PyTorch path (default: CUDA when available, else CPU).
+    """
+
+    def __init__(self, model: str | Path, onnx: str | Path | None = None, threshold: float = 0.3,
+                 device: str | None = None) -> None:
+        import torch
+        from transformers import AutoImageProcessor
+
+        self.threshold = float(threshold)
+        self.processor = AutoImageProcessor.from_pretrained(str(model), trust_remote_code=True)
+        self.model = None
+        self.session = None
+        if onnx is not None:
+            import onnxruntime as ort
+
+            onnx = Path(onnx)
+            if not onnx.is_file():
+                raise FileNotFoundError(f"{onnx}: ONNX file not found (make one with `bafenet export onnx`)")
+            self.session = ort.InferenceSession(str(onnx), providers=["CPUExecutionProvider"])
+            self.device = torch.device("cpu")
+        else:
+            from transformers import AutoModelForObjectDetection
+
+            self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+            self.model = AutoModelForObjectDetection.from_pretrained(str(model), trust_remote_code=True)
+            self.model.to(self.device).eval()
+
+    def forward(self, pixel_values: "torch.Tensor") -> Any:
+        """Run the dense network; returns an object with ``logits``, ``pred_boxes``, ``centerness``, ``sky_logits``."""
+        import torch
+
+        if self.session is not None:
+            outputs = self.session.run(list(ONNX_OUTPUT_NAMES), {"pixel_values": pixel_values.cpu().numpy()})
+            return SimpleNamespace(**{k: torch.from_numpy(v) for k, v in zip(ONNX_OUTPUT_NAMES, outputs)})
+        with torch.inference_mode():
+            return self.model(pixel_values=pixel_values.to(self.device))
+
+    def __call__(self, images: Sequence[Image.Image], sky: bool = False) -> list[Detections]:
+        """Detect targets in a batch of PIL images (any sizes); boxes come back in each image's own pixels."""
+        inputs = self.processor(images=list(images), return_tensors="pt")
+        outputs = self.forward(inputs["pixel_values"])
+        target_sizes = [(image.height, image.width) for image in images]
+        results = self.processor.post_process_object_detection(
+            outputs, threshold=self.threshold, target_sizes=target_sizes
+        )
+        skies = self.processor.post_process_sky_segmentation(outputs, target_sizes=target_sizes) if sky else None
+        detections = []
+        for i, result in enumerate(results):
+            order = result["scores"].argsort(descending=True)
+            detections.append(Detections(
+                boxes=result["boxes"][order].detach().cpu().float().numpy().reshape(-1, 4),
+                scores=result["scores"][order].detach().cpu().float().numpy().reshape(-1),
+                sky_mask=None if skies is None else skies[i].detach().cpu().numpy().astype(bool),
+            ))
+        return detections
+
+
+def _unique_names(paths: Sequence[Path]) -> list[str]:
+    """Output stems for ``paths``: the file stem, with ``-2``, ``-3``... appended when two inputs share a stem."""
+    seen: dict[str, int] = {}
+    names = []
+    for path in paths:
+        count = seen.get(path.stem, 0) + 1
+        seen[path.stem] = count
+        names.append(path.stem if count == 1 else f"{path.stem}-{count}")
+    return names
+
+
+def _batches(items: Sequence[Any], size: int) -> Iterable[Sequence[Any]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def predict_files(
+    predictor: Predictor,
+    paths: Sequence[Path],
+    out_dir: str | Path,
+    *,
+    sky: bool = False,
+    draw: bool = True,
+    batch_size: int = 4,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Predict every image of ``paths``, write overlays/sky masks under ``out_dir``; return the JSON report.
+
+    Unreadable images go to ``report["errors"]`` (file + reason) and are skipped; nothing is dropped silently.
+    """
+    from tqdm.auto import tqdm
+
+    from .visualize import draw_detections
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if draw:
+        (out_dir / "overlays").mkdir(exist_ok=True)
+    if sky:
+        (out_dir / "sky").mkdir(exist_ok=True)
+    records: list[dict[str, Any]] = []
+    errors: list[dict[str, str]] = []
+    names = dict(zip(paths, _unique_names(paths)))
+    bar = tqdm(total=len(paths), desc="predict", unit="img", disable=not progress or len(paths) < 2)
+    for batch_paths in _batches(list(paths), max(1, batch_size)):
+        images, kept = [], []
+        for path in batch_paths:
+            try:
+                images.append(load_grey_image(path))
+                kept.append(path)
+            except ImageReadError as error:
+                errors.append({"file": str(path), "reason": str(error).removeprefix(f"{path}: ")})
+                print(f"error: {error} (skipped)", file=sys.stderr)
+        results = predictor(images, sky=sky) if images else []
+        for path, image, result in zip(kept, images, results):
+            name = names[path]
+            record: dict[str, Any] = {
+                "file": str(path),
+                "width": image.width,
+                "height": image.height,
+                "boxes": np.round(result.boxes, 2).tolist(),
+                "scores": np.round(result.scores, 4).tolist(),
+            }
+            if sky and result.sky_mask is not None:
+                sky_path = out_dir / "sky" / f"{name}.png"
+                Image.fromarray(result.sky_mask.astype(np.uint8) * 255, mode="L").save(sky_path)
+                record["sky_mask"] = str(sky_path.relative_to(out_dir))
+                record["sky_fraction"] = round(float(result.sky_mask.mean()), 4)
+            if draw:
+                overlay_path = out_dir / "overlays" / f"{name}.png"
+                title = f"{path.name}: {len(result.boxes)} detections >= {predictor.threshold:g}"
+                draw_detections(image, result.boxes, result.scores, sky_mask=result.sky_mask, title=title).save(
+                    overlay_path
+                )
+                record["overlay"] = str(overlay_path.relative_to(out_dir))
+            records.append(record)
+        bar.update(len(batch_paths))
+    bar.close()
+    return {
+        "box_format": BOX_FORMAT,
+        "score": "sigmoid(class logit) * sigmoid(centerness logit)",
+        "threshold": predictor.threshold,
+        "images": records,
+        "errors": errors,
+    }
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("inputs", nargs="+", metavar="INPUT", help="image files and/or folders of images")
+    parser.add_argument("--model", required=True, help="model folder or Hub repo id (loaded with trust_remote_code)")
+    parser.add_argument("--out", required=True, type=Path, help="output folder (predictions.json, overlays/, sky/)")
+    parser.add_argument("--threshold", type=float, default=0.3, help="minimum detection score (default 0.3)")
+    parser.add_argument("--onnx", type=Path, default=None,
+                        help="run the dense network from this ONNX file in onnxruntime (from `bafenet export onnx`)")
+    parser.add_argument("--sky", action="store_true", help="also write the predicted sky mask and tint it in overlays")
+    parser.add_argument("--no-draw", action="store_true", help="write predictions.json only, no overlay pictures")
+    parser.add_argument("--batch-size", type=int, default=4, help="images per forward pass (default 4)")
+    parser.add_argument("--recursive", action="store_true", help="search folders recursively")
+    parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+
+
+def run(args: argparse.Namespace) -> int:
+    if not 0.0 <= args.threshold <= 1.0:
+        print(f"error: --threshold must be in [0, 1], got {args.threshold}", file=sys.stderr)
+        return 2
+    paths, problems = collect_inputs(args.inputs, recursive=args.recursive)
+    for problem in problems:
+        print(f"error: {problem['file']}: {problem['reason']} (skipped)", file=sys.stderr)
+    predictor = Predictor(args.model, onnx=args.onnx, threshold=args.threshold, device=args.device)
+    report = predict_files(predictor, paths, args.out, sky=args.sky, draw=not args.no_draw, batch_size=args.batch_size)
+    report = {"model": str(args.model), "onnx": None if args.onnx is None else str(args.onnx), **report}
+    report["errors"] = problems + report["errors"]
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "predictions.json").write_text(json.dumps(report, indent=1))
+    num_boxes = sum(len(r["boxes"]) for r in report["images"])
+    print(f"{len(report['images'])} images, {num_boxes} detections (score >= {args.threshold:g}) -> {out / 'predictions.json'}")
+    if not args.no_draw and report["images"]:
+        print(f"overlays -> {out / 'overlays'}")
+    if report["errors"]:
+        print(f"error: {len(report['errors'])} input(s) could not be read; listed under \"errors\" in "
+              f"{out / 'predictions.json'}", file=sys.stderr)
+        return 1
+    return 0
