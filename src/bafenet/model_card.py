@@ -1,0 +1,346 @@
+"""Model card (README.md) generated from what a training / evaluation run really wrote into a model folder.
+
+Sources, all read defensively (a file that is absent is reported as such, never invented):
+
+- ``config.json`` (required): architecture, mode switches, classes, ``auto_map`` (which usage snippets apply);
+- ``preprocessor_config.json``: input size and normalisation;
+- ``model.safetensors`` (or its index): parameter count and size, read from the safetensors header only;
+- ``train_args.json``: the training arguments, shown as a table (secret-looking keys are left out and said so);
+- ``metrics.json`` (training) and ``results.json`` / ``eval_results.json`` (``bafenet evaluate``): every numeric
+  value is shown with the file's own convention fields (split, IoU threshold, coordinate convention, ...). Nothing
+  else: a model without such files is marked "not evaluated".
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from pathlib import Path
+from typing import Any
+
+from huggingface_hub import EvalResult, ModelCardData
+
+PAPER_URL = "https://arxiv.org/abs/2407.20078"
+CODE_URL = "https://github.com/GrokCV/BAFE-Net"
+DATA_URL = "https://github.com/GrokCV/DenseSIRST"
+CITATION = """@article{xiao2024bafenet,
+  title   = {Background Semantics Matter: Cross-Task Feature Exchange Network for Clustered Infrared Small Target
+             Detection With Sky-Annotated Dataset},
+  author  = {Xiao, Mengxuan and Dai, Qun and Zhu, Yiming and Guo, Kehua and Wang, Huan and Shu, Xiangbo and
+             Yang, Jian and Dai, Yimian},
+  journal = {arXiv preprint arXiv:2407.20078},
+  year    = {2024}
+}"""
+
+TRAINING_METRICS_FILES = ("metrics.json",)
+EVALUATION_METRICS_FILES = ("results.json", "eval_results.json")
+TAGS = ["object-detection", "infrared", "small-target-detection", "bafenet", "densesirst", "custom_code", "vision"]
+
+# Metric names whose meaning is fixed in this project (bafenet.metrics); anything else is shown without a gloss.
+KNOWN_METRICS: dict[str, tuple[str, str | None]] = {
+    # name: (description, model-index metric type or None)
+    "mAP07": ("VOC AP, 11-point interpolation, IoU 0.5", "map"),
+    "mAP12": ("VOC AP, area under the precision envelope (VOC2010+), IoU 0.5", "map"),
+    "recall": ("final recall over all kept detections", "recall"),
+    "precision": ("final precision over all kept detections", "precision"),
+    "f1": ("F1 of the final precision and recall", "f1"),
+    "Pd": ("target-level probability of detection", None),
+    "Fa": ("pixel-level false-alarm rate", None),
+    "IoU": ("pixel-level IoU over the whole split", "iou"),
+    "mIoU": ("pixel-level IoU over the whole split", "iou"),
+    "nIoU": ("mean per-image IoU", None),
+    "num_images": ("images scored", None),
+    "num_targets": ("ground-truth targets", None),
+}
+
+# config.json keys that every transformers config has; the card shows only the model's own fields.
+_CONFIG_BOILERPLATE = {
+    "architectures", "auto_map", "model_type", "transformers_version", "dtype", "torch_dtype", "id2label", "label2id",
+    "return_dict", "output_hidden_states", "output_attentions", "torchscript", "use_bfloat16", "tie_word_embeddings",
+    "is_encoder_decoder", "is_decoder", "add_cross_attention", "chunk_size_feed_forward", "problem_type",
+    "_name_or_path", "pruned_heads", "tf_legacy_loss", "task_specific_params", "finetuning_task", "tokenizer_class",
+    "prefix", "bos_token_id", "eos_token_id", "pad_token_id", "sep_token_id", "decoder_start_token_id",
+    "cross_attention_hidden_size", "output_scores", "return_dict_in_generate", "use_cache",
+}
+# Numeric fields that describe how numbers were measured rather than being measurements.
+_CONVENTION_SUFFIXES = ("threshold", "thresholds", "size", "seed", "epoch", "step", "max_detections", "max_per_image",
+                        "top_k", "plus_one", "num_classes")
+_SECRET_WORDS = ("token", "password", "secret", "api_key", "apikey", "credential")
+
+
+class CardSourceError(ValueError):
+    """A JSON file of the model folder could not be read; the message names the file and the problem."""
+
+
+def read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise CardSourceError(f"{path}: cannot be read as JSON ({err})") from err
+
+
+def _read_optional(folder: Path, names: tuple[str, ...]) -> list[tuple[str, Any]]:
+    return [(name, read_json(folder / name)) for name in names if (folder / name).is_file()]
+
+
+def count_parameters(folder: Path) -> tuple[int, int] | None:
+    """(number of parameters, bytes on disk) of the safetensors weights, from their headers only."""
+    index = folder / "model.safetensors.index.json"
+    shards = sorted(set(read_json(index)["weight_map"].values())) if index.is_file() else ["model.safetensors"]
+    total = size = 0
+    for shard in shards:
+        path = folder / shard
+        if not path.is_file():
+            return None
+        with path.open("rb") as f:
+            (length,) = struct.unpack("<Q", f.read(8))
+            header = json.loads(f.read(length))
+        for name, info in header.items():
+            if name != "__metadata__":
+                count = 1
+                for dim in info["shape"]:
+                    count *= dim
+                total += count
+        size += path.stat().st_size
+    return total, size
+
+
+def _flatten(data: Any, prefix: str = "") -> list[tuple[str, Any]]:
+    """Flatten nested objects into dotted keys (``{"voc": {"mAP07": 0.3}}`` -> ``voc.mAP07``); lists stay leaves."""
+    if isinstance(data, dict) and data:
+        items: list[tuple[str, Any]] = []
+        for key, value in data.items():
+            items += _flatten(value, f"{prefix}.{key}" if prefix else str(key))
+        return items
+    return [(prefix, data)]
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, (dict, list)):
+        text = json.dumps(value)
+        return text if len(text) <= 80 else text[:77] + "..."
+    return str(value)
+
+
+def _md(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def split_metrics(data: Any) -> tuple[list[tuple[str, Any]], list[tuple[str, Any]], list[str]]:
+    """Split a metrics JSON into (numeric metrics, convention fields, notes on what is not tabulated)."""
+    if not isinstance(data, dict):
+        return [], [], [f"top level is a {type(data).__name__}, not an object: not tabulated"]
+    numbers, conventions, notes = [], [], []
+    for key, value in _flatten(data):
+        if not key:
+            continue
+        if _is_number(value) and not key.rsplit(".", 1)[-1].lower().endswith(_CONVENTION_SUFFIXES):
+            numbers.append((key, value))
+        elif _is_number(value):
+            conventions.append((key, value))
+        elif value is None or isinstance(value, (str, bool)):
+            conventions.append((key, value))
+        elif isinstance(value, list) and len(value) <= 8 and all(not isinstance(v, (dict, list)) for v in value):
+            conventions.append((key, value))
+        else:
+            notes.append(f"`{key}` ({type(value).__name__} of {len(value)} entries) is in the file, not tabulated")
+    return numbers, conventions, notes
+
+
+def _metric_section(title: str, filename: str, data: Any) -> list[str]:
+    numbers, conventions, notes = split_metrics(data)
+    lines = [f"### {title} (`{filename}`)", ""]
+    if conventions:
+        lines += ["Conventions recorded with these numbers:", ""]
+        lines += [f"- `{key}`: {_md(_fmt(value))}" for key, value in conventions]
+        lines.append("")
+    if numbers:
+        lines += ["| metric | value | meaning |", "| --- | --- | --- |"]
+        for key, value in numbers:
+            meaning = KNOWN_METRICS.get(key.rsplit(".", 1)[-1], ("", None))[0]
+            lines.append(f"| `{_md(key)}` | {_fmt(value)} | {meaning} |")
+        lines.append("")
+    else:
+        lines += ["No numeric metric in this file.", ""]
+    lines += [f"- {note}" for note in notes]
+    return lines + ([""] if notes else [])
+
+
+def _eval_results(evaluations: list[tuple[str, Any]], dataset_repo: str) -> list[EvalResult]:
+    """model-index entries for the known headline metrics that `bafenet evaluate` measured."""
+    results = []
+    for _, data in evaluations:
+        if not isinstance(data, dict):
+            continue
+        split = data.get("split") if isinstance(data.get("split"), str) else None
+        for key, value in _flatten(data):
+            name = key.rsplit(".", 1)[-1]
+            metric_type = KNOWN_METRICS.get(name, ("", None))[1]
+            if metric_type and _is_number(value):
+                results.append(EvalResult(
+                    task_type="object-detection", dataset_type=dataset_repo, dataset_name="DenseSIRST",
+                    dataset_split=split, metric_type=metric_type, metric_value=float(value), metric_name=key,
+                ))
+    return results
+
+
+def _architecture_lines(config: dict[str, Any], preprocessor: dict[str, Any] | None, params: tuple[int, int] | None) -> list[str]:
+    backbone = f"a `{config['backbone']}`" if isinstance(config.get("backbone"), str) else "a"
+    lines = [
+        f"BAFE-Net ([arXiv 2407.20078]({PAPER_URL})): an FCOS-style anchor-free detector for dense infrared small "
+        f"targets with {backbone} backbone (timm), an FPN neck and a detection head that exchanges features with a "
+        "sky-segmentation branch (background-aware feature exchange).",
+        "",
+    ]
+    facts = []
+    if params is not None:
+        facts.append(f"- parameters: {params[0]:,} ({params[1] / 1e6:.2f} MB of safetensors weights)")
+    if config.get("architectures"):
+        facts.append(f"- class: `{', '.join(config['architectures'])}` (model type `{config.get('model_type', '?')}`)")
+    if isinstance(config.get("id2label"), dict):
+        facts.append(f"- classes: {', '.join(str(v) for v in config['id2label'].values())}")
+    if preprocessor:
+        size = preprocessor.get("size")
+        if size is not None:
+            facts.append(f"- input size (image processor): `{json.dumps(size)}`")
+        for key in ("image_mean", "image_std"):
+            if key in preprocessor:
+                facts.append(f"- {key.replace('_', ' ')}: `{json.dumps(preprocessor[key])}`")
+    lines += facts + ([""] if facts else [])
+    fields = [(k, v) for k, v in config.items() if k not in _CONFIG_BOILERPLATE and not k.startswith("_")]
+    scalars = [(k, v) for k, v in fields if not isinstance(v, dict) and not isinstance(v, bool) and k != "mode"]
+    if scalars:
+        lines += ["| config field | value |", "| --- | --- |"]
+        lines += [f"| `{k}` | {_md(_fmt(v))} |" for k, v in scalars]
+        lines.append("")
+    return lines
+
+
+def _mode_lines(config: dict[str, Any]) -> list[str]:
+    switches = [(k, v) for k, v in config.items() if isinstance(v, bool) and k not in _CONFIG_BOILERPLATE]
+    mode = config.get("mode")
+    lines = ["## Mode", ""]
+    if isinstance(mode, str):
+        meaning = {
+            "faithful": "reproduces the published BAFE-Net code (including its quirks) as documented",
+            "improved": "deviates from the published code where the project found bugs or better choices",
+        }.get(mode, "")
+        lines += [f"This checkpoint was built in **{mode}** mode" + (f": {meaning}." if meaning else "."), ""]
+    elif not switches:
+        lines += ["`config.json` records no mode and no switches.", ""]
+    if switches:
+        lines += ["Switches recorded in `config.json`:", "", "| switch | value |", "| --- | --- |"]
+        lines += [f"| `{k}` | {v} |" for k, v in switches]
+        lines.append("")
+    return lines
+
+
+def _training_lines(train_args: Any) -> list[str]:
+    lines = ["## Training", ""]
+    if train_args is None:
+        return lines + ["No `train_args.json` in the model folder: the training arguments are unknown.", ""]
+    if not isinstance(train_args, dict):
+        return lines + ["`train_args.json` is not a JSON object: not shown.", ""]
+    hidden = [k for k in train_args if any(word in k.lower() for word in _SECRET_WORDS)]
+    lines += ["Arguments recorded in `train_args.json`:", "", "| argument | value |", "| --- | --- |"]
+    lines += [f"| `{k}` | {_md(_fmt(v))} |" for k, v in train_args.items() if k not in hidden]
+    lines.append("")
+    if hidden:
+        lines += [f"Left out of this card (may hold credentials): {', '.join(f'`{k}`' for k in hidden)}.", ""]
+    return lines
+
+
+def _usage_lines(repo_id: str, auto_map: dict[str, Any], dataset_repo: str | None) -> list[str]:
+    lines = ["## How to use", "", "The model code ships with the weights, so pass `trust_remote_code=True` "
+             "(pin `revision=` to a commit you have reviewed).", ""]
+    if "AutoModelForObjectDetection" in auto_map and "AutoImageProcessor" in auto_map:
+        lines += ["Detection with the image processor:", "", "```python", "import torch", "from PIL import Image",
+                  "from transformers import AutoImageProcessor, AutoModelForObjectDetection", "",
+                  f'processor = AutoImageProcessor.from_pretrained("{repo_id}", trust_remote_code=True)',
+                  f'model = AutoModelForObjectDetection.from_pretrained("{repo_id}", trust_remote_code=True).eval()',
+                  "", 'image = Image.open("frame.png")  # single-band infrared; L, RGB or RGBA are accepted',
+                  'inputs = processor(images=image, return_tensors="pt")', "with torch.no_grad():",
+                  "    outputs = model(**inputs)",
+                  "result = processor.post_process_object_detection(",
+                  "    outputs, threshold=0.3, target_sizes=[(image.height, image.width)]", ")[0]",
+                  'for score, box in zip(result["scores"], result["boxes"]):  # boxes: xyxy in original pixels',
+                  '    print(f"{score:.2f}", [round(v, 1) for v in box.tolist()])', "```", "",
+                  "With the pipeline:", "", "```python", "from transformers import pipeline", "",
+                  f'detector = pipeline("object-detection", model="{repo_id}", trust_remote_code=True)',
+                  'print(detector("frame.png", threshold=0.3))', "```", ""]
+    if "AutoModel" in auto_map:
+        lines += ["The bare model (same class, outputs with `logits`, `pred_boxes`, `centerness`, `sky_logits`):", "",
+                  "```python", "from transformers import AutoModel", "",
+                  f'model = AutoModel.from_pretrained("{repo_id}", trust_remote_code=True)', "```", ""]
+    if dataset_repo:
+        lines += ["The data:", "", "```python", "from datasets import load_dataset", "",
+                  f'ds = load_dataset("{dataset_repo}")  # splits train / validation / test (v2); "v1" config too',
+                  "```", ""]
+    return lines
+
+
+def build_model_card(
+    model_dir: str | Path,
+    repo_id: str,
+    *,
+    dataset_repo: str | None = None,
+    license: str = "apache-2.0",
+) -> str:
+    """Return the README.md text (YAML metadata + Markdown) for the model folder ``model_dir``."""
+    folder = Path(model_dir)
+    config = read_json(folder / "config.json")
+    if not isinstance(config, dict):
+        raise CardSourceError(f"{folder / 'config.json'}: expected a JSON object")
+    preprocessor = read_json(folder / "preprocessor_config.json") if (folder / "preprocessor_config.json").is_file() else None
+    train_args = read_json(folder / "train_args.json") if (folder / "train_args.json").is_file() else None
+    training = _read_optional(folder, TRAINING_METRICS_FILES)
+    evaluations = _read_optional(folder, EVALUATION_METRICS_FILES)
+    auto_map = {**(config.get("auto_map") or {}), **((preprocessor or {}).get("auto_map") or {})}
+    name = repo_id.split("/")[-1]
+
+    eval_results = _eval_results(evaluations, dataset_repo) if dataset_repo else []
+    card_data = ModelCardData(
+        license=license, library_name="transformers", pipeline_tag="object-detection", tags=TAGS,
+        datasets=[dataset_repo] if dataset_repo else None, model_name=name if eval_results else None,
+        eval_results=eval_results or None,
+    )
+    lines = ["---", card_data.to_yaml(), "---", "", f"# {name}", "",
+             "BAFE-Net for dense infrared small-target detection, packaged with the `bafenet` library for the "
+             "DenseSIRST dataset ("
+             + (f"[{dataset_repo}](https://huggingface.co/datasets/{dataset_repo}); " if dataset_repo else "")
+             + f"source: [GrokCV/DenseSIRST]({DATA_URL})). This card was generated by `bafenet push` from the files "
+             "of the model folder; every number below was read from those files.", "", "## Architecture", ""]
+    lines += _architecture_lines(config, preprocessor, count_parameters(folder))
+    lines += _mode_lines(config)
+    lines += _training_lines(train_args)
+    lines += ["## Evaluation", ""]
+    if not training and not evaluations:
+        lines += ["**Not evaluated**: the model folder holds no `metrics.json` / `results.json`, so this card shows "
+                  "no metric. Run `bafenet evaluate` and push again to add them.", ""]
+    for filename, data in training:
+        lines += _metric_section("Measured during training", filename, data)
+    for filename, data in evaluations:
+        lines += _metric_section("Measured by `bafenet evaluate`", filename, data)
+    lines += _usage_lines(repo_id, auto_map, dataset_repo)
+    lines += [
+        "## Limitations", "",
+        "- Trained for single-frame, single-band infrared images of small targets against sky and ground clutter "
+        "(one class, `target`); other sensors, resolutions or object sizes are out of distribution.",
+        "- Boxes follow the dataset convention: 0-based pixel coordinates with an exclusive maximum (xyxy).",
+        "- Targets are a few pixels wide: resizing, JPEG compression or denoising before the processor changes them "
+        "and the detections.",
+        "- Scores are not calibrated probabilities; choose the threshold on a validation split.",
+        "- The code runs from this repository (`trust_remote_code=True`): review it and pin a revision.",
+        "- DenseSIRST has no licence file upstream; the weights are for research use. The card's licence applies to "
+        "the code.", "",
+        "## Citation", "",
+        f"Paper: [{PAPER_URL}]({PAPER_URL}); original code: [{CODE_URL}]({CODE_URL}).", "",
+        "```bibtex", CITATION, "```", "",
+    ]
+    return "\n".join(lines)
