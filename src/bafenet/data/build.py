@@ -1,0 +1,217 @@
+"""``bafenet data build``: a SIRSTdevkit -> a folder that ``datasets.load_dataset("densesirst")`` loads.
+
+The folder holds only Parquet shards and the dataset card::
+
+    densesirst/
+      README.md                                    card + YAML `configs:` (with `features:`)
+      data/default/{train,validation,test}-00000-of-00001.parquet
+      data/v1/{train,validation,test}-00000-of-00001.parquet
+      stats/                                       plots/JSON of `bafenet.data.stats` (when available)
+
+Every image is read and validated once (it may be in several configs), in ``num_proc`` processes; the original PNG
+bytes are embedded, so nothing is re-encoded. The rows are those of the `DenseSirst` GeneratorBasedBuilder
+(`bafenet.data.densesirst`), written straight to Parquet with pyarrow.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import logging
+import math
+import multiprocessing
+import shutil
+import sys
+import time
+from collections.abc import Iterable, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+from tqdm.auto import tqdm
+
+from .card import BuildSummary, SplitSummary, render_card
+from .densesirst import CONFIG_SPLITS, FEATURES, example_from_sample, object_id_bases, resolve_splits
+from .devkit import DevkitError, SirstDevkit
+
+__all__ = ["build_dataset", "add_arguments", "run"]
+
+logger = logging.getLogger(__name__)
+
+MAX_SHARD_BYTES = 500 * 2**20  # like datasets' push_to_hub default
+ROW_GROUP_SIZE = 100  # rows per Parquet row group, datasets' choice for image datasets
+
+
+@functools.lru_cache(maxsize=4)
+def _devkit(root: str) -> SirstDevkit:
+    return SirstDevkit(root)
+
+
+def _encode(root: str, image_id: str, object_id_base: int) -> dict:
+    """Read, validate and encode one image (runs in a worker process when num_proc > 1)."""
+    return FEATURES.encode_example(example_from_sample(_devkit(root).read_encoded(image_id), object_id_base))
+
+
+def _encode_all(root: str, image_ids: list[str], bases: dict[str, int], num_proc: int) -> dict[str, dict]:
+    desc = f"Reading {len(image_ids)} images"
+    if num_proc <= 1 or len(image_ids) < 2 * num_proc:
+        return {i: _encode(root, i, bases[i]) for i in tqdm(image_ids, desc=desc, unit="img")}
+    executor = ProcessPoolExecutor(max_workers=num_proc, mp_context=multiprocessing.get_context("spawn"))
+    try:
+        chunksize = max(1, min(16, len(image_ids) // (4 * num_proc)))
+        rows = executor.map(_encode, [root] * len(image_ids), image_ids, [bases[i] for i in image_ids], chunksize=chunksize)
+        return dict(zip(image_ids, tqdm(rows, total=len(image_ids), desc=desc, unit="img")))
+    finally:
+        executor.shutdown(wait=True, cancel_futures=True)
+
+
+def _write_split(table: pa.Table, folder: Path, split: str) -> None:
+    num_shards = max(1, math.ceil(table.nbytes / MAX_SHARD_BYTES))
+    rows_per_shard = math.ceil(table.num_rows / num_shards)
+    folder.mkdir(parents=True, exist_ok=True)
+    for k in range(num_shards):
+        shard = table.slice(k * rows_per_shard, rows_per_shard)
+        pq.write_table(shard, folder / f"{split}-{k:05d}-of-{num_shards:05d}.parquet", row_group_size=ROW_GROUP_SIZE)
+
+
+def _check_out_dir(out: Path) -> None:
+    """Refuse to replace anything but an earlier build (README.md + data/) or an empty folder."""
+    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not ((out / "README.md").is_file() and (out / "data").is_dir()))):
+        raise FileExistsError(f"{out}: exists and is not an earlier DenseSIRST build; refusing to overwrite it")
+
+
+def _card_stats(tables: dict[str, pa.Table], out_dir: Path) -> str | None:
+    """Call `bafenet.data.stats.write_card_stats` on the default config, when that module is available."""
+    try:
+        from .stats import write_card_stats
+    except ImportError:
+        logger.info("bafenet.data.stats is not available: the card has no statistics section")
+        return None
+    import datasets
+    from datasets.table import InMemoryTable
+
+    info = datasets.DatasetInfo(features=FEATURES)
+    dataset = datasets.DatasetDict(
+        {split: datasets.Dataset(InMemoryTable(table), info=info.copy(), split=datasets.NamedSplit(split))
+         for split, table in tables.items()}
+    )
+    try:
+        return write_card_stats(dataset, out_dir)
+    except Exception as e:  # statistics are a bonus: report the failure loudly, keep the dataset
+        logger.warning("write_card_stats failed (%s: %s): the card has no statistics section", type(e).__name__, e)
+        return f"## Statistics\n\nNot available for this build: `write_card_stats` failed with `{type(e).__name__}: {e}`."
+
+
+def build_dataset(
+    devkit_dir: str | Path,
+    out_dir: str | Path,
+    num_proc: int = 1,
+    skip_missing: bool = False,
+    *,
+    configs: Iterable[str] | None = None,
+    splits: Iterable[str] | None = None,
+    stats: bool = True,
+) -> Path:
+    """Build the DenseSIRST dataset folder from a SIRSTdevkit and return ``out_dir``.
+
+    Args:
+        devkit_dir: the ``SIRSTdevkit`` folder.
+        out_dir: the dataset folder to write (an earlier build there is replaced; anything else is refused).
+        num_proc: processes that read and validate images.
+        skip_missing: leave out images listed in the split files but missing from ``PNGImages/`` (the card and the
+            log list them); without it, missing images raise a DevkitError that lists them.
+        configs: restrict to these configs (``"default"``, ``"v1"``); default all.
+        splits: restrict to these dataset splits (``"train"``, ``"validation"``, ``"test"``); default all. E.g.
+            ``configs=["default"], splits=["test"]`` builds only the test split, which is complete in the real devkit.
+        stats: embed `bafenet.data.stats.write_card_stats` plots/tables in the card (when that module exists).
+    """
+    start = time.perf_counter()
+    devkit = SirstDevkit(devkit_dir)
+    out = Path(out_dir).expanduser()
+    configs = list(CONFIG_SPLITS) if configs is None else list(configs)
+    unknown = [c for c in configs if c not in CONFIG_SPLITS]
+    if unknown or not configs:
+        raise ValueError(f"unknown config(s) {unknown}; choose from {list(CONFIG_SPLITS)}")
+    plan = {
+        c: {s: f for s, f in CONFIG_SPLITS[c].items() if splits is None or s in set(splits)} for c in configs
+    }
+    plan = {c: p for c, p in plan.items() if p}
+    if not plan:
+        raise ValueError(f"no split selected: splits={list(splits or [])}; choose from train, validation, test")
+    _check_out_dir(out)
+
+    split_files = list(dict.fromkeys(f for p in plan.values() for f in p.values()))
+    ids, skipped = resolve_splits(devkit, {f: f for f in split_files}, skip_missing=skip_missing)
+    unique_ids = list(dict.fromkeys(i for f in split_files for i in ids[f]))
+    rows = _encode_all(str(devkit.root), unique_ids, object_id_bases(devkit), max(1, int(num_proc)))
+
+    tmp = out.parent / f".{out.name}.building"
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        summary_configs: dict[str, list[SplitSummary]] = {}
+        default_tables: dict[str, pa.Table] = {}
+        schema = FEATURES.arrow_schema
+        for config, config_splits in plan.items():
+            summary_configs[config] = []
+            for split, split_file in config_splits.items():
+                table = pa.Table.from_pylist([rows[i] for i in ids[split_file]], schema=schema)
+                _write_split(table, tmp / "data" / config, split)
+                num_targets = sum(len(rows[i]["objects"]["bbox"]) for i in ids[split_file])
+                summary_configs[config].append(
+                    SplitSummary(split, split_file, table.num_rows, num_targets, table.nbytes,
+                                 f"data/{config}/{split}-*.parquet", skipped[split_file])
+                )
+                if config == next(iter(plan)):
+                    default_tables[split] = table
+        summary = BuildSummary(
+            configs=summary_configs,
+            default_config="default" if "default" in plan else next(iter(plan)),
+            num_images=len(unique_ids),
+            num_targets=sum(len(rows[i]["objects"]["bbox"]) for i in unique_ids),
+        )
+        (tmp / "README.md").write_text(render_card(summary))  # a loadable folder before the statistics
+        stats_md = _card_stats(default_tables, tmp) if stats else None
+        if stats_md:
+            (tmp / "README.md").write_text(render_card(summary, stats_md))
+        if out.exists():
+            shutil.rmtree(out)
+        tmp.rename(out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+    for config, config_splits in summary.configs.items():
+        for s in config_splits:
+            logger.info("%s/%s (%s): %d images, %d targets", config, s.name, s.devkit_split, s.num_images, s.num_targets)
+            if s.skipped:
+                logger.warning("%s/%s: skipped %d missing images: %s", config, s.name, len(s.skipped), ", ".join(s.skipped))
+    logger.info("wrote %s in %.1f s", out, time.perf_counter() - start)
+    return out
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--devkit", required=True, type=Path, help="the SIRSTdevkit folder")
+    parser.add_argument("--out", default=Path("densesirst"), type=Path,
+                        help="dataset folder to write (default: densesirst, so load_dataset('densesirst') finds it)")
+    parser.add_argument("--num-proc", type=int, default=1, help="processes reading and validating images (default 1)")
+    parser.add_argument("--skip-missing", action="store_true",
+                        help="leave out images missing from PNGImages/ (listed in the log and the card) instead of failing")
+    parser.add_argument("--config", dest="configs", action="append", choices=list(CONFIG_SPLITS),
+                        help="build only this config (repeatable; default: all)")
+    parser.add_argument("--split", dest="splits", action="append", choices=["train", "validation", "test"],
+                        help="build only this split (repeatable; default: all)")
+    parser.add_argument("--no-stats", dest="stats", action="store_false", help="no statistics section in the card")
+
+
+def run(args: argparse.Namespace) -> int:
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("bafenet").setLevel(logging.INFO)
+    try:
+        out = build_dataset(args.devkit, args.out, num_proc=args.num_proc, skip_missing=args.skip_missing,
+                            configs=args.configs, splits=args.splits, stats=args.stats)
+    except (DevkitError, FileExistsError, ValueError) as e:
+        print(f"bafenet data build: error: {e}", file=sys.stderr)
+        return 1
+    print(f"done: load it with datasets.load_dataset({str(out)!r}) (or load_dataset({out.name!r}) from {out.resolve().parent})")
+    return 0
