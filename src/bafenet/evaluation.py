@@ -1,0 +1,391 @@
+"""``bafenet evaluate``: score a model on a dataset split with box, mask, point and sky metrics from one run.
+
+    bafenet evaluate --model runs/bafenet-r18 --dataset ./densesirst --split test --out results.json
+
+The model runs once over the split; its detections (rescaled to original pixels) are scored with
+
+* VOC AP at IoU 0.5, mmdet-exact with legacy "+1" (``mAP07``, ``mAP12``, ``recall``: the BAFE-Net table's numbers),
+  precision / recall / F1 at ``--score-threshold``;
+* COCO AP via faster-coco-eval (``coco_mAP``, ``coco_AP50``, ``coco_AP_small``, ...);
+* IoU / nIoU / Pd / Fa (BasicIRSTD semantics) on the detections with score >= ``--score-threshold`` drawn as
+  masks, against the pixel-level ``target_mask``;
+* point precision / recall / F1 and localisation error of the box centres against the ``points`` labels;
+* sky IoU from ``post_process_sky_segmentation`` against ``sky_mask``.
+
+Everything (numbers, conventions, raw detections) goes into one JSON; a precision-recall curve PNG lands beside it.
+Reusable pieces: :func:`predict_split`, :func:`evaluate_predictions`, :func:`evaluate_model`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import platform
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .metrics.box import VOC_CONVENTIONS, coco_detection_metrics, match_detections, precision_recall_curve, voc_detection_metrics
+from .metrics.pixel import PixelMetrics, SkyIoU
+from .metrics.points import point_metrics
+from .metrics.render import box_centers, boxes_to_mask
+
+__all__ = ["add_arguments", "evaluate_model", "evaluate_predictions", "predict_split", "run", "write_pr_curve"]
+
+
+def _binary_mask(image: Any, column: str, image_id: str, shape: tuple[int, int]) -> np.ndarray:
+    """A decoded mask column (PIL, mode L, values {0, 255}) as an (H, W) bool array; anything else is an error."""
+    if image is None:
+        raise ValueError(f"image {image_id!r}: column {column!r} is empty")
+    array = np.asarray(image)
+    if array.ndim == 3:
+        raise ValueError(f"image {image_id!r}: column {column!r} has shape {array.shape}; expected a mode-L mask")
+    if array.shape != shape:
+        raise ValueError(f"image {image_id!r}: column {column!r} is {array.shape[::-1]} (w, h) but the image is "
+                         f"{shape[::-1]}")
+    values = np.unique(array)
+    if not np.isin(values, (0, 1, 255)).all() or (1 in values and 255 in values):
+        raise ValueError(f"image {image_id!r}: column {column!r} has values {values[:8].tolist()}; expected a binary "
+                         "mask with values {0, 255} (grey/antialiased masks would be scored ambiguously)")
+    return array > 0
+
+
+def _ground_truth(example: Mapping[str, Any]) -> dict[str, Any]:
+    """One dataset row -> {"image_id", "boxes" xyxy (XML convention), "points"}."""
+    bbox = np.asarray(example["objects"]["bbox"], dtype=np.float64).reshape(-1, 4)
+    boxes = np.concatenate([bbox[:, :2], bbox[:, :2] + bbox[:, 2:]], axis=1)  # COCO xywh -> xyxy = XML values
+    points = np.asarray(example.get("points") or [], dtype=np.float64).reshape(-1, 2)
+    return {"image_id": str(example["image_id"]), "boxes": boxes, "points": points}
+
+
+def _check_columns(dataset: Any, needed: Sequence[str]) -> None:
+    missing = [c for c in needed if c not in dataset.column_names]
+    if missing:
+        raise ValueError(f"the dataset split has no column(s) {missing} (columns: {dataset.column_names}); "
+                         "expected a DenseSIRST dataset built with `bafenet data build`")
+
+
+def predict_split(
+    model: Any,
+    processor: Any,
+    dataset: Any,
+    batch_size: int = 8,
+    device: str | None = None,
+    threshold: float | None = None,
+    sky_metric: SkyIoU | None = None,
+    progress: bool = True,
+) -> list[dict[str, Any]]:
+    """Run ``model`` over every row of a ``datasets.Dataset`` split and return its detections in original pixels.
+
+    Returns one ``{"image_id", "width", "height", "boxes" (N, 4) float32 xyxy, "scores" (N,) float32}`` per row (in
+    dataset order, sorted by decreasing score), after the processor's post-processing (score >= ``threshold``, by
+    default the model config's ``score_threshold`` (0.05), NMS, at most ``max_detections``). When ``sky_metric`` is
+    given, each predicted sky mask is scored against the row's ``sky_mask`` on the fly (nothing is kept in memory).
+    """
+    import torch
+    from tqdm.auto import tqdm
+
+    _check_columns(dataset, ("image", "image_id", "width", "height") + (("sky_mask",) if sky_metric else ()))
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    model = model.to(device).eval()
+    if threshold is None:
+        threshold = float(getattr(model.config, "score_threshold", 0.05))
+    detections: list[dict[str, Any]] = []
+    bar = tqdm(total=len(dataset), desc="Evaluating", unit="img", disable=not progress)
+    needed = ["image", "image_id", "width", "height"] + (["sky_mask"] if sky_metric else [])
+    inputs_only = dataset.select_columns(needed)  # do not decode the other image columns
+    for start in range(0, len(dataset), batch_size):
+        rows = inputs_only[start : start + batch_size]  # columnar dict of lists
+        images = rows["image"]
+        sizes = [(int(h), int(w)) for h, w in zip(rows["height"], rows["width"])]
+        for image_id, image, (h, w) in zip(rows["image_id"], images, sizes):
+            if (image.height, image.width) != (h, w):
+                raise ValueError(f"image {image_id!r}: decoded size {image.width}x{image.height} != the row's "
+                                 f"width x height {w}x{h}")
+        inputs = processor(images=images, return_tensors="pt")
+        with torch.inference_mode():
+            outputs = model(pixel_values=inputs["pixel_values"].to(device))
+        results = processor.post_process_object_detection(outputs, threshold=threshold, target_sizes=sizes)
+        skies = processor.post_process_sky_segmentation(outputs, target_sizes=sizes) if sky_metric else None
+        for i, result in enumerate(results):
+            scores = result["scores"].detach().float().cpu().numpy().reshape(-1)
+            order = np.argsort(-scores, kind="stable")
+            image_id = str(rows["image_id"][i])
+            detections.append({
+                "image_id": image_id,
+                "width": sizes[i][1],
+                "height": sizes[i][0],
+                "boxes": result["boxes"].detach().float().cpu().numpy().reshape(-1, 4)[order],
+                "scores": scores[order],
+            })
+            if skies is not None:
+                target = _binary_mask(rows["sky_mask"][i], "sky_mask", image_id, sizes[i])
+                sky_metric.update(skies[i].detach().cpu().numpy().astype(bool), target, image_id=image_id)
+        bar.update(len(results))
+    bar.close()
+    return detections
+
+
+def evaluate_predictions(
+    detections: Sequence[Mapping[str, Any]],
+    dataset: Any,
+    score_threshold: float = 0.5,
+    iou_threshold: float = 0.5,
+    legacy_plus_one: bool = True,
+    point_radius: float = 3.0,
+    pd_distance: float = 3.0,
+    pd_matching: str = "greedy",
+    progress: bool = False,
+) -> dict[str, Any]:
+    """Score detections (one ``{"image_id", "boxes", "scores"}`` per image) against a dataset split.
+
+    Returns a flat dict of every metric (see the README "evaluation" section): the VOC keys of
+    :func:`~bafenet.metrics.box.voc_detection_metrics`, the COCO keys, ``IoU``/``nIoU``/``Pd``/``Fa``/``Fa_x1e6``
+    (masks from boxes with score >= ``score_threshold``), and the ``point_*`` keys. Image ids must match exactly.
+    """
+    from tqdm.auto import tqdm
+
+    _check_columns(dataset, ("image_id", "width", "height", "objects", "points", "target_mask"))
+    ground_truths = [_ground_truth(row) for row in dataset.select_columns(["image_id", "objects", "points"])]
+
+    metrics: dict[str, Any] = voc_detection_metrics(detections, ground_truths, iou_threshold, legacy_plus_one, score_threshold)
+    metrics.update(coco_detection_metrics(detections, ground_truths))
+
+    by_id = {str(d["image_id"]): d for d in detections}  # ids already checked to match one-to-one
+    pixel = PixelMetrics(distance_threshold=pd_distance, matching=pd_matching)  # type: ignore[arg-type]
+    predicted_points = []
+    for row in tqdm(dataset.select_columns(["image_id", "width", "height", "target_mask"]), total=len(dataset),
+                    desc="Scoring masks", unit="img", disable=not progress):
+        image_id, shape = str(row["image_id"]), (int(row["height"]), int(row["width"]))
+        det = by_id[image_id]
+        boxes = np.asarray(det["boxes"], dtype=np.float64).reshape(-1, 4)
+        keep = np.asarray(det["scores"], dtype=np.float32).reshape(-1) >= np.float32(score_threshold)
+        pixel.update(boxes_to_mask(boxes[keep], *shape), _binary_mask(row["target_mask"], "target_mask", image_id, shape),
+                     image_id=image_id)
+        predicted_points.append({"image_id": image_id, "points": box_centers(boxes[keep])})
+    metrics.update(pixel.compute())
+    metrics.update(point_metrics(predicted_points, ground_truths, radius=point_radius))
+    return metrics
+
+
+def conventions(score_threshold: float, iou_threshold: float, legacy_plus_one: bool, point_radius: float,
+                pd_distance: float, pd_matching: str, detection_threshold: float | None) -> dict[str, str]:
+    """The exact conventions behind each number, written into the results JSON."""
+    plus_one = ("legacy +1: widths/heights x2 - x1 + 1 in areas and IoU (mmdet use_legacy_coordinate=True, as in "
+                "the BAFE-Net paper)" if legacy_plus_one else "exact: widths/heights x2 - x1 (no +1)")
+    return {
+        "detections": "model post-processing, rescaled to original pixels: score >= "
+        f"{detection_threshold if detection_threshold is not None else 'model config score_threshold'}, NMS, "
+        "at most max_detections per image; boxes xyxy, DenseSIRST XML convention (0-based, x_max/y_max exclusive), "
+        "the same convention as the ground truth (no -1 shift on either side)",
+        "voc": f"IoU >= {iou_threshold}; {plus_one}; " + VOC_CONVENTIONS["matching"],
+        "mAP07": VOC_CONVENTIONS["mAP07"],
+        "mAP12": VOC_CONVENTIONS["mAP12"],
+        "recall": VOC_CONVENTIONS["recall"],
+        "precision_recall_f1": "'precision'/'f1' at the end of the curve (all detections); '*_at_score' keep "
+        f"score >= {score_threshold}; best_f1 is tuned on this split (an oracle); 0/0 = 0",
+        "coco": "pycocotools COCOeval semantics via faster-coco-eval: IoU 0.50:0.05:0.95, maxDets 100, 101-point, "
+        "no +1, area ranges small < 32^2 <= medium < 96^2 (-1 = no ground truth in range)",
+        "masks": f"predicted boxes with score >= {score_threshold} rasterised (pixel centre inside the box) at original "
+        "size vs the pixel-level target_mask",
+        "IoU_nIoU": "IoU = sum of intersections / sum of unions over the split; nIoU = mean per-image IoU, an image "
+        "with both masks empty counts 0",
+        "Pd_Fa": f"8-connected components, unweighted centroids, {pd_matching} matching (greedy = BasicIRSTD: first "
+        f"unused prediction in label order), distance < {pd_distance} px; Pd = matched targets / mask targets; Fa = "
+        "unmatched predicted pixels / all pixels at native size (Fa_x1e6 = Fa x 1e6, the 'x10^-6' of paper tables)",
+        "points": f"box centres ((x1+x2)/2 - 0.5, (y1+y2)/2 - 0.5) of detections with score >= {score_threshold} vs "
+        f"the integer points labels (pixel-index x, y); optimal one-to-one matching (scipy linear_sum_assignment), "
+        f"distance < {point_radius} px; errors in pixels over matched pairs",
+        "sky": "post_process_sky_segmentation (sigmoid > 0.5) vs sky_mask; sky_IoU accumulated over the split, "
+        "sky_mIoU = mean of sky and non-sky IoU",
+    }
+
+
+def write_pr_curve(detections: Sequence[Mapping[str, Any]], ground_truths: Sequence[Mapping[str, Any]], path: Path,
+                   metrics: Mapping[str, Any], iou_threshold: float = 0.5, legacy_plus_one: bool = True,
+                   title: str = "") -> Path:
+    """Plot the pooled VOC precision-recall curve (raw and envelope) with the operating point; save a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    matched = match_detections(detections, ground_truths, iou_threshold, legacy_plus_one)
+    recall, precision = precision_recall_curve(matched)
+    fig, ax = plt.subplots(figsize=(5.5, 4.5), dpi=120)
+    if len(recall):
+        envelope = np.maximum.accumulate(precision[::-1])[::-1]
+        ax.plot(recall, precision, color="0.7", lw=1, label="precision")
+        ax.step(recall, envelope, where="post", color="C0", lw=1.8,
+                label=f"envelope (mAP12 {metrics['mAP12']:.3f}, mAP07 {metrics['mAP07']:.3f})")
+        ax.plot([metrics["recall_at_score"]], [metrics["precision_at_score"]], "o", color="C3",
+                label=f"score >= {metrics['score_threshold']:g} (F1 {metrics['f1_at_score']:.3f})")
+    else:
+        ax.text(0.5, 0.5, "no detections", ha="center", va="center", transform=ax.transAxes)
+    ax.set(xlim=(0, 1), ylim=(0, 1.02), xlabel=f"recall (of {matched.num_targets} targets)", ylabel="precision",
+           title=title or f"VOC precision-recall, IoU {iou_threshold:g}")
+    ax.grid(alpha=0.3)
+    if len(recall):
+        ax.legend(loc="upper right", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def _json_detections(detections: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Exact float values (float32 -> float64 is lossless), so any tool re-scoring the JSON gets the same numbers."""
+    out = []
+    for det in detections:
+        record = {"image_id": str(det["image_id"])}
+        for key in ("width", "height"):
+            if key in det:
+                record[key] = int(det[key])
+        record["boxes"] = np.asarray(det["boxes"], dtype=np.float64).reshape(-1, 4).tolist()
+        record["scores"] = np.asarray(det["scores"], dtype=np.float64).reshape(-1).tolist()
+        out.append(record)
+    return out
+
+
+def results_to_json(results: Mapping[str, Any]) -> str:
+    """Strict JSON: metrics and conventions indented, then one line per image of raw detections."""
+    head = {k: v for k, v in results.items() if k != "detections"}
+    text = json.dumps(head, indent=2, allow_nan=False)
+    if "detections" not in results:
+        return text + "\n"
+    lines = ",\n".join("    " + json.dumps(d, allow_nan=False) for d in results["detections"])
+    return text[:-2] + ',\n  "detections": [\n' + lines + "\n  ]\n}\n"
+
+
+def _clean(value: Any) -> Any:
+    """NaN -> None so that the JSON is strict (no bare NaN tokens)."""
+    return None if isinstance(value, float) and math.isnan(value) else value
+
+
+def evaluate_model(
+    model: Any,
+    processor: Any,
+    dataset: Any,
+    batch_size: int = 8,
+    device: str | None = None,
+    score_threshold: float = 0.5,
+    iou_threshold: float = 0.5,
+    legacy_plus_one: bool = True,
+    point_radius: float = 3.0,
+    pd_distance: float = 3.0,
+    pd_matching: str = "greedy",
+    detection_threshold: float | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Predict and score a split in one call; returns ``{**metrics, "conventions", "detections"}``."""
+    sky = SkyIoU() if "sky_mask" in dataset.column_names and hasattr(processor, "post_process_sky_segmentation") else None
+    detections = predict_split(model, processor, dataset, batch_size, device, detection_threshold, sky, progress)
+    metrics = evaluate_predictions(detections, dataset, score_threshold, iou_threshold, legacy_plus_one,
+                                   point_radius, pd_distance, pd_matching, progress)
+    if sky is not None:
+        metrics.update(sky.compute())
+    return {
+        **{k: _clean(v) for k, v in metrics.items()},
+        "conventions": conventions(score_threshold, iou_threshold, legacy_plus_one, point_radius, pd_distance,
+                                   pd_matching, detection_threshold),
+        "detections": _json_detections(detections),
+    }
+
+
+def format_summary(results: Mapping[str, Any]) -> str:
+    """A readable multi-line summary of a results dict."""
+    def f(key: str, digits: int = 3) -> str:
+        value = results.get(key)
+        return "n/a" if value is None else f"{value:.{digits}f}" if isinstance(value, float) else str(value)
+
+    meta = results.get("meta", {})
+    plus = "legacy +1" if results.get("legacy_plus_one") else "no +1"
+    lines = [
+        f"{meta.get('model', 'model')} on {meta.get('dataset', 'dataset')} [{meta.get('config', '?')}/"
+        f"{meta.get('split', '?')}]: {results['num_images']} images, {results['num_targets']} targets, "
+        f"{results['num_detections']} detections",
+        f"  VOC  (IoU {f('iou_threshold', 2)}, {plus})   mAP07 {f('mAP07')}  mAP12 {f('mAP12')}  recall {f('recall')}",
+        f"       at score >= {f('score_threshold', 2)}        precision {f('precision_at_score')}  recall "
+        f"{f('recall_at_score')}  F1 {f('f1_at_score')}   (best F1 {f('best_f1')} at score {f('best_f1_score', 2)}, "
+        "tuned on this split)",
+        f"  COCO (IoU .50:.95)          mAP {f('coco_mAP')}  AP50 {f('coco_AP50')}  AP75 {f('coco_AP75')}  "
+        f"AP_small {f('coco_AP_small')}  AR100 {f('coco_AR100')}",
+        f"  Masks from boxes            IoU {f('IoU')}  nIoU {f('nIoU')}  Pd {f('Pd')}  Fa {f('Fa_x1e6', 2)} x1e-6  "
+        f"({results.get('num_mask_targets')} mask targets)",
+        f"  Points (< {f('point_radius', 0)} px, optimal)     precision {f('point_precision')}  recall "
+        f"{f('point_recall')}  F1 {f('point_f1')}  error mean {f('point_mean_error', 2)} / median "
+        f"{f('point_median_error', 2)} px",
+    ]
+    if "sky_IoU" in results:
+        lines.append(f"  Sky segmentation            IoU {f('sky_IoU')}  mIoU {f('sky_mIoU')}")
+    return "\n".join(lines)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", required=True, help="model folder or Hub repo id (save_pretrained with remote code)")
+    parser.add_argument("--dataset", required=True, help="dataset folder (bafenet data build) or Hub repo id")
+    parser.add_argument("--config", default="default", help="dataset config: default (v2 splits) or v1")
+    parser.add_argument("--split", default="test", help="split to score, e.g. test, validation, train+validation")
+    parser.add_argument("--out", default="results.json", type=Path,
+                        help="results JSON; the PR curve is written beside it as <stem>_pr_curve.png")
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu)")
+    parser.add_argument("--score-threshold", type=float, default=0.5,
+                        help="operating point for precision/recall/F1, masks (IoU/nIoU/Pd/Fa) and points")
+    parser.add_argument("--detection-threshold", type=float, default=None,
+                        help="post-processing score threshold (default: the model config's score_threshold, 0.05)")
+    parser.add_argument("--iou-threshold", type=float, default=0.5, help="VOC IoU threshold")
+    parser.add_argument("--no-legacy-plus-one", dest="legacy_plus_one", action="store_false",
+                        help="exact IoU instead of mmdet's legacy +1 widths (the paper's numbers use +1)")
+    parser.add_argument("--point-radius", type=float, default=3.0, help="point matching radius in pixels (strict <)")
+    parser.add_argument("--pd-matching", choices=("greedy", "optimal"), default="greedy",
+                        help="Pd/Fa target matching: greedy (BasicIRSTD, the field's numbers) or optimal (Hungarian)")
+    parser.add_argument("--revision", default=None, help="model revision on the Hub")
+
+
+def run(args: argparse.Namespace) -> int:
+    import datasets
+    import transformers
+    from transformers import AutoImageProcessor, AutoModelForObjectDetection
+
+    from . import __version__
+
+    out: Path = args.out
+    if out.suffix != ".json":
+        raise SystemExit(f"--out {out}: expected a .json file name")
+    started = time.time()
+    model = AutoModelForObjectDetection.from_pretrained(str(args.model), trust_remote_code=True, revision=args.revision)
+    processor = AutoImageProcessor.from_pretrained(str(args.model), trust_remote_code=True, revision=args.revision)
+    dataset = datasets.load_dataset(str(args.dataset), args.config, split=args.split)
+    results = evaluate_model(
+        model, processor, dataset, batch_size=args.batch_size, device=args.device,
+        score_threshold=args.score_threshold, iou_threshold=args.iou_threshold,
+        legacy_plus_one=args.legacy_plus_one, point_radius=args.point_radius, pd_matching=args.pd_matching,
+        detection_threshold=args.detection_threshold,
+    )
+    detections = results.pop("detections")
+    conv = results.pop("conventions")
+    results["meta"] = {
+        "model": str(args.model), "dataset": str(args.dataset), "config": args.config, "split": args.split,
+        "revision": args.revision, "batch_size": args.batch_size, "seconds": round(time.time() - started, 1),
+        "bafenet": __version__, "transformers": transformers.__version__, "datasets": datasets.__version__,
+        "python": platform.python_version(),
+    }
+    results["conventions"] = conv
+    results["detections"] = detections
+    out.parent.mkdir(parents=True, exist_ok=True)
+    pr_path = out.with_name(out.stem + "_pr_curve.png")
+    ground_truths = [_ground_truth(row) for row in dataset.select_columns(["image_id", "objects", "points"])]
+    write_pr_curve(detections, ground_truths, pr_path, results, args.iou_threshold, args.legacy_plus_one,
+                   title=f"{Path(str(args.model)).name} on {args.config}/{args.split}")
+    results["meta"]["pr_curve"] = pr_path.name
+    out.write_text(results_to_json(results))
+    print(format_summary(results))
+    print(f"wrote {out} and {pr_path}")
+    return 0
