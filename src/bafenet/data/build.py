@@ -33,7 +33,7 @@ from tqdm.auto import tqdm
 
 from .card import BuildSummary, SplitSummary, render_card
 from .densesirst import CONFIG_SPLITS, FEATURES, example_from_sample, object_id_bases, resolve_splits
-from .devkit import DevkitError, SirstDevkit
+from .devkit import DevkitError, EncodedSample, SirstDevkit, read_encoded
 
 __all__ = ["build_dataset", "add_arguments", "run"]
 
@@ -43,27 +43,24 @@ MAX_SHARD_BYTES = 500 * 2**20  # like datasets' push_to_hub default
 ROW_GROUP_SIZE = 100  # rows per Parquet row group, datasets' choice for image datasets
 
 
-@functools.lru_cache(maxsize=4)
-def _devkit(root: str) -> SirstDevkit:
-    return SirstDevkit(root)
-
-
-def _encode(root: str, image_id: str, object_id_base: int) -> dict:
-    """Read, validate and encode one image (runs in a worker process when num_proc > 1)."""
-    return FEATURES.encode_example(example_from_sample(_devkit(root).read_encoded(image_id), object_id_base))
-
-
 def _encode_all(root: str, image_ids: list[str], bases: dict[str, int], num_proc: int) -> dict[str, dict]:
+    """Read, validate and encode every image once; workers (spawned, importing only numpy and PIL) do the reading."""
     desc = f"Reading {len(image_ids)} images"
     if num_proc <= 1 or len(image_ids) < 2 * num_proc:
-        return {i: _encode(root, i, bases[i]) for i in tqdm(image_ids, desc=desc, unit="img")}
-    executor = ProcessPoolExecutor(max_workers=num_proc, mp_context=multiprocessing.get_context("spawn"))
-    try:
+        samples: Iterable[EncodedSample] = map(functools.partial(read_encoded, root), image_ids)
+        executor = None
+    else:
+        executor = ProcessPoolExecutor(max_workers=num_proc, mp_context=multiprocessing.get_context("spawn"))
         chunksize = max(1, min(16, len(image_ids) // (4 * num_proc)))
-        rows = executor.map(_encode, [root] * len(image_ids), image_ids, [bases[i] for i in image_ids], chunksize=chunksize)
-        return dict(zip(image_ids, tqdm(rows, total=len(image_ids), desc=desc, unit="img")))
+        samples = executor.map(read_encoded, [root] * len(image_ids), image_ids, chunksize=chunksize)
+    try:
+        return {
+            s.image_id: FEATURES.encode_example(example_from_sample(s, bases[s.image_id]))
+            for s in tqdm(samples, total=len(image_ids), desc=desc, unit="img")
+        }
     finally:
-        executor.shutdown(wait=True, cancel_futures=True)
+        if executor is not None:
+            executor.shutdown(wait=True, cancel_futures=True)
 
 
 def _write_split(table: pa.Table, folder: Path, split: str) -> None:

@@ -16,6 +16,7 @@ Every problem raises one `DevkitError` that names the file and what is wrong; no
 
 from __future__ import annotations
 
+import functools
 import io
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
@@ -24,7 +25,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-__all__ = ["DevkitError", "DevkitSample", "EncodedSample", "SirstDevkit", "REQUIRED_SUBDIRS"]
+__all__ = ["DevkitError", "DevkitSample", "EncodedSample", "SirstDevkit", "read_encoded", "REQUIRED_SUBDIRS"]
 
 REQUIRED_SUBDIRS = ("PNGImages", "SIRST/BBox", "SIRST/BinaryMask", "SIRST/Point_label", "SkySeg/BinaryMask", "Splits")
 TARGET_NAME = "Target"
@@ -285,3 +286,13 @@ class SirstDevkit:
             target_fg = np.asarray(target_im) > 0 if target_fg is None else target_fg
             sky_fg = np.asarray(sky_im) > 0 if sky_fg is None else sky_fg
         return encoded, target_fg, sky_fg
+
+
+@functools.lru_cache(maxsize=4)
+def _cached_devkit(root: str) -> SirstDevkit:
+    return SirstDevkit(root)
+
+
+def read_encoded(root: str, image_id: str) -> EncodedSample:
+    """``SirstDevkit(root).read_encoded(image_id)`` for worker processes (this module imports only numpy and PIL)."""
+    return _cached_devkit(root).read_encoded(image_id)
