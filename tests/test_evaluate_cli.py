@@ -1,0 +1,101 @@
+"""`bafenet evaluate` end to end on the tiny model and the synthetic dataset, and evaluate_predictions' contracts."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+
+@pytest.fixture(scope="module")
+def test_split(synthetic_dataset_dir):
+    import datasets
+
+    return datasets.load_dataset(str(synthetic_dataset_dir), "default", split="test")
+
+
+@pytest.fixture(scope="module")
+def ground_truths(test_split):
+    from bafenet.evaluation import _ground_truth
+
+    return [_ground_truth(row) for row in test_split.select_columns(["image_id", "objects", "points"])]
+
+
+def test_cli_writes_one_json_with_metrics_conventions_detections_and_a_pr_curve(
+    tiny_model_dir, synthetic_dataset_dir, test_split, ground_truths, tmp_path, capsys
+):
+    from bafenet.cli import main
+    from bafenet.metrics.box import voc_detection_metrics
+
+    out = tmp_path / "eval" / "results.json"
+    argv = ["evaluate", "--model", str(tiny_model_dir), "--dataset", str(synthetic_dataset_dir), "--split", "test",
+            "--out", str(out), "--batch-size", "2", "--device", "cpu",
+            # a random tiny model scores ~0.005: keep its boxes so every metric path sees detections
+            "--detection-threshold", "0.001", "--score-threshold", "0.0"]
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    for word in ("mAP07", "mAP12", "recall", "COCO", "nIoU", "Pd", "Fa", "Points", "Sky", "wrote"):
+        assert word in printed, word
+
+    results = json.loads(out.read_text())
+    for key in ("mAP07", "mAP12", "recall", "coco_mAP", "IoU", "nIoU", "Pd", "Fa", "point_precision", "point_recall",
+                "point_f1", "point_mean_error", "point_median_error", "num_images", "num_targets", "sky_IoU"):
+        assert key in results, key
+    assert results["num_images"] == len(test_split) and results["num_targets"] == sum(len(g["boxes"]) for g in ground_truths)
+    assert {"voc", "mAP07", "mAP12", "coco", "Pd_Fa", "points", "masks"} <= set(results["conventions"])
+    assert "legacy +1" in results["conventions"]["voc"] and results["legacy_plus_one"] == 1
+    assert results["meta"]["split"] == "test"
+
+    detections = results["detections"]
+    assert [d["image_id"] for d in detections] == list(test_split["image_id"])
+    assert sum(len(d["scores"]) for d in detections) == results["num_detections"] > 0
+    for det, width, height in zip(detections, test_split["width"], test_split["height"]):
+        boxes = np.asarray(det["boxes"]).reshape(-1, 4)
+        assert (boxes[:, 0] >= 0).all() and (boxes[:, 2] <= width).all() and (boxes[:, 3] <= height).all()
+        assert np.all(np.diff(det["scores"]) <= 0)
+    # the raw detections re-score to exactly the same numbers
+    again = voc_detection_metrics(detections, ground_truths, score_threshold=0.0)
+    for key in ("mAP07", "mAP12", "recall", "num_detections"):
+        assert again[key] == results[key], key
+
+    png = out.with_name("results_pr_curve.png")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and results["meta"]["pr_curve"] == png.name
+
+
+def test_perfect_predictions_score_one(test_split, ground_truths):
+    from bafenet.evaluation import evaluate_predictions
+
+    perfect = [{"image_id": g["image_id"], "boxes": g["boxes"], "scores": np.linspace(1.0, 0.6, len(g["boxes"]))}
+               for g in ground_truths]
+    m = evaluate_predictions(perfect, test_split)
+    for key in ("mAP07", "mAP12", "recall", "precision_at_score", "recall_at_score", "coco_mAP", "coco_AP50",
+                "point_precision", "point_recall", "Pd"):
+        assert m[key] == pytest.approx(1.0), key
+    assert m["Fa"] == 0.0
+    assert 0.5 < m["IoU"] < 1.0  # boxes drawn as masks cover the blobs plus their corners: the box-detector ceiling
+    assert m["point_mean_error"] < 1.0  # labels are integer (about the floor of each centroid)
+
+
+def test_mismatched_image_ids_are_an_error(test_split, ground_truths):
+    from bafenet.evaluation import evaluate_predictions
+
+    partial = [{"image_id": g["image_id"], "boxes": g["boxes"], "scores": np.ones(len(g["boxes"]))} for g in ground_truths[1:]]
+    with pytest.raises(ValueError, match="image ids do not match"):
+        evaluate_predictions(partial, test_split)
+
+
+def test_grey_or_missized_mask_columns_are_an_error():
+    from PIL import Image
+
+    from bafenet.evaluation import _binary_mask
+
+    grey = np.zeros((4, 5), dtype=np.uint8)
+    grey[1, 1] = 128
+    with pytest.raises(ValueError, match=r"Misc_3.*target_mask.*values \[0, 128\]"):
+        _binary_mask(Image.fromarray(grey), "target_mask", "Misc_3", (4, 5))
+    with pytest.raises(ValueError, match="Misc_3"):
+        _binary_mask(Image.fromarray(np.zeros((4, 6), dtype=np.uint8)), "target_mask", "Misc_3", (4, 5))
+    ok = np.zeros((4, 5), dtype=np.uint8)
+    ok[2, 3] = 255
+    assert _binary_mask(Image.fromarray(ok), "sky_mask", "x", (4, 5)).sum() == 1
