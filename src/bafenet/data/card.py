@@ -127,13 +127,14 @@ def render_card(summary: BuildSummary, stats_markdown: str | None = None) -> str
     first_split = summary.configs[first][0].name
     config_arg = "" if first == summary.default_config else f', "{first}"'
     stats = f"{stats_markdown.strip()}\n\n" if stats_markdown else ""
+    incomplete = " (an incomplete build: see *Skipped images*)" if skipped else ""
     return f"""---
 {front}---
 
 # DenseSIRST
 
-{summary.num_images:,} single-frame infrared images with **{summary.num_targets:,}** small targets, most of them in
-dense clusters, with **all four label types** of the original release: boxes, pixel masks, point labels and a sky
+{summary.num_images:,} single-frame infrared images{incomplete} with **{summary.num_targets:,}** small targets, most of
+them in dense clusters, with **all four label types** of the original release: boxes, pixel masks, point labels and a sky
 segmentation. Introduced with BAFE-Net in *Background Semantics Matter: Cross-Task Feature Exchange Network for
 Clustered Infrared Small Target Detection With Sky-Annotated Dataset* ([arXiv 2407.20078]({PAPER})).
 

@@ -39,8 +39,8 @@ CONFIG_SPLITS: dict[str, dict[str, str]] = {
     "v1": {"train": "train_v1", "validation": "val_v1", "test": "test_v1"},
 }
 CONFIG_DESCRIPTIONS = {
-    "default": "DenseSIRST v2 splits: all 1,024 images (train_v2 / val_v2 / test_v2).",
-    "v1": "SIRST-v1 splits: only the 427 Misc_* images (train_v1 / val_v1 / test_v1).",
+    "default": "the DenseSIRST (v2) splits train_v2 / val_v2 / test_v2, over all images (1,024 in the full release).",
+    "v1": "the SIRST-v1 splits train_v1 / val_v1 / test_v1, over the Misc_* images only (427 in the full release).",
 }
 OBJECT_ID_STRIDE = 1000  # objects.id = OBJECT_ID_STRIDE * rank of the image id + index of the box in the XML
 
@@ -132,7 +132,7 @@ def resolve_splits(
         message = missing_images_message(devkit, {splits[s]: m for s, m in missing.items()})
         if not skip_missing:
             raise DevkitError(f"{message}. Restore them, or pass --skip-missing (skip_missing=True) to build without them.")
-        logger.warning("skipping %s", message)
+        logger.warning("--skip-missing: leaving out %s", message)
     kept = {}
     for split, split_ids in ids.items():
         skip = set(missing[split])
