@@ -104,13 +104,17 @@ class Repo:
 
 
 class HubError(Exception):
-    def __init__(self, status: int, message: str, code: str | None = None):
+    """An error answer: status, ``X-Error-Code`` / ``X-Error-Message`` headers, JSON ``{"error": ..., **extra}``."""
+
+    def __init__(self, status: int, message: str, code: str | None = None, **extra: Any):
         super().__init__(message)
-        self.status, self.message, self.code = status, message, code
+        self.status, self.message, self.code, self.extra = status, message, code, extra
 
 
 @dataclass
 class Request:
+    """One recorded request (header names lower-cased)."""
+
     method: str
     path: str
     headers: dict[str, str]
@@ -181,7 +185,7 @@ class HubHandler(BaseHTTPRequestHandler):
         body = self._read_body()
         state = self.server.state
         with state.lock:
-            state.requests.append(Request(self.command, self.path, dict(self.headers.items()), body))
+            state.requests.append(Request(self.command, self.path, {k.lower(): v for k, v in self.headers.items()}, body))
         for method, pattern, name in ROUTES:
             match = pattern.match(url.path) if method == self.command else None
             if match:
@@ -194,7 +198,7 @@ class HubHandler(BaseHTTPRequestHandler):
                     status, headers = err.status, {"X-Error-Message": err.message}
                     if err.code:
                         headers["X-Error-Code"] = err.code
-                    payload = {"error": err.message}
+                    payload = {"error": err.message, **err.extra}
                 self._send(status, payload, headers)
                 return
         self._send(404, {"error": f"no route for {self.command} {url.path}"}, {})
@@ -272,7 +276,7 @@ class HubHandler(BaseHTTPRequestHandler):
         url = f"{self.endpoint}/{'' if repo_type == 'model' else repo_type + 's/'}{repo_id}"
         state = self.server.state
         if (repo_type, repo_id) in state.repos:
-            raise HubError(409, f"You already created this {repo_type} repo: {url}")
+            raise HubError(409, f"You already created this {repo_type} repo", url=url)
         repo = Repo(repo_type, repo_id, private=payload.get("visibility") == "private" or bool(payload.get("private")))
         gitattributes = Blob(b"*.safetensors filter=lfs diff=lfs merge=lfs -text\n*.parquet filter=lfs diff=lfs merge=lfs -text\n", False)
         repo.refs["main"] = state.new_commit(repo, None, {".gitattributes": gitattributes}, "initial commit").oid

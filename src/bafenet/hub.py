@@ -29,7 +29,7 @@ import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TextIO
 
 from bafenet.model_card import CardSourceError, build_model_card, read_json
 
@@ -334,9 +334,13 @@ def push(
     license: str = "apache-2.0",
     exclude: tuple[str, ...] = (),
     dry_run: bool = False,
-    out=None,
+    endpoint: str | None = None,
+    out: TextIO | None = None,
 ) -> list["CommitInfo"]:
-    """Check both folders, then push the dataset and the model (each in one commit). Returns the commits."""
+    """Check both folders, then push the dataset and the model (each in one commit) and return the commits.
+
+    ``endpoint`` defaults to ``HF_ENDPOINT`` (https://huggingface.co); progress lines go to ``out`` (stdout).
+    """
     out = out or sys.stdout
     if (model_dir is None) != (model_repo is None):
         raise ValueError("--model-dir and --model-repo go together")
@@ -364,7 +368,7 @@ def push(
         raise HubFolderError("no Hugging Face token: set HF_TOKEN, run `hf auth login`, or pass --token")
     from huggingface_hub import HfApi
 
-    api = HfApi(token=token)
+    api = HfApi(endpoint=endpoint, token=token)
     commits = []
     for plan in plans:
         print(f"Pushing {plan.repo_type} folder {plan.folder} to {plan.repo_id}: {len(plan.files)} files, "

@@ -1,0 +1,355 @@
+"""`bafenet push` / push_to_hub.py against a local Hub stand-in (tests/hub_server.py, loopback only).
+
+The round trip runs the real script in a subprocess with ``HF_ENDPOINT`` pointing at the stand-in, then loads both
+artefacts back in a fresh process with ``load_dataset("tester/densesirst")`` and
+``AutoModel.from_pretrained("tester/bafenet-tiny", trust_remote_code=True)``. The other tests call
+``bafenet.hub.push`` in-process with an explicit endpoint.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from hub_server import USER, LocalHub, parse_front_matter, validate_card_metadata
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+FAKE_TOKEN = "hf_bafenetTESTtoken1234567890LeakCanary"
+MODEL_REPO = f"{USER}/bafenet-tiny"
+DATASET_REPO = f"{USER}/densesirst"
+
+
+@pytest.fixture(scope="module")
+def hub():
+    with LocalHub(lifetime=600) as server:
+        yield server
+
+
+@pytest.fixture
+def hub_api(hub, monkeypatch):
+    """In-process clients: Xet off (read at call time) and the stand-in as endpoint."""
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_DISABLE_XET", True)
+    monkeypatch.setenv("HF_TOKEN", FAKE_TOKEN)
+    return hub
+
+
+def _linked_copy(src: Path, dst: Path, drop: tuple[str, ...] = ()) -> Path:
+    """A copy of a folder made of symlinks (cheap for the weights), without the files in ``drop``."""
+    for path in src.rglob("*"):
+        rel = path.relative_to(src).as_posix()
+        if path.is_file() and rel not in drop:
+            (dst / rel).parent.mkdir(parents=True, exist_ok=True)
+            (dst / rel).symlink_to(path)
+    return dst
+
+
+def _push(hub: LocalHub, **kwargs):
+    from bafenet.hub import push
+
+    out = io.StringIO()
+    commits = push(endpoint=hub.endpoint, out=out, **kwargs)
+    return commits, out.getvalue()
+
+
+# -- round trip with the real scripts ------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def pushed(hub, tiny_model_dir, synthetic_dataset_dir, tmp_path_factory):
+    """`python push_to_hub.py` of both folders in a subprocess (debug logging on, to catch any token in logs)."""
+    home = tmp_path_factory.mktemp("push_home")
+    env = {**os.environ, **hub.client_env(home, token=FAKE_TOKEN), "HF_HUB_VERBOSITY": "debug",
+           "TRANSFORMERS_VERBOSITY": "debug", "DATASETS_VERBOSITY": "debug"}
+    cmd = [sys.executable, str(REPO_ROOT / "push_to_hub.py"), "--model-dir", str(tiny_model_dir),
+           "--model-repo", MODEL_REPO, "--dataset-dir", str(synthetic_dataset_dir), "--dataset-repo", DATASET_REPO]
+    result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240, cwd=home)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return {"home": home, "stdout": result.stdout, "stderr": result.stderr, "env": env}
+
+
+LOAD_BACK = textwrap.dedent("""
+    import json, sys
+    import torch
+    from datasets import load_dataset
+    from transformers import AutoImageProcessor, AutoModel, AutoModelForObjectDetection
+
+    model_dir, dataset_dir, model_repo, dataset_repo = sys.argv[1:5]
+    report = {}
+    for config in ("default", "v1"):
+        local = load_dataset(dataset_dir, config)
+        remote = load_dataset(dataset_repo) if config == "default" else load_dataset(dataset_repo, config)
+        report[config] = {
+            split: {"rows": remote[split].num_rows, "local_rows": local[split].num_rows,
+                    "same_features": remote[split].features == local[split].features,
+                    "same_table": remote[split].data.table.equals(local[split].data.table),
+                    "labels": [len(o["bbox"]) for o in remote[split]["objects"]]}
+            for split in local
+        }
+        report[config]["splits"] = sorted(remote)
+
+    torch.manual_seed(0)
+    pixel_values = torch.rand(1, 3, 128, 128)
+    image = load_dataset(dataset_dir, split="test")[0]["image"]
+    outputs = {}
+    for name, source, auto_class in (("local", model_dir, AutoModelForObjectDetection), ("hub", model_repo, AutoModel),
+                                     ("hub_detector", model_repo, AutoModelForObjectDetection)):
+        model = auto_class.from_pretrained(source, trust_remote_code=True).eval()
+        processor = AutoImageProcessor.from_pretrained(source, trust_remote_code=True)
+        with torch.no_grad():
+            out = model(pixel_values=pixel_values)
+        outputs[name] = {"classes": [type(model).__name__, type(processor).__name__],
+                         "pixels": processor(images=image, return_tensors="pt")["pixel_values"],
+                         **{k: v for k, v in out.items() if torch.is_tensor(v)}}
+    local = outputs["local"]
+    report["model"] = {
+        "keys": sorted(local),
+        "classes": {name: out["classes"] for name, out in outputs.items()},
+        "identical": {f"{name}.{k}": sorted(out) == sorted(local) and bool(torch.equal(local[k], out[k]))
+                      for name, out in outputs.items() if name != "local" for k in local if torch.is_tensor(local[k])},
+    }
+    print("REPORT" + json.dumps(report))
+""")
+
+
+@pytest.fixture(scope="module")
+def loaded_back(hub, pushed, tiny_model_dir, synthetic_dataset_dir, tmp_path_factory):
+    home = tmp_path_factory.mktemp("load_home")  # fresh caches: everything comes from the stand-in
+    env = {**os.environ, **hub.client_env(home, token=FAKE_TOKEN), "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-c", LOAD_BACK, str(tiny_model_dir), str(synthetic_dataset_dir), MODEL_REPO,
+           DATASET_REPO]
+    result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=home)
+    assert result.returncode == 0, result.stderr[-5000:]
+    report = json.loads(result.stdout.split("REPORT", 1)[1])
+    return {"home": home, "report": report, "stdout": result.stdout, "stderr": result.stderr}
+
+
+@pytest.mark.slow
+def test_round_trip_loads_same_rows_and_bit_identical_model(loaded_back, hub):
+    report = loaded_back["report"]
+    assert report["default"]["splits"] == ["test", "train", "validation"]
+    assert report["v1"]["splits"] == ["test", "train", "validation"]
+    for config in ("default", "v1"):
+        for split in ("train", "validation", "test"):
+            entry = report[config][split]
+            assert entry["rows"] == entry["local_rows"] > 0, (config, split)
+            assert entry["same_features"] and entry["same_table"], (config, split)
+    model = report["model"]
+    assert {"logits", "pred_boxes", "pixels"} <= set(model["keys"])
+    assert all(c == ["BafeNetForObjectDetection", "BafeNetImageProcessor"] for c in model["classes"].values())
+    assert len(model["identical"]) >= 6 and all(model["identical"].values()), model["identical"]
+
+
+@pytest.mark.slow
+def test_pushed_repos_hold_the_folders_and_the_cards(pushed, hub, tiny_model_dir, synthetic_dataset_dir):
+    model_files = hub.files(MODEL_REPO)
+    local = {p.relative_to(tiny_model_dir).as_posix() for p in tiny_model_dir.rglob("*") if p.is_file()}
+    assert set(model_files) == local | {"README.md", ".gitattributes"}
+    for rel in local - {"README.md"}:
+        assert model_files[rel] == (tiny_model_dir / rel).read_bytes(), rel
+    card = model_files["README.md"].decode()
+    meta = parse_front_matter(card)
+    assert meta["pipeline_tag"] == "object-detection" and meta["library_name"] == "transformers"
+    assert meta["datasets"] == [DATASET_REPO] and meta["license"]
+    assert validate_card_metadata(card, "model") == []
+    assert "Not evaluated" in card and "model-index" not in meta  # the tiny model has no metrics files
+    assert "2407.20078" in card and f'AutoModel.from_pretrained("{MODEL_REPO}", trust_remote_code=True)' in card
+
+    dataset_files = hub.files(DATASET_REPO, "dataset")
+    local = {p.relative_to(synthetic_dataset_dir).as_posix() for p in synthetic_dataset_dir.rglob("*") if p.is_file()}
+    assert set(dataset_files) == local | {".gitattributes"}
+    assert all(dataset_files[rel] == (synthetic_dataset_dir / rel).read_bytes() for rel in local)
+    assert hub.commits(MODEL_REPO) == ["initial commit", "Upload BAFE-Net model with bafenet push"]
+    assert hub.commits(DATASET_REPO, "dataset") == ["initial commit", "Upload DenseSIRST dataset with bafenet push"]
+
+
+@pytest.mark.slow
+def test_token_never_appears_in_output_logs_requests_or_files(pushed, loaded_back, hub, tiny_model_dir,
+                                                              synthetic_dataset_dir):
+    needle = FAKE_TOKEN.encode()
+    assert FAKE_TOKEN not in pushed["stdout"] + pushed["stderr"]
+    assert "(authenticated: True)" in pushed["stderr"]  # huggingface_hub debug logs really were captured
+    assert FAKE_TOKEN not in loaded_back["stdout"] + loaded_back["stderr"]
+    writes = [r for r in hub.state.requests if r.method in ("POST", "PUT")]
+    assert writes and all(r.headers.get("authorization") == f"Bearer {FAKE_TOKEN}" for r in writes
+                          if not r.path.startswith("/lfs-upload/"))  # the token was used ...
+    for request in hub.state.requests:  # ... but only ever in the Authorization header
+        assert needle not in request.body and FAKE_TOKEN not in request.path
+        assert all(FAKE_TOKEN not in v for k, v in request.headers.items() if k != "authorization")
+    for repo, repo_type in ((MODEL_REPO, "model"), (DATASET_REPO, "dataset")):
+        assert not any(needle in data for data in hub.files(repo, repo_type).values())
+    for root in (pushed["home"], loaded_back["home"], tiny_model_dir, synthetic_dataset_dir):
+        for path in Path(root).rglob("*"):
+            if path.is_file() and not path.is_symlink():
+                assert needle not in path.read_bytes(), path
+
+
+# -- in-process behaviour -----------------------------------------------------------------------------------------------
+def test_dry_run_lists_every_file_and_sends_nothing(hub, tiny_model_dir, synthetic_dataset_dir, capsys, monkeypatch):
+    from bafenet.hub import main
+
+    monkeypatch.setenv("HF_TOKEN", FAKE_TOKEN)
+    before = len(hub.state.requests)
+    code = main(["--model-dir", str(tiny_model_dir), "--model-repo", "tester/dry", "--dataset-dir",
+                 str(synthetic_dataset_dir), "--dataset-repo", "tester/dry-data", "--revision", "v2", "--dry-run"])
+    out = capsys.readouterr().out
+    assert code == 0 and len(hub.state.requests) == before
+    assert "model tester/dry (revision v2)" in out and "dataset tester/dry-data (revision v2)" in out
+    for folder in (tiny_model_dir, synthetic_dataset_dir):
+        for path in folder.rglob("*"):
+            if path.is_file() and path.name != "README.md":
+                assert path.relative_to(folder).as_posix() in out
+    assert "README.md" in out and "model card generated" in out and "nothing was sent" in out
+    assert FAKE_TOKEN not in out
+
+
+def _auto_map_code_file(model_dir: Path) -> str:
+    auto_map = json.loads((model_dir / "config.json").read_text())["auto_map"]
+    return next(v for k, v in auto_map.items() if k != "AutoConfig").rsplit(".", 1)[0] + ".py"
+
+
+@pytest.mark.parametrize("missing", ["model.safetensors", "config.json", "preprocessor_config.json", "<auto_map code>"])
+def test_incomplete_model_folder_fails_before_sending(hub_api, tiny_model_dir, tmp_path, missing):
+    from bafenet.hub import HubFolderError
+
+    if missing == "<auto_map code>":
+        missing = _auto_map_code_file(tiny_model_dir)
+    folder = _linked_copy(tiny_model_dir, tmp_path / "model", drop=(missing,))
+    before = len(hub_api.state.requests)
+    with pytest.raises(HubFolderError, match=rf"(?s)incomplete.*{missing}: missing"):
+        _push(hub_api, model_dir=folder, model_repo="tester/incomplete")
+    assert len(hub_api.state.requests) == before
+
+
+def test_incomplete_folder_cli_exits_1_with_message(tiny_model_dir, tmp_path, capsys):
+    from bafenet.hub import main
+
+    folder = _linked_copy(tiny_model_dir, tmp_path / "model", drop=("model.safetensors",))
+    assert main(["--model-dir", str(folder), "--model-repo", "tester/x", "--dry-run"]) == 1
+    assert "model.safetensors: missing" in capsys.readouterr().err
+
+
+def test_incomplete_dataset_folder_fails_before_sending(hub_api, synthetic_dataset_dir, tmp_path):
+    from bafenet.hub import HubFolderError
+
+    no_card = _linked_copy(synthetic_dataset_dir, tmp_path / "no_card", drop=("README.md",))
+    shards = [p.relative_to(synthetic_dataset_dir).as_posix() for p in synthetic_dataset_dir.rglob("*.parquet")]
+    no_shards = _linked_copy(synthetic_dataset_dir, tmp_path / "no_shards", drop=tuple(shards))
+    one_missing = _linked_copy(synthetic_dataset_dir, tmp_path / "one_missing", drop=(sorted(shards)[0],))
+    before = len(hub_api.state.requests)
+    with pytest.raises(HubFolderError, match="README.md: missing"):
+        _push(hub_api, dataset_dir=no_card, dataset_repo="tester/bad")
+    with pytest.raises(HubFolderError, match=r"no Parquet shard"):
+        _push(hub_api, dataset_dir=no_shards, dataset_repo="tester/bad")
+    with pytest.raises(HubFolderError, match=r"matches no file"):
+        _push(hub_api, dataset_dir=one_missing, dataset_repo="tester/bad")
+    assert len(hub_api.state.requests) == before
+
+
+def test_folder_holding_the_token_is_refused(hub_api, tiny_model_dir, tmp_path):
+    from bafenet.hub import HubFolderError
+
+    folder = _linked_copy(tiny_model_dir, tmp_path / "model")
+    (folder / "train_args.json").write_text(json.dumps({"lr": 0.01, "hub_token": FAKE_TOKEN}))
+    before = len(hub_api.state.requests)
+    with pytest.raises(HubFolderError, match="train_args.json: contains your Hugging Face token") as info:
+        _push(hub_api, model_dir=folder, model_repo="tester/leaky")
+    assert FAKE_TOKEN not in str(info.value) and len(hub_api.state.requests) == before
+
+
+def test_push_again_updates_in_one_commit_and_deletes_stale_files(hub_api, tiny_model_dir, tmp_path):
+    repo = "tester/bafenet-repush"
+    folder = _linked_copy(tiny_model_dir, tmp_path / "model")
+    (folder / "notes.txt").write_text("first run\n")
+    _push(hub_api, model_dir=folder, model_repo=repo)
+    assert "notes.txt" in hub_api.files(repo)
+
+    (folder / "notes.txt").unlink()
+    results = {"split": "test", "iou_threshold": 0.5, "legacy_plus_one": True, "mAP07": 0.125, "mAP12": 0.1}
+    (folder / "results.json").write_text(json.dumps(results))
+    (commit,), out = _push(hub_api, model_dir=folder, model_repo=repo, dataset_repo=DATASET_REPO,
+                           commit_message="Second run")
+    files = hub_api.files(repo)
+    assert hub_api.commits(repo) == ["initial commit", "Upload BAFE-Net model with bafenet push", "Second run"]
+    assert "notes.txt" not in files and "results.json" in files and commit.oid in out + commit.commit_url
+    card = files["README.md"].decode()
+    assert "0.125" in card and "Not evaluated" not in card and validate_card_metadata(card, "model") == []
+    assert parse_front_matter(card)["model-index"][0]["results"][0]["dataset"]["type"] == DATASET_REPO
+
+    _push(hub_api, model_dir=folder, model_repo=repo, dataset_repo=DATASET_REPO)  # nothing changed: no commit
+    assert len(hub_api.commits(repo)) == 3
+
+
+def test_revision_and_pull_request_leave_main_alone(hub_api, synthetic_dataset_dir, tmp_path):
+    repo = "tester/densesirst-branches"
+    folder = _linked_copy(synthetic_dataset_dir, tmp_path / "data")
+    _push(hub_api, dataset_dir=folder, dataset_repo=repo)
+    main_files = hub_api.files(repo, "dataset")
+    (folder / "extra.txt").write_text("on a branch\n")
+    _push(hub_api, dataset_dir=folder, dataset_repo=repo, revision="dev")
+    assert "extra.txt" in hub_api.files(repo, "dataset", revision="dev")
+    (commit,), _ = _push(hub_api, dataset_dir=folder, dataset_repo=repo, create_pr=True)
+    assert commit.pr_url and commit.pr_url.endswith("/discussions/1")
+    assert "extra.txt" in hub_api.files(repo, "dataset", revision="refs/pr/1")
+    assert hub_api.files(repo, "dataset") == main_files
+
+
+def test_missing_token_is_a_clear_error(hub, tiny_model_dir, monkeypatch, tmp_path):
+    from bafenet.hub import HubFolderError
+
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    monkeypatch.setattr("huggingface_hub.get_token", lambda: None)
+    with pytest.raises(HubFolderError, match="no Hugging Face token"):
+        _push(hub, model_dir=tiny_model_dir, model_repo="tester/no-token")
+
+
+def test_model_card_shows_only_measured_metrics_with_conventions(tiny_model_dir, tmp_path):
+    from bafenet.model_card import build_model_card
+
+    folder = _linked_copy(tiny_model_dir, tmp_path / "model")
+    card = build_model_card(folder, "tester/m")
+    assert "Not evaluated" in card and "| metric |" not in card and "No `train_args.json`" in card
+    (folder / "train_args.json").write_text(json.dumps({"epochs": 12, "lr": 0.01, "hub_token": "hf_x"}))
+    (folder / "metrics.json").write_text(json.dumps({"epoch": 12, "train_loss": 0.75, "history": [{}] * 20}))
+    (folder / "results.json").write_text(json.dumps({"split": "test", "box": {"mAP07": 0.2825, "recall": 0.33},
+                                                     "score_threshold": 0.05, "legacy_plus_one": True}))
+    card = build_model_card(folder, "tester/m", dataset_repo=DATASET_REPO)
+    assert "Not evaluated" not in card and "| `epochs` | 12 |" in card and "hf_x" not in card
+    assert "| `box.mAP07` | 0.2825 | VOC AP, 11-point" in card and "| `train_loss` | 0.75 |" in card
+    assert "- `score_threshold`: 0.05" in card and "- `legacy_plus_one`: True" in card and "- `split`: test" in card
+    assert "`history` (list of 20 entries)" in card
+    meta = parse_front_matter(card)
+    metrics = [m for r in meta["model-index"][0]["results"] for m in r["metrics"]]
+    assert {(m["name"], m["value"]) for m in metrics} == {("box.mAP07", 0.2825), ("box.recall", 0.33)}
+    assert validate_card_metadata(card, "model") == []
+
+
+def test_local_hub_stops_by_itself():
+    hub = LocalHub(lifetime=0.3).start()
+    with pytest.raises(urllib.error.HTTPError, match="404"):
+        urllib.request.urlopen(f"{hub.endpoint}/api/models/{USER}/none", timeout=5)
+    deadline = time.monotonic() + 5
+    while hub.running and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not hub.running
+    with pytest.raises(OSError):
+        urllib.request.urlopen(f"{hub.endpoint}/api/whoami-v2", timeout=2)
+
+
+def test_cli_word_push_is_wired(capsys):
+    from bafenet.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["push", "--help"])
+    out = capsys.readouterr().out
+    assert "--model-dir" in out and "--dry-run" in out and "HF_TOKEN" in out
+
