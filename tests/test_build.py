@@ -10,6 +10,7 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import datasets
+import huggingface_hub
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
@@ -94,6 +95,8 @@ def test_card_documents_configs_columns_counts_source_and_licence(synthetic_devk
     assert [c["config_name"] for c in meta["configs"]] == ["default", "v1"]
     assert meta["configs"][0]["default"] is True and "features" in meta["configs"][0]
     assert datasets.Features._from_yaml_list(meta["configs"][0]["features"]) == FEATURES
+    card = huggingface_hub.DatasetCard.load(synthetic_dataset_dir / "README.md")
+    assert card.data.license == "unknown" and card.data.pretty_name == "DenseSIRST"
     devkit = SirstDevkit(synthetic_devkit)
     test_ids = devkit.split_ids("test_v2")
     num_targets = sum(len(devkit.read_encoded(i).boxes) for i in test_ids)
@@ -145,7 +148,7 @@ def test_parallel_build_is_identical_and_reports_bad_files(synthetic_devkit, syn
     bad = SirstDevkit(devkit_dir).sky_mask_path(SirstDevkit(devkit_dir).split_ids("test_v2")[-1])
     bad.write_bytes(bad.read_bytes()[:40])
     with pytest.raises(DevkitError, match="corrupt or truncated PNG") as info:
-        build_dataset(devkit_dir, tmp_path / "bad", num_proc=2, stats=False)
+        build_dataset(devkit_dir, tmp_path / "bad", num_proc=2, splits=["test"], stats=False)
     assert str(bad) in str(info.value)
 
 
@@ -164,6 +167,10 @@ def test_cli_build_restricts_splits_and_replaces_only_earlier_builds(synthetic_d
     assert "not an earlier DenseSIRST build" in capsys.readouterr().err
     assert cli_main(["data", "build", "--devkit", str(tmp_path / "nowhere"), "--out", str(out)]) == 1
     assert "devkit folder does not exist" in capsys.readouterr().err
+    with pytest.raises(ValueError, match=r"unknown split\(s\) \['tset'\]"):
+        build_dataset(synthetic_devkit, out, splits=["tset"])
+    with pytest.raises(ValueError, match=r"unknown config\(s\) \['v3'\]"):
+        build_dataset(synthetic_devkit, out, configs=["v3"])
 
 
 @pytest.mark.real_data

@@ -130,12 +130,14 @@ def build_dataset(
     unknown = [c for c in configs if c not in CONFIG_SPLITS]
     if unknown or not configs:
         raise ValueError(f"unknown config(s) {unknown}; choose from {list(CONFIG_SPLITS)}")
-    plan = {
-        c: {s: f for s, f in CONFIG_SPLITS[c].items() if splits is None or s in set(splits)} for c in configs
-    }
+    all_splits = list(dict.fromkeys(s for c in CONFIG_SPLITS.values() for s in c))
+    splits = all_splits if splits is None else list(splits)
+    unknown = [s for s in splits if s not in all_splits]
+    if unknown or not splits:
+        raise ValueError(f"unknown split(s) {unknown}; choose from {all_splits}")
+    plan = {c: {s: f for s, f in CONFIG_SPLITS[c].items() if s in splits} for c in configs}
     plan = {c: p for c, p in plan.items() if p}
-    if not plan:
-        raise ValueError(f"no split selected: splits={list(splits or [])}; choose from train, validation, test")
+    default_config = "default" if "default" in plan else next(iter(plan))
     _check_out_dir(out)
 
     split_files = list(dict.fromkeys(f for p in plan.values() for f in p.values()))
@@ -159,11 +161,11 @@ def build_dataset(
                     SplitSummary(split, split_file, table.num_rows, num_targets, table.nbytes,
                                  f"data/{config}/{split}-*.parquet", skipped[split_file])
                 )
-                if config == next(iter(plan)):
+                if config == default_config:
                     default_tables[split] = table
         summary = BuildSummary(
             configs=summary_configs,
-            default_config="default" if "default" in plan else next(iter(plan)),
+            default_config=default_config,
             num_images=len(unique_ids),
             num_targets=sum(len(rows[i]["objects"]["bbox"]) for i in unique_ids),
         )
