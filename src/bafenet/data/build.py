@@ -46,7 +46,8 @@ ROW_GROUP_SIZE = 100  # rows per Parquet row group, datasets' choice for image d
 def _encode_all(root: str, image_ids: list[str], bases: dict[str, int], num_proc: int) -> dict[str, dict]:
     """Read, validate and encode every image once; workers (spawned, importing only numpy and PIL) do the reading."""
     desc = f"Reading {len(image_ids)} images"
-    if num_proc <= 1 or len(image_ids) < 2 * num_proc:
+    num_proc = min(num_proc, len(image_ids))
+    if num_proc <= 1:
         samples: Iterable[EncodedSample] = map(functools.partial(read_encoded, root), image_ids)
         executor = None
     else:
