@@ -306,24 +306,31 @@ def format_summary(results: Mapping[str, Any]) -> str:
 
     meta = results.get("meta", {})
     plus = "legacy +1" if results.get("legacy_plus_one") else "no +1"
+    rows = [
+        (f"VOC (IoU {f('iou_threshold', 2)}, {plus})",
+         f"mAP07 {f('mAP07')}  mAP12 {f('mAP12')}  recall {f('recall')}"),
+        (f"  at score >= {f('score_threshold', 2)}",
+         f"precision {f('precision_at_score')}  recall {f('recall_at_score')}  F1 {f('f1_at_score')}  "
+         f"(best F1 {f('best_f1')} at score {f('best_f1_score', 2)}, tuned on this split)"),
+        ("COCO (IoU .50:.95)",
+         f"mAP {f('coco_mAP')}  AP50 {f('coco_AP50')}  AP75 {f('coco_AP75')}  AP_small {f('coco_AP_small')}  "
+         f"AR100 {f('coco_AR100')}"),
+        ("Masks from boxes",
+         f"IoU {f('IoU')}  nIoU {f('nIoU')}  Pd {f('Pd')}  Fa {f('Fa_x1e6', 2)} x1e-6  "
+         f"({results.get('num_mask_targets')} mask targets)"),
+        (f"Points (< {f('point_radius', 0)} px, optimal)",
+         f"precision {f('point_precision')}  recall {f('point_recall')}  F1 {f('point_f1')}  "
+         f"error mean {f('point_mean_error', 2)} / median {f('point_median_error', 2)} px"),
+    ]
+    if "sky_IoU" in results:
+        rows.append(("Sky segmentation", f"IoU {f('sky_IoU')}  mIoU {f('sky_mIoU')}"))
     lines = [
         f"{meta.get('model', 'model')} on {meta.get('dataset', 'dataset')} [{meta.get('config', '?')}/"
         f"{meta.get('split', '?')}]: {results['num_images']} images, {results['num_targets']} targets, "
-        f"{results['num_detections']} detections",
-        f"  VOC  (IoU {f('iou_threshold', 2)}, {plus})   mAP07 {f('mAP07')}  mAP12 {f('mAP12')}  recall {f('recall')}",
-        f"       at score >= {f('score_threshold', 2)}        precision {f('precision_at_score')}  recall "
-        f"{f('recall_at_score')}  F1 {f('f1_at_score')}   (best F1 {f('best_f1')} at score {f('best_f1_score', 2)}, "
-        "tuned on this split)",
-        f"  COCO (IoU .50:.95)          mAP {f('coco_mAP')}  AP50 {f('coco_AP50')}  AP75 {f('coco_AP75')}  "
-        f"AP_small {f('coco_AP_small')}  AR100 {f('coco_AR100')}",
-        f"  Masks from boxes            IoU {f('IoU')}  nIoU {f('nIoU')}  Pd {f('Pd')}  Fa {f('Fa_x1e6', 2)} x1e-6  "
-        f"({results.get('num_mask_targets')} mask targets)",
-        f"  Points (< {f('point_radius', 0)} px, optimal)     precision {f('point_precision')}  recall "
-        f"{f('point_recall')}  F1 {f('point_f1')}  error mean {f('point_mean_error', 2)} / median "
-        f"{f('point_median_error', 2)} px",
+        f"{results['num_detections']} detections"
     ]
-    if "sky_IoU" in results:
-        lines.append(f"  Sky segmentation            IoU {f('sky_IoU')}  mIoU {f('sky_mIoU')}")
+    width = max(len(label) for label, _ in rows) + 2
+    lines += [f"  {label.ljust(width)}{text}" for label, text in rows]
     return "\n".join(lines)
 
 

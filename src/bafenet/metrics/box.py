@@ -200,7 +200,8 @@ def voc_detection_metrics(
         ``precision_at_score`` / ``recall_at_score`` / ``f1_at_score`` and ``tp_at_score`` / ``fp_at_score`` /
         ``fn_at_score``: operating point keeping detections with score >= ``score_threshold``.
         ``best_f1`` / ``best_f1_score``: the highest F1 along the curve and the score threshold achieving it
-        (tuned on the data being scored: an oracle, not a fair operating point for the test split).
+        (tuned on the data being scored: an oracle, not a fair operating point for the test split; NaN without
+        any true positive).
         ``num_images``, ``num_targets``, ``num_detections``, ``iou_threshold``, ``score_threshold``,
         ``legacy_plus_one`` (1/0).
     With no ground-truth boxes at all, AP and recall are 0 (mmdet's choice).
@@ -221,12 +222,13 @@ def voc_detection_metrics(
     r_at = safe_div(tp_at, matched.num_targets)
 
     best_f1, best_score = 0.0, float("nan")
-    if num_dets:
+    if matched.tp.any():
         # a threshold cannot split tied scores: only the last detection of each tie block is an operating point
         ends = np.flatnonzero(np.append(matched.scores[1:] != matched.scores[:-1], True))
         f1 = 2 * precision[ends] * recall[ends] / np.maximum(precision[ends] + recall[ends], 1e-12)
         best = int(np.argmax(f1))
-        best_f1, best_score = float(f1[best]), float(matched.scores[ends[best]])
+        # the score as its shortest float32 text (0.9, not 0.8999999761581421), still >= the float32 score
+        best_f1, best_score = float(f1[best]), float(str(np.float32(matched.scores[ends[best]])))
 
     return {
         "mAP07": average_precision(recall, precision, "11points"),
