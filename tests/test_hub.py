@@ -333,6 +333,32 @@ def test_model_card_shows_only_measured_metrics_with_conventions(tiny_model_dir,
     assert validate_card_metadata(card, "model") == []
 
 
+def test_training_run_folder_uploads_only_the_final_model(tiny_model_dir, tmp_path, capsys, monkeypatch):
+    from bafenet.hub import main
+
+    monkeypatch.setenv("HF_TOKEN", FAKE_TOKEN)
+    run = _linked_copy(tiny_model_dir, tmp_path / "run")
+    for sub in ("best_model", "last_model"):
+        _linked_copy(tiny_model_dir, run / sub)
+    (run / "checkpoints" / "epoch_3").mkdir(parents=True)
+    (run / "checkpoints" / "epoch_3" / "optimizer.bin").write_bytes(b"state")
+    (run / "logs").mkdir()
+    (run / "logs" / "events.out.tfevents.1").write_bytes(b"log")
+    (run / "results.json").write_text(json.dumps({"mAP07": 0.21, "meta": {"split": "test", "seconds": 3.5,
+                                                  "pr_curve": "results_pr_curve.png"}, "detections": [{}] * 9}))
+    (run / "results_pr_curve.png").write_bytes(b"\x89PNG")
+    assert main(["--model-dir", str(run), "--model-repo", "tester/run", "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "results_pr_curve.png" in out and "model.safetensors" in out
+    n = sum(p.is_file() for p in tiny_model_dir.rglob("*"))
+    assert f"not uploaded: best_model/ ({n} files), checkpoints/ (1 file), last_model/ ({n} files), logs/ (1 file)" in out
+    from bafenet.model_card import build_model_card
+
+    card = build_model_card(run, "tester/run")
+    assert "![precision-recall curve](results_pr_curve.png)" in card and "| `mAP07` | 0.21 |" in card
+    assert "- `meta.seconds`: 3.5" in card and "`detections` (list of 9 entries)" in card
+
+
 def test_local_hub_stops_by_itself():
     hub = LocalHub(lifetime=0.3).start()
     with pytest.raises(urllib.error.HTTPError, match="404"):

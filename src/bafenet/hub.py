@@ -38,7 +38,8 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-# Never uploaded from either folder: VCS/cache/editor debris and training-state leftovers (checkpoints, logs).
+# Never uploaded from either folder: VCS/cache/editor debris and training-state leftovers (checkpoints, logs). From a
+# model folder, sub-folders holding another saved model (a training run's best_model/, last_model/) are skipped too.
 IGNORED_DIRS = {".git", "__pycache__", ".cache", ".ipynb_checkpoints", ".huggingface", "runs", "logs", "checkpoints"}
 IGNORED_DIR_PATTERNS = ("checkpoint-*", "checkpoint_*", "epoch_*")
 IGNORED_FILES = ("*.pyc", ".DS_Store", "*.lock", "events.out.tfevents*", "optimizer.*", "scheduler.*",
@@ -80,12 +81,20 @@ def _is_ignored(rel: str) -> bool:
     return any(fnmatch.fnmatch(parts[-1], pat) for pat in IGNORED_FILES)
 
 
-def collect_files(folder: Path, exclude: list[str] | tuple[str, ...] = ()) -> tuple[dict[str, Path], list[str]]:
+def _nested_models(folder: Path) -> list[str]:
+    """Sub-folders that hold another saved model (e.g. ``best_model/``, ``last_model/`` of a training run)."""
+    return sorted(p.parent.relative_to(folder).as_posix() + "/" for p in folder.glob("*/**/config.json")
+                  if any((p.parent / w).is_file() for w in ("model.safetensors", "model.safetensors.index.json")))
+
+
+def collect_files(folder: Path, exclude: list[str] | tuple[str, ...] = (),
+                  skip_nested_models: bool = False) -> tuple[dict[str, Path], list[str]]:
     """All files under ``folder`` by POSIX relative path, minus ignored ones (returned second, for the listing)."""
     files, skipped = {}, []
+    nested = tuple(_nested_models(folder)) if skip_nested_models else ()
     for path in sorted(p for p in folder.rglob("*") if p.is_file() or p.is_symlink()):
         rel = path.relative_to(folder).as_posix()
-        if _is_ignored(rel) or any(fnmatch.fnmatch(rel, pattern) for pattern in exclude):
+        if _is_ignored(rel) or rel.startswith(nested) or any(fnmatch.fnmatch(rel, pattern) for pattern in exclude):
             skipped.append(rel)
         elif not path.is_file():
             raise HubFolderError(f"{path}: broken symbolic link in the folder to upload")
@@ -221,7 +230,7 @@ def plan_model_upload(model_dir: str | Path, repo_id: str, *, dataset_repo: str 
     """Check the model folder and list its files plus the generated model card."""
     folder = Path(model_dir)
     check_model_folder(folder)
-    files, skipped = collect_files(folder, exclude)
+    files, skipped = collect_files(folder, exclude, skip_nested_models=True)
     if "README.md" in files:
         skipped.append("README.md")
         del files["README.md"]
@@ -279,8 +288,12 @@ def format_plan(plan: UploadPlan, *, revision: str | None, create_pr: bool, priv
     lines.append(f"  {len(plan.files)} files, {_human(plan.total_bytes)}; remote files not in this list are deleted "
                  "in the same commit")
     if plan.skipped:
-        shown = ", ".join(plan.skipped[:6]) + (f", ... ({len(plan.skipped)} in all)" if len(plan.skipped) > 6 else "")
-        lines.append(f"  not uploaded: {shown}")
+        groups: dict[str, int] = {}
+        for rel in plan.skipped:
+            key = rel.split("/", 1)[0] + "/" if "/" in rel else rel
+            groups[key] = groups.get(key, 0) + 1
+        shown = [f"{key} ({n} file{'s' if n > 1 else ''})" if key.endswith("/") else key for key, n in groups.items()]
+        lines.append(f"  not uploaded: {', '.join(shown)}")
     return "\n".join(lines)
 
 

@@ -6,9 +6,9 @@ Sources, all read defensively (a file that is absent is reported as such, never 
 - ``preprocessor_config.json``: input size and normalisation;
 - ``model.safetensors`` (or its index): parameter count and size, read from the safetensors header only;
 - ``train_args.json``: the training arguments, shown as a table (secret-looking keys are left out and said so);
-- ``metrics.json`` (training) and ``results.json`` / ``eval_results.json`` (``bafenet evaluate``): every numeric
-  value is shown with the file's own convention fields (split, IoU threshold, coordinate convention, ...). Nothing
-  else: a model without such files is marked "not evaluated".
+- ``metrics.json`` (training) and ``results*.json`` / ``eval_results*.json`` (``bafenet evaluate``): every numeric
+  value is shown with the file's own convention fields (``meta``, ``conventions``, split, thresholds, ...) and the
+  PR-curve plot the file names. Nothing else: a model without such files is marked "not evaluated".
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ CITATION = """@article{xiao2024bafenet,
 }"""
 
 TRAINING_METRICS_FILES = ("metrics.json",)
-EVALUATION_METRICS_FILES = ("results.json", "eval_results.json")
+EVALUATION_METRICS_GLOBS = ("results*.json", "eval_results*.json")  # `bafenet evaluate --out results.json`
 TAGS = ["object-detection", "infrared", "small-target-detection", "bafenet", "densesirst", "custom_code", "vision"]
 
 # Metric names whose meaning is fixed in this project (bafenet.metrics); anything else is shown without a gloss.
@@ -62,6 +62,8 @@ _CONFIG_BOILERPLATE = {
     "prefix", "bos_token_id", "eos_token_id", "pad_token_id", "sep_token_id", "decoder_start_token_id",
     "cross_attention_hidden_size", "output_scores", "return_dict_in_generate", "use_cache",
 }
+# Top-level objects of a metrics file that describe the run rather than measure it.
+_CONVENTION_SECTIONS = ("meta", "conventions", "config", "args", "settings")
 # Numeric fields that describe how numbers were measured rather than being measurements.
 _CONVENTION_SUFFIXES = ("threshold", "thresholds", "size", "seed", "epoch", "step", "max_detections", "max_per_image",
                         "top_k", "plus_one", "num_classes")
@@ -79,8 +81,9 @@ def read_json(path: Path) -> Any:
         raise CardSourceError(f"{path}: cannot be read as JSON ({err})") from err
 
 
-def _read_optional(folder: Path, names: tuple[str, ...]) -> list[tuple[str, Any]]:
-    return [(name, read_json(folder / name)) for name in names if (folder / name).is_file()]
+def _read_optional(folder: Path, patterns: tuple[str, ...]) -> list[tuple[str, Any]]:
+    names = dict.fromkeys(p.name for pattern in patterns for p in sorted(folder.glob(pattern)) if p.is_file())
+    return [(name, read_json(folder / name)) for name in names]
 
 
 def count_parameters(folder: Path) -> tuple[int, int] | None:
@@ -140,7 +143,8 @@ def split_metrics(data: Any) -> tuple[list[tuple[str, Any]], list[tuple[str, Any
     for key, value in _flatten(data):
         if not key:
             continue
-        if _is_number(value) and not key.rsplit(".", 1)[-1].lower().endswith(_CONVENTION_SUFFIXES):
+        described = key.split(".", 1)[0] in _CONVENTION_SECTIONS
+        if _is_number(value) and not described and not key.rsplit(".", 1)[-1].lower().endswith(_CONVENTION_SUFFIXES):
             numbers.append((key, value))
         elif _is_number(value):
             conventions.append((key, value))
@@ -153,9 +157,12 @@ def split_metrics(data: Any) -> tuple[list[tuple[str, Any]], list[tuple[str, Any
     return numbers, conventions, notes
 
 
-def _metric_section(title: str, filename: str, data: Any) -> list[str]:
+def _metric_section(title: str, filename: str, data: Any, folder: Path) -> list[str]:
     numbers, conventions, notes = split_metrics(data)
     lines = [f"### {title} (`{filename}`)", ""]
+    plot = data.get("meta", {}).get("pr_curve") if isinstance(data, dict) and isinstance(data.get("meta"), dict) else None
+    if isinstance(plot, str) and (folder / plot).is_file():
+        lines += [f"![precision-recall curve]({plot})", ""]
     if conventions:
         lines += ["Conventions recorded with these numbers:", ""]
         lines += [f"- `{key}`: {_md(_fmt(value))}" for key, value in conventions]
@@ -178,14 +185,18 @@ def _eval_results(evaluations: list[tuple[str, Any]], dataset_repo: str) -> list
     for _, data in evaluations:
         if not isinstance(data, dict):
             continue
-        split = data.get("split") if isinstance(data.get("split"), str) else None
+        meta = data.get("meta") if isinstance(data.get("meta"), dict) else {}
+        split, config = data.get("split", meta.get("split")), data.get("config", meta.get("config"))
         for key, value in _flatten(data):
-            name = key.rsplit(".", 1)[-1]
-            metric_type = KNOWN_METRICS.get(name, ("", None))[1]
+            if key.split(".", 1)[0] in _CONVENTION_SECTIONS:
+                continue
+            metric_type = KNOWN_METRICS.get(key.rsplit(".", 1)[-1], ("", None))[1]
             if metric_type and _is_number(value):
                 results.append(EvalResult(
                     task_type="object-detection", dataset_type=dataset_repo, dataset_name="DenseSIRST",
-                    dataset_split=split, metric_type=metric_type, metric_value=float(value), metric_name=key,
+                    dataset_config=config if isinstance(config, str) else None,
+                    dataset_split=split if isinstance(split, str) else None,
+                    metric_type=metric_type, metric_value=float(value), metric_name=key,
                 ))
     return results
 
@@ -228,8 +239,8 @@ def _mode_lines(config: dict[str, Any]) -> list[str]:
     lines = ["## Mode", ""]
     if isinstance(mode, str):
         meaning = {
-            "faithful": "reproduces the published BAFE-Net code (including its quirks) as documented",
-            "improved": "deviates from the published code where the project found bugs or better choices",
+            "faithful": "it reproduces the original BAFE-Net code, quirks included, with every improvement switch off",
+            "improved": "at least one improvement switch below deviates from the original code on purpose",
         }.get(mode, "")
         lines += [f"This checkpoint was built in **{mode}** mode" + (f": {meaning}." if meaning else "."), ""]
     elif not switches:
@@ -300,7 +311,7 @@ def build_model_card(
     preprocessor = read_json(folder / "preprocessor_config.json") if (folder / "preprocessor_config.json").is_file() else None
     train_args = read_json(folder / "train_args.json") if (folder / "train_args.json").is_file() else None
     training = _read_optional(folder, TRAINING_METRICS_FILES)
-    evaluations = _read_optional(folder, EVALUATION_METRICS_FILES)
+    evaluations = _read_optional(folder, EVALUATION_METRICS_GLOBS)
     auto_map = {**(config.get("auto_map") or {}), **((preprocessor or {}).get("auto_map") or {})}
     name = repo_id.split("/")[-1]
 
@@ -324,9 +335,9 @@ def build_model_card(
         lines += ["**Not evaluated**: the model folder holds no `metrics.json` / `results.json`, so this card shows "
                   "no metric. Run `bafenet evaluate` and push again to add them.", ""]
     for filename, data in training:
-        lines += _metric_section("Measured during training", filename, data)
+        lines += _metric_section("Measured during training", filename, data, folder)
     for filename, data in evaluations:
-        lines += _metric_section("Measured by `bafenet evaluate`", filename, data)
+        lines += _metric_section("Measured by `bafenet evaluate`", filename, data, folder)
     lines += _usage_lines(repo_id, auto_map, dataset_repo)
     lines += [
         "## Limitations", "",
