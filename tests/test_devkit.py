@@ -138,6 +138,15 @@ BAD_FILES = {
     "x2 <= x1": (lambda d: _edit_box(d, "xmax", 0), "x2 <= x1"),
     "mask size differs": (_resize_mask, "is 17x13 but its image is"),
     "point count differs": (_drop_point, "point lines but Misc_1.xml has"),
+    "point outside image": (
+        lambda d: (d.points_path("Misc_1").write_text("5000 1\n" * len(d.read("Misc_1").boxes)), d.points_path("Misc_1"))[1],
+        r"point \(5000, 1\) lies outside",
+    ),
+    "xml size differs": (
+        lambda d: (d.bbox_path("Misc_1").write_text(d.bbox_path("Misc_1").read_text().replace("<width>", "<width>9")),
+                   d.bbox_path("Misc_1"))[1],
+        "<size> says 9",
+    ),
 }
 
 
