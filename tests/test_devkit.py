@@ -126,6 +126,18 @@ def _drop_point(devkit: SirstDevkit) -> Path:
     return path
 
 
+def _point_outside(devkit: SirstDevkit) -> Path:
+    path = devkit.points_path("Misc_1")
+    path.write_text("5000 1\n" * len(path.read_text().splitlines()))
+    return path
+
+
+def _xml_size(devkit: SirstDevkit) -> Path:
+    path = devkit.bbox_path("Misc_1")
+    path.write_text(path.read_text().replace("<width>", "<width>9"))
+    return path
+
+
 BAD_FILES = {
     "corrupt png": (_corrupt_png, "corrupt or truncated PNG"),
     "truncated png": (_truncate_png, "corrupt or truncated PNG"),
@@ -138,15 +150,8 @@ BAD_FILES = {
     "x2 <= x1": (lambda d: _edit_box(d, "xmax", 0), "x2 <= x1"),
     "mask size differs": (_resize_mask, "is 17x13 but its image is"),
     "point count differs": (_drop_point, "point lines but Misc_1.xml has"),
-    "point outside image": (
-        lambda d: (d.points_path("Misc_1").write_text("5000 1\n" * len(d.read("Misc_1").boxes)), d.points_path("Misc_1"))[1],
-        r"point \(5000, 1\) lies outside",
-    ),
-    "xml size differs": (
-        lambda d: (d.bbox_path("Misc_1").write_text(d.bbox_path("Misc_1").read_text().replace("<width>", "<width>9")),
-                   d.bbox_path("Misc_1"))[1],
-        "<size> says 9",
-    ),
+    "point outside image": (_point_outside, r"point \(5000, 1\) lies outside"),
+    "xml size differs": (_xml_size, "<size> says 9"),
 }
 
 
