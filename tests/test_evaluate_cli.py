@@ -99,3 +99,15 @@ def test_grey_or_missized_mask_columns_are_an_error():
     ok = np.zeros((4, 5), dtype=np.uint8)
     ok[2, 3] = 255
     assert _binary_mask(Image.fromarray(ok), "sky_mask", "x", (4, 5)).sum() == 1
+
+
+def test_predict_split_restores_training_mode_and_stays_on_the_model_device(tiny_model_dir, test_split):
+    from bafenet.evaluation import predict_split
+    from bafenet.models.bafenet import BafeNetForObjectDetection, BafeNetImageProcessor
+
+    model = BafeNetForObjectDetection.from_pretrained(tiny_model_dir).train()
+    processor = BafeNetImageProcessor.from_pretrained(tiny_model_dir)
+    detections = predict_split(model, processor, test_split, batch_size=3, threshold=0.001, progress=False)
+    assert model.training
+    assert [d["image_id"] for d in detections] == list(test_split["image_id"])
+    assert all(d["boxes"].shape == (len(d["scores"]), 4) for d in detections)

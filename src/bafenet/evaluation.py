@@ -85,15 +85,29 @@ def predict_split(
     dataset order, sorted by decreasing score), after the processor's post-processing (score >= ``threshold``, by
     default the model config's ``score_threshold`` (0.05), NMS, at most ``max_detections``). When ``sky_metric`` is
     given, each predicted sky mask is scored against the row's ``sky_mask`` on the fly (nothing is kept in memory).
+    The model runs in eval mode on ``device`` (default: where it already is) and gets its train/eval mode back.
     """
     import torch
-    from tqdm.auto import tqdm
 
     _check_columns(dataset, ("image", "image_id", "width", "height") + (("sky_mask",) if sky_metric else ()))
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if device is None:  # stay where the model is (e.g. during training); the CLI picks cuda when available
+        device = next(model.parameters()).device
+    device = torch.device(device)
+    was_training = model.training
     model = model.to(device).eval()
+    try:
+        return _predict(model, processor, dataset, batch_size, device, threshold, sky_metric, progress)
+    finally:
+        model.train(was_training)
+
+
+def _predict(model: Any, processor: Any, dataset: Any, batch_size: int, device: Any, threshold: float | None,
+             sky_metric: SkyIoU | None, progress: bool) -> list[dict[str, Any]]:
+    import torch
+    from tqdm.auto import tqdm
+
     if threshold is None:
         threshold = float(getattr(model.config, "score_threshold", 0.05))
     detections: list[dict[str, Any]] = []
@@ -370,8 +384,11 @@ def run(args: argparse.Namespace) -> int:
     model = AutoModelForObjectDetection.from_pretrained(str(args.model), trust_remote_code=True, revision=args.revision)
     processor = AutoImageProcessor.from_pretrained(str(args.model), trust_remote_code=True, revision=args.revision)
     dataset = datasets.load_dataset(str(args.dataset), args.config, split=args.split)
+    import torch
+
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     results = evaluate_model(
-        model, processor, dataset, batch_size=args.batch_size, device=args.device,
+        model, processor, dataset, batch_size=args.batch_size, device=device,
         score_threshold=args.score_threshold, iou_threshold=args.iou_threshold,
         legacy_plus_one=args.legacy_plus_one, point_radius=args.point_radius, pd_matching=args.pd_matching,
         detection_threshold=args.detection_threshold,
@@ -380,7 +397,7 @@ def run(args: argparse.Namespace) -> int:
     conv = results.pop("conventions")
     results["meta"] = {
         "model": str(args.model), "dataset": str(args.dataset), "config": args.config, "split": args.split,
-        "revision": args.revision, "batch_size": args.batch_size, "seconds": round(time.time() - started, 1),
+        "revision": args.revision, "batch_size": args.batch_size, "device": device, "seconds": round(time.time() - started, 1),
         "bafenet": __version__, "transformers": transformers.__version__, "datasets": datasets.__version__,
         "python": platform.python_version(),
     }
