@@ -56,9 +56,18 @@ def datasets_builder(devkit: SirstDevkit, tmp: Path) -> None:
         builder.download_and_prepare(str(tmp / config), file_format="parquet")
 
 
-def timed(fn, *args) -> float:
-    start = time.perf_counter()
+CPU_SECONDS: dict[str, float] = {}
+
+
+def _cpu() -> float:
+    t = os.times()  # this process and its reaped children (the build's worker processes)
+    return t.user + t.system + t.children_user + t.children_system
+
+
+def timed(fn, *args, name: str = "") -> float:
+    start, cpu = time.perf_counter(), _cpu()
     fn(*args)
+    CPU_SECONDS[name] = _cpu() - cpu
     return time.perf_counter() - start
 
 
@@ -78,28 +87,34 @@ def main() -> None:
           f"{os.cpu_count()} CPUs")
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        results = {
-            "read bytes (I/O floor)": timed(read_bytes, devkit, ids),
-            "decode image + 2 masks (validation floor)": timed(decode, devkit, ids),
-            "datasets GeneratorBasedBuilder -> parquet, 2 configs": timed(datasets_builder, devkit, tmp / "hf"),
-        }
+        results = {}
+        for name, fn, arg in (
+            ("read bytes (I/O floor)", read_bytes, ids),
+            ("decode image + 2 masks (validation floor)", decode, ids),
+            ("datasets GeneratorBasedBuilder -> parquet, 2 configs", datasets_builder, tmp / "hf"),
+        ):
+            results[name] = timed(fn, devkit, arg, name=name)
         peers = dict(results)
         for n in args.num_proc:
-            results[f"bafenet data build --num-proc {n} --no-stats"] = timed(
-                lambda: build_dataset(devkit.root, tmp / f"b{n}", num_proc=n, skip_missing=True, stats=False)
+            name = f"bafenet data build --num-proc {n} --no-stats"
+            results[name] = timed(
+                lambda: build_dataset(devkit.root, tmp / f"b{n}", num_proc=n, skip_missing=True, stats=False), name=name
             )
         if not args.no_stats:
             n = args.num_proc[-1]
-            results[f"bafenet data build --num-proc {n} (with statistics)"] = timed(
-                lambda: build_dataset(devkit.root, tmp / "bs", num_proc=n, skip_missing=True, stats=True)
+            name = f"bafenet data build --num-proc {n} (with statistics)"
+            results[name] = timed(
+                lambda: build_dataset(devkit.root, tmp / "bs", num_proc=n, skip_missing=True, stats=True), name=name
             )
         shutil.rmtree(tmp, ignore_errors=True)
 
     width = max(map(len, results))
-    print(f"\n{'task':<{width}}  {'seconds':>8}  " + "  ".join(f"{'/ ' + k.split(' (')[0][:14]:>16}" for k in peers))
+    load = os.getloadavg()[0]
+    print(f"\nwall seconds (1-min load average at the end: {load:.1f}), CPU seconds, and wall ratios to the peers")
+    print(f"{'task':<{width}}  {'wall s':>7}  {'CPU s':>7}  " + "  ".join(f"{'/ ' + k.split(' (')[0][:14]:>16}" for k in peers))
     for name, seconds in results.items():
         ratios = "  ".join(f"{seconds / p:>16.2f}" for p in peers.values())
-        print(f"{name:<{width}}  {seconds:>8.2f}  {ratios}")
+        print(f"{name:<{width}}  {seconds:>7.2f}  {CPU_SECONDS[name]:>7.2f}  {ratios}")
     best = min(v for k, v in results.items() if k.startswith("bafenet") and "statistics" not in k)
     print(f"\nbest build (no statistics): {best:.1f} s for {len(ids)} images "
           f"(target <= 60 s on 2 cores); {peers['datasets GeneratorBasedBuilder -> parquet, 2 configs'] / best:.2f}x "
