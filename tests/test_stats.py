@@ -138,6 +138,13 @@ def test_summary_and_claims(hand_stats):
     assert verdicts[S.README_CLAIMS["contrast"]] == "no"
 
 
+def test_chunked_measurement_gives_the_same_numbers(hand_stats, monkeypatch):
+    monkeypatch.setattr(S, "_MAX_CHUNK_PIXELS", 1)  # one target per chunk
+    stats = S.compute_target_stats([_hand_a(), _hand_b()], progress=False, num_workers=1)
+    for column in EXPECTED:
+        np.testing.assert_array_equal(stats.targets[column], hand_stats.targets[column])
+
+
 def test_ring_width_and_gap_change_the_contrast():
     # gap 0, width 1: B's ring is the 1-px frame around it (x 19..22, y 4..6 minus the box) and holds no other target
     stats = S.compute_target_stats([_hand_a()], ring_gap=0, ring_width=1, progress=False, num_workers=1)
@@ -195,7 +202,9 @@ def test_write_card_stats_files_and_relative_links(tmp_path):
     assert lines[-1].split(",")[-1] == ""  # E has no other target: empty, not "nan"
 
 
-def test_cli_on_synthetic_devkit_agrees_with_the_built_dataset(synthetic_devkit, synthetic_dataset_dir, tmp_path, capsys):
+def test_cli_on_synthetic_devkit_agrees_with_the_built_dataset(
+    synthetic_devkit, synthetic_dataset_dir, tmp_path, capsys
+):
     import csv
 
     from bafenet.cli import main

@@ -69,6 +69,7 @@ RING_WIDTH = 3  # px width of the background ring
 CONTRAST_THRESHOLD = 2.0  # the DenseSIRST README's "local contrast below 2"
 NUM_EXAMPLES = 8  # crops in examples.png
 EXAMPLE_WINDOW = 48  # px side of an example crop (original pixels)
+THUMBNAIL = 160  # px, longer side of the whole-image thumbnail above each crop
 CARD_COMMAND = "bafenet data stats --dataset . --out stats"
 
 TARGET_COLUMNS = (
@@ -133,6 +134,10 @@ class _Example:
     sky: np.ndarray
     boxes_xyxy: np.ndarray
     points: np.ndarray
+    image_size: tuple[int, int]  # (width, height) of the whole image
+    thumbnail: np.ndarray  # the whole image, longer side THUMBNAIL px
+    thumbnail_sky: np.ndarray
+    sky_fraction: float
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -331,14 +336,23 @@ def _example(sample: ImageAnnotations, window: int = EXAMPLE_WINDOW) -> _Example
     points = np.asarray(sample.points, np.float64).reshape(-1, 2)
     keep = (boxes[:, 2] > ex0) & (boxes[:, 0] < ex1) & (boxes[:, 3] > ey0) & (boxes[:, 1] < ey1)
     keep_points = (points[:, 0] >= ex0) & (points[:, 0] < ex1) & (points[:, 1] >= ey0) & (points[:, 1] < ey1)
+    from PIL import Image
+
+    sky = np.asarray(sample.sky_mask, bool)
+    scale = min(1.0, THUMBNAIL / max(height, width))
+    size = (max(1, round(width * scale)), max(1, round(height * scale)))
     return _Example(
         image_id=sample.image_id,
         num_targets=len(boxes),
         origin=(ex0, ey0),
         image=image[ey0:ey1, ex0:ex1].copy(),
-        sky=np.asarray(sample.sky_mask, bool)[ey0:ey1, ex0:ex1].copy(),
+        sky=sky[ey0:ey1, ex0:ex1].copy(),
         boxes_xyxy=boxes[keep] - [ex0, ey0, ex0, ey0],
         points=points[keep_points] - [ex0, ey0],
+        image_size=(width, height),
+        thumbnail=np.asarray(Image.fromarray(image).resize(size, Image.Resampling.BOX)),
+        thumbnail_sky=np.asarray(Image.fromarray(sky).resize(size, Image.Resampling.NEAREST)),
+        sky_fraction=float(sky.mean()),
     )
 
 
@@ -377,7 +391,9 @@ def _row_to_sample(row: dict[str, Any], split: str) -> ImageAnnotations:
     bbox = np.asarray(row["objects"]["bbox"], np.float64).reshape(-1, 4)
     for name, mask in (("target_mask", target), ("sky_mask", sky)):
         if mask.size != image.size:
-            raise StatsError(f"{image_id}: {name} is {mask.size[0]}x{mask.size[1]}, the image {image.size[0]}x{image.size[1]}")
+            raise StatsError(
+                f"{image_id}: {name} is {mask.size[0]}x{mask.size[1]} px, the image {image.size[0]}x{image.size[1]} px"
+            )
     return ImageAnnotations(
         image_id=image_id,
         image=np.asarray(image if image.mode == "L" else image.convert("L")),
@@ -629,7 +645,7 @@ class DatasetStats:
                     "mean(target mask pixels) / largest mean of the 8 box-sized cells around the box (LCM layout, "
                     "neighbours included); likely the DenseSIRST README's definition"
                 ),
-                "brightness_rank": "1 + number of image pixels strictly brighter than the target's peak (1 = brightest)",
+                "brightness_rank": "1 + number of image pixels brighter than the target's peak (1 = brightest)",
                 "nearest_target_distance": "box centre to the nearest other box centre of the same image, px",
                 "sky_fraction": "sky-mask pixels / image pixels",
             },
@@ -671,11 +687,12 @@ class DatasetStats:
         size, lc, br = s["size"], s["contrast"], s["brightness"]
         mode = size["most_common_wxh"][0] if size["most_common_wxh"] else {"w": 0, "h": 0, "share": math.nan}
         mask_area = size["mask_area_px"]
-        ring, ring_n, cells = (lc[k]["share_below_2"] for k in
-                               ("local_contrast", "local_contrast_with_neighbours", "local_contrast_cells"))  # fmt: skip
+        keys = ("local_contrast", "local_contrast_with_neighbours", "local_contrast_cells")
+        ring, ring_n, cells = (lc[k]["share_below_2"] for k in keys)
         contrast_verdict = (
             "yes" if min(ring, ring_n, cells) >= 0.9 else
-            "with the LCM-cell definition only" if cells >= 0.9 else "no"
+            "with the LCM-cell definition only" if cells >= 0.9 else
+            "nearly, with the LCM-cell definition" if cells >= 0.85 else "no"
         )  # fmt: skip
         return [
             {
@@ -737,7 +754,7 @@ class DatasetStats:
         command: str = "",
         plots: bool = True,
     ) -> str:
-        """Markdown: the claims table, the summary table, the definitions and the plots (linked under ``link_prefix``)."""
+        """Markdown: claims table, summary table, definitions and plots (files linked under ``link_prefix``)."""
         s = summary or self.summary()
         claims = s.get("claims") or self.claims(s)
         size, lc, br = s["size"], s["contrast"], s["brightness"]
@@ -777,9 +794,11 @@ class DatasetStats:
             f"{_pct(nn['share_below_20px'])} within 20 px. {_pct(sky['share_targets_in_sky'])} of targets lie in "
             f"the sky; {sky['images_all_sky']:,} images are all sky and {sky['images_without_sky']:,} have no sky. "
             f"For {_pct(br['share_no_background_pixel_brighter'])} of targets no background pixel is brighter than "
-            "the target's peak.",
+            f"the target's peak, and in {br['images_whose_brightest_point_is_a_target']:,} of the "
+            f"{s['num_images']:,} images the brightest point lies on a target.",
             "",
-            "Definitions. **Size**: box `w × h` in px (XML `xmax − xmin`, `ymax − ymin`); **mask area**: target-mask "
+            "Definitions. **Size**: box `w × h` in px (XML `xmax − xmin`, `ymax − ymin`); **mask area**: "
+            "target-mask "
             "pixels in the box. **Local contrast**: mean grey value of the target's mask pixels divided by the mean "
             f"of a ring {self.ring_gap + 1}–{self.ring_gap + self.ring_width} px beyond the box (a "
             f"{self.ring_gap}-px gap keeps the target's blurred rim out), clipped to the image and excluding the "
@@ -969,14 +988,14 @@ def _plot_contrast(stats: DatasetStats, path: Path) -> Path:
         v = np.sort(values[~np.isnan(values)])
         if len(v):
             below = float((v < CONTRAST_THRESHOLD).mean())
-            ax.plot(np.clip(v, 0, None), np.arange(1, len(v) + 1) / len(v), color=color, linestyle=style,
+            ax.step(v, np.arange(1, len(v) + 1) / len(v), where="post", color=color, linestyle=style,
                     label=f"{label}: {100 * below:.1f} % < 2")
             finite = v[np.isfinite(v)]
             if len(finite):
                 high = max(high, float(np.percentile(finite, 99)))
     ax.axvline(CONTRAST_THRESHOLD, color=_GREY, linewidth=0.8)
     ax.axhline(0.9, color=_GREY, linewidth=0.8, linestyle=":")
-    ax.text(CONTRAST_THRESHOLD, 0.02, " contrast 2", color=_GREY, fontsize=8)
+    ax.text(CONTRAST_THRESHOLD, 0.5, "contrast 2 ", color=_GREY, fontsize=8, rotation=90, ha="right", va="center")
     ax.text(high, 0.9, "README: 90 % below 2 ", color=_GREY, fontsize=8, ha="right", va="bottom")
     ax.set_xlim(0.5, high)
     ax.set_ylim(0, 1.01)
@@ -1015,11 +1034,15 @@ def _plot_distance(stats: DatasetStats, path: Path) -> Path:
     d = stats.targets["nearest_target_distance"]
     d = d[np.isfinite(d)]
     # zoom on where the mass is (1-px bins up to 40 px), the long tail piles up in the last bin
-    top = int(np.clip(5 * math.ceil(1.5 * np.percentile(d, 90) / 5), 10, 100)) if len(d) else 10
+    top = int(np.clip(5 * math.ceil(1.5 * np.percentile(d, 90) / 5), 20, 100)) if len(d) else 20
     step = 1 if top <= 40 else 2
     fig, ax = _figure(7, 4.6)
-    ax.hist(np.clip(d, 0, top), bins=np.arange(0, top + step + 1e-9, step), color=_BLUE, edgecolor="white",
-            linewidth=0.3)
+    counts, _, bars = ax.hist(np.clip(d, 0, top), bins=np.arange(0, top + step + 1e-9, step), color=_BLUE,
+                              edgecolor="white", linewidth=0.3)
+    if len(d) and counts[-1]:
+        bars[-1].set_facecolor(_GREY)
+        ax.annotate(f"≥ {top} px: {int(counts[-1])}", (top + step / 2, counts[-1]), ha="right", va="bottom",
+                    fontsize=8, color=_GREY, xytext=(0, 3), textcoords="offset points")
     if len(d):
         median = float(np.median(d))
         ax.axvline(median, color=_ORANGE, label=f"median {median:.1f} px")
@@ -1047,35 +1070,49 @@ def _plot_per_image(stats: DatasetStats, path: Path) -> Path:
     return _save(fig, path)
 
 
+def _stretch(grey: np.ndarray, sky: np.ndarray, sky_rgb: np.ndarray, alpha: float) -> np.ndarray:
+    """Grey -> RGB stretched from the 1st percentile to the maximum, sky tinted."""
+    values = grey.astype(np.float64)
+    low, high = (np.percentile(values, 1), values.max()) if values.size else (0.0, 1.0)
+    rgb = np.repeat(np.clip((values - low) / max(high - low, 1.0), 0, 1)[..., None], 3, axis=-1)
+    rgb[sky] = (1 - alpha) * rgb[sky] + alpha * sky_rgb
+    return rgb
+
+
 def _plot_examples(stats: DatasetStats, path: Path) -> Path:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
     from matplotlib.lines import Line2D
     from matplotlib.patches import Patch, Rectangle
 
-    from bafenet.visualize import GROUND_TRUTH_COLOR, SKY_COLOR
+    from bafenet.visualize import GROUND_TRUTH_COLOR, INSET_FRAME_COLOR, SKY_COLOR
 
     examples = stats.examples
     ncols = 4
-    nrows = max(1, math.ceil(len(examples) / ncols))
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(3.0 * ncols, 3.25 * nrows + 0.5), dpi=110, layout="constrained")
+    nrows = 2 * max(1, math.ceil(len(examples) / ncols))  # a whole-image row above each row of crops
+    fig = Figure(figsize=(3.0 * ncols, 2.7 * nrows + 0.4), dpi=100, layout="constrained")
     FigureCanvasAgg(fig)
-    axes = np.atleast_1d(fig.subplots(nrows, ncols)).ravel()
+    axes = np.asarray(fig.subplots(nrows, ncols, height_ratios=[0.75, 1] * (nrows // 2))).reshape(nrows, ncols)
     box_color = tuple(c / 255 for c in GROUND_TRUTH_COLOR)
+    frame_color = tuple(c / 255 for c in INSET_FRAME_COLOR)
     sky_rgb = np.asarray(SKY_COLOR, np.float64) / 255
-    for ax in axes:
+    for ax in axes.ravel():
         ax.set_axis_off()
-    for ax, ex in zip(axes, examples):
-        crop = ex.image.astype(np.float64)
-        low, high = (np.percentile(crop, 1), crop.max()) if crop.size else (0, 1)
-        grey = np.clip((crop - low) / max(high - low, 1), 0, 1)
-        rgb = np.repeat(grey[..., None], 3, axis=-1)
-        rgb[ex.sky] = 0.8 * rgb[ex.sky] + 0.2 * sky_rgb
-        ax.imshow(rgb, interpolation="nearest")
+    for k, ex in enumerate(examples):
+        top, ax = axes[2 * (k // ncols), k % ncols], axes[2 * (k // ncols) + 1, k % ncols]
+        # whole image: sky tinted, the crop framed
+        width, height = ex.image_size
+        top.imshow(_stretch(ex.thumbnail, ex.thumbnail_sky, sky_rgb, 0.35), interpolation="antialiased",
+                   extent=(0, width, height, 0))
+        top.add_patch(Rectangle(ex.origin, ex.image.shape[1], ex.image.shape[0], fill=False, edgecolor=frame_color,
+                                linewidth=1.5))
+        top.set_title(f"{ex.image_id} ({width}×{height} px)\n{ex.num_targets} target{'s' * (ex.num_targets != 1)}, "
+                      f"{100 * ex.sky_fraction:.0f} % sky", fontsize=8)
+        # the crop, 1 image pixel = 1 block
+        ax.imshow(_stretch(ex.image, ex.sky, sky_rgb, 0.2), interpolation="nearest")
         if ex.sky.any() and not ex.sky.all():
             ax.contour(ex.sky.astype(float), levels=[0.5], colors=[sky_rgb], linewidths=1.2, linestyles="--")
-        pad = 0.7  # draw the outline just outside the box so the target pixels stay visible
+        pad = 0.7  # the outline sits just outside the box so the target pixels stay visible
         for bx0, by0, bx1, by1 in ex.boxes_xyxy:
             ax.add_patch(Rectangle((bx0 - 0.5 - pad, by0 - 0.5 - pad), bx1 - bx0 + 2 * pad, by1 - by0 + 2 * pad,
                                    fill=False, edgecolor=box_color, linewidth=1.0))
@@ -1083,17 +1120,20 @@ def _plot_examples(stats: DatasetStats, path: Path) -> Path:
             ax.plot(ex.points[:, 0], ex.points[:, 1], "+", color="red", markersize=5, markeredgewidth=1.0)
         ax.set_xlim(-0.5, ex.image.shape[1] - 0.5)
         ax.set_ylim(ex.image.shape[0] - 0.5, -0.5)
-        ax.set_title(f"{ex.image_id}\n{ex.num_targets} targets; {ex.image.shape[1]}×{ex.image.shape[0]} px crop "
-                     f"at ({ex.origin[0]}, {ex.origin[1]})", fontsize=8)
+        for spine in ax.spines.values():
+            spine.set_edgecolor(frame_color)
+        ax.set_title(f"{ex.image.shape[1]}×{ex.image.shape[0]} px crop at ({ex.origin[0]}, {ex.origin[1]})",
+                     fontsize=8)
     fig.legend(
         handles=[
+            Patch(facecolor="none", edgecolor=frame_color, label="crop shown below"),
             Patch(facecolor="none", edgecolor=box_color, label="box (drawn just outside)"),
             Line2D([], [], marker="+", color="red", linestyle="none", label="point label"),
             Patch(facecolor=sky_rgb, alpha=0.4, edgecolor=sky_rgb, linestyle="--", label="sky (tint, dashed edge)"),
         ],
-        loc="outside lower center", ncols=3, frameon=False, fontsize=8,
+        loc="outside lower center", ncols=4, frameon=False, fontsize=8,
     )
-    fig.suptitle("Densest cluster of example images (contrast-stretched, 1 px = 1 image pixel)", fontsize=10)
+    fig.suptitle("Example images and their densest target cluster (grey values stretched per panel)", fontsize=10)
     return _save(fig, path)
 
 
@@ -1141,6 +1181,10 @@ def load_source(
         return _Parts(parts)
     if path.is_dir() and not (path / "README.md").is_file() and not any(path.glob("**/*.parquet")):
         raise StatsError(f"{path}: neither a built dataset folder (README.md + Parquet) nor a SIRSTdevkit")
+    text = str(dataset)
+    looks_local = text.startswith((".", "/", "~")) or text.count("/") > 1 or path.parent.is_dir() and text.count("/")
+    if not path.exists() and looks_local:
+        raise StatsError(f"{path}: no such dataset folder or SIRSTdevkit (a Hub dataset id looks like 'owner/name')")
 
     import datasets as hf_datasets
 
@@ -1166,10 +1210,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    source = load_source(args.dataset, args.config, args.split, args.skip_missing)
-    stats = compute_target_stats(
-        source, ring_gap=args.ring_gap, ring_width=args.ring_width, num_workers=args.num_workers
-    )
+    import sys
+
+    from bafenet.data.devkit import DevkitError
+
+    try:
+        source = load_source(args.dataset, args.config, args.split, args.skip_missing)
+        stats = compute_target_stats(
+            source, ring_gap=args.ring_gap, ring_width=args.ring_width, num_workers=args.num_workers
+        )
+    except (StatsError, DevkitError) as err:
+        print(f"bafenet data stats: error: {err}", file=sys.stderr)
+        return 2
     command = " ".join(
         ["bafenet data stats --dataset", str(args.dataset)]
         + (["--config", args.config] if args.config else [])
