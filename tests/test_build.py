@@ -42,6 +42,7 @@ def test_folder_holds_only_parquet_and_the_card(synthetic_dataset_dir):
 
 def test_load_dataset_both_configs_and_trainval(synthetic_devkit, synthetic_dataset_dir, tmp_path):
     devkit = SirstDevkit(synthetic_devkit)
+    assert datasets.get_dataset_config_names(str(synthetic_dataset_dir)) == ["default", "v1"]
     default = load(synthetic_dataset_dir, tmp_path=tmp_path)
     assert set(default) == {"train", "validation", "test"}
     assert default["train"].features == FEATURES
