@@ -1003,7 +1003,8 @@ def _plot_contrast(stats: DatasetStats, path: Path) -> Path:
                   f"{stats.ring_gap + stats.ring_width} px beyond the box)")
     ax.set_ylabel("share of targets with contrast ≤ x")
     ax.set_title("Local contrast, cumulative distribution")
-    ax.legend(frameon=False, loc="lower right", fontsize=8)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(frameon=False, loc="lower right", fontsize=8)
     ax.grid(alpha=0.3)
     return _save(fig, path)
 
