@@ -97,7 +97,8 @@ def test_card_documents_configs_columns_counts_source_and_licence(synthetic_devk
     assert meta["configs"][0]["default"] is True and "features" in meta["configs"][0]
     assert datasets.Features._from_yaml_list(meta["configs"][0]["features"]) == FEATURES
     card = huggingface_hub.DatasetCard.load(synthetic_dataset_dir / "README.md")
-    assert card.data.license == "unknown" and card.data.pretty_name == "DenseSIRST"
+    assert card.data.license == "unknown" and card.data.pretty_name == "DenseSIRST (synthetic stand-in)"
+    assert "**Synthetic data.**" in text and '"seed": 0' in text  # never mistaken for the real dataset
     devkit = SirstDevkit(synthetic_devkit)
     test_ids = devkit.split_ids("test_v2")
     num_targets = sum(len(devkit.read_encoded(i).boxes) for i in test_ids)
@@ -199,4 +200,5 @@ def test_real_test_split_is_complete_and_equal_to_the_xml(real_devkit, tmp_path)
             assert Image.open(io.BytesIO(row[column]["bytes"])).size == (row["width"], row["height"])
         num_targets += len(bbox)
     assert num_targets == 3454
-    assert "| `default` | `test` | `test_v2` | 256 | 3,454 |" in (out / "README.md").read_text()
+    card = (out / "README.md").read_text()
+    assert "| `default` | `test` | `test_v2` | 256 | 3,454 |" in card and "Synthetic data" not in card

@@ -169,6 +169,7 @@ def build_dataset(
             default_config=default_config,
             num_images=len(unique_ids),
             num_targets=sum(len(rows[i]["objects"]["bbox"]) for i in unique_ids),
+            synthetic=devkit.synthetic_info(),
         )
         (tmp / "README.md").write_text(render_card(summary))  # a loadable folder before the statistics
         stats_md = _card_stats(default_tables, tmp) if stats else None

@@ -3,6 +3,7 @@ then prose documenting every column, the splits with their counts, the source, t
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 
 import yaml
@@ -31,6 +32,7 @@ class BuildSummary:
     default_config: str
     num_images: int  # distinct images over all configs
     num_targets: int
+    synthetic: dict | None = None  # `bafenet data synth` parameters when built from a synthetic devkit
 
 
 class _NoAliasDumper(yaml.SafeDumper):
@@ -67,11 +69,12 @@ def card_metadata(summary: BuildSummary) -> dict:
             }
         )
     return {
-        "pretty_name": "DenseSIRST",
+        "pretty_name": "DenseSIRST (synthetic stand-in)" if summary.synthetic else "DenseSIRST",
         "license": "unknown",
         "task_categories": ["object-detection", "image-segmentation"],
         "size_categories": [_size_category(summary.num_images)],
-        "tags": ["infrared", "small-target-detection", "dense-targets", "sky-segmentation", "point-supervision"],
+        "tags": ["infrared", "small-target-detection", "dense-targets", "sky-segmentation", "point-supervision"]
+        + (["synthetic"] if summary.synthetic else []),
         "configs": configs,
         "dataset_info": infos,
     }
@@ -128,12 +131,20 @@ def render_card(summary: BuildSummary, stats_markdown: str | None = None) -> str
     config_arg = "" if first == summary.default_config else f', "{first}"'
     stats = f"{stats_markdown.strip()}\n\n" if stats_markdown else ""
     incomplete = " (an incomplete build: see *Skipped images*)" if skipped else ""
+    if summary.synthetic:
+        synthetic = (
+            f"> **Synthetic data.** This folder was built from a devkit written by `bafenet data synth` "
+            f"(`{json.dumps(summary.synthetic, sort_keys=True)}`): generated images in the DenseSIRST layout, for tests "
+            "and demos. It is not DenseSIRST; the description below is that of the real dataset.\n\n"
+        )
+    else:
+        synthetic = ""
     return f"""---
 {front}---
 
 # DenseSIRST
 
-{summary.num_images:,} single-frame infrared images{incomplete} with **{summary.num_targets:,}** small targets, most of
+{synthetic}{summary.num_images:,} single-frame infrared images{incomplete} with **{summary.num_targets:,}** small targets, most of
 them in dense clusters, with **all four label types** of the original release: boxes, pixel masks, point labels and a sky
 segmentation. Introduced with BAFE-Net in *Background Semantics Matter: Cross-Task Feature Exchange Network for
 Clustered Infrared Small Target Detection With Sky-Annotated Dataset* ([arXiv 2407.20078]({PAPER})).

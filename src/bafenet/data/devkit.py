@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import functools
 import io
+import json
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from pathlib import Path
@@ -222,6 +223,16 @@ class SirstDevkit:
             seen.add(image_id)
             ids.append(image_id)
         return ids
+
+    def synthetic_info(self) -> dict | None:
+        """The parameters of `bafenet data synth` when this devkit is synthetic (``SYNTHETIC.json``), else None."""
+        path = self.root / "SYNTHETIC.json"
+        if not path.is_file():
+            return None
+        try:
+            return json.loads(path.read_text())
+        except ValueError as e:
+            raise DevkitError(f"{path}: malformed JSON: {e}") from None
 
     def missing_images(self, image_ids: list[str]) -> list[str]:
         """The ids whose ``PNGImages/<id>.png`` does not exist (the real devkit lacks 172 iraytek images)."""

@@ -13,6 +13,7 @@ PNGs of the real devkit. Output is byte-identical for a given ``(num_images, see
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 from pathlib import Path
 
@@ -24,6 +25,7 @@ __all__ = ["write_synthetic_devkit", "add_arguments", "run"]
 SIZES = ((320, 256), (256, 256), (320, 240), (288, 224), (256, 320))  # (width, height)
 MASK_LEVEL = 0.3  # a pixel belongs to a target where its Gaussian is >= 30 % of the peak
 MIN_TARGET_DISTANCE = 9.0  # px between target centres: masks (radius <= 2.8 px) never touch, even diagonally
+SYNTHETIC_MARKER = "SYNTHETIC.json"  # beside the devkit folders; readers ignore it, the dataset card reports it
 SUBDIRS = ("PNGImages", "SIRST/BBox", "SIRST/BinaryMask", "SIRST/PaletteMask", "SIRST/Point_label",
            "SkySeg/BinaryMask", "SkySeg/PaletteMask", "Splits")
 
@@ -168,6 +170,7 @@ def write_synthetic_devkit(out_dir: str | Path, num_images: int = 16, seed: int 
             raise FileExistsError(f"{root}: exists, is not empty and is not a SIRSTdevkit; refusing to overwrite it")
         for sub in ("PNGImages", "SIRST", "SkySeg", "Splits"):
             shutil.rmtree(root / sub, ignore_errors=True)
+        (root / SYNTHETIC_MARKER).unlink(missing_ok=True)
     for sub in SUBDIRS:
         (root / sub).mkdir(parents=True, exist_ok=True)
 
@@ -212,6 +215,9 @@ def write_synthetic_devkit(out_dir: str | Path, num_images: int = 16, seed: int 
 
     for name, ids in _split_files(image_ids, seed).items():
         (root / "Splits" / f"{name}.txt").write_text("\n".join(ids))  # no trailing newline, like the real files
+    # marks the devkit as synthetic, so that a dataset built from it says so in its card
+    (root / SYNTHETIC_MARKER).write_text(json.dumps({"generator": "bafenet data synth", "num_images": num_images,
+                                                     "seed": seed}) + "\n")
     return root
 
 
