@@ -15,7 +15,7 @@ model and dataset repos (read from their sources), with the Hub's answers, heade
 ``POST /api/{type}s/{id}/preupload/{rev}``                    upload mode per file ("lfs" for binary, else "regular")
 ``POST /{datasets/}{id}.git/info/lfs/objects/batch``          git-LFS batch API, basic transfer
 ``PUT  /lfs-upload/{sha256}``                                 LFS object upload (checked against its sha256)
-``POST /api/{type}s/{id}/commit/{rev}[?create_pr=1]``         NDJSON commit: file / lfsFile / deletedFile / deletedFolder
+``POST /api/{type}s/{id}/commit/{rev}[?create_pr=1]``         NDJSON commit: file, lfsFile, deletedFile, deletedFolder
 ``HEAD|GET /{datasets/}{id}/resolve/{rev}/{path}``            download with ``ETag``, ``X-Repo-Commit``, ``Range``
 ===========================================================  =========================================================
 
@@ -141,6 +141,7 @@ class HubState:
 
 
 _REPO = r"(?P<type>models|datasets|spaces)/(?P<id>[^/]+/[^/]+)"
+_GIT_REPO = r"(?P<prefix>datasets/|spaces/)?(?P<id>[^/]+/[^/]+)"  # models have no prefix in git / resolve URLs
 ROUTES: list[tuple[str, re.Pattern[str], str]] = [
     ("GET", re.compile(r"^/api/whoami-v2$"), "whoami"),
     ("POST", re.compile(r"^/api/repos/create$"), "create_repo"),
@@ -152,10 +153,10 @@ ROUTES: list[tuple[str, re.Pattern[str], str]] = [
     ("POST", re.compile(rf"^/api/{_REPO}/preupload/(?P<rev>[^/]+)$"), "preupload"),
     ("POST", re.compile(rf"^/api/{_REPO}/commit/(?P<rev>[^/]+)$"), "commit"),
     ("GET", re.compile(rf"^/api/{_REPO}(?:/revision/(?P<rev>[^/]+))?$"), "repo_info"),
-    ("POST", re.compile(r"^/(?P<prefix>datasets/|spaces/)?(?P<id>[^/]+/[^/]+)\.git/info/lfs/objects/batch$"), "lfs_batch"),
+    ("POST", re.compile(rf"^/{_GIT_REPO}\.git/info/lfs/objects/batch$"), "lfs_batch"),
     ("PUT", re.compile(r"^/lfs-upload/(?P<oid>[0-9a-f]{64})$"), "lfs_upload"),
-    ("HEAD", re.compile(r"^/(?P<prefix>datasets/|spaces/)?(?P<id>[^/]+/[^/]+)/resolve/(?P<rev>[^/]+)/(?P<path>.+)$"), "resolve"),
-    ("GET", re.compile(r"^/(?P<prefix>datasets/|spaces/)?(?P<id>[^/]+/[^/]+)/resolve/(?P<rev>[^/]+)/(?P<path>.+)$"), "resolve"),
+    ("HEAD", re.compile(rf"^/{_GIT_REPO}/resolve/(?P<rev>[^/]+)/(?P<path>.+)$"), "resolve"),
+    ("GET", re.compile(rf"^/{_GIT_REPO}/resolve/(?P<rev>[^/]+)/(?P<path>.+)$"), "resolve"),
 ]
 
 
@@ -185,7 +186,8 @@ class HubHandler(BaseHTTPRequestHandler):
         body = self._read_body()
         state = self.server.state
         with state.lock:
-            state.requests.append(Request(self.command, self.path, {k.lower(): v for k, v in self.headers.items()}, body))
+            headers = {k.lower(): v for k, v in self.headers.items()}
+            state.requests.append(Request(self.command, self.path, headers, body))
         for method, pattern, name in ROUTES:
             match = pattern.match(url.path) if method == self.command else None
             if match:
@@ -278,7 +280,8 @@ class HubHandler(BaseHTTPRequestHandler):
         if (repo_type, repo_id) in state.repos:
             raise HubError(409, f"You already created this {repo_type} repo", url=url)
         repo = Repo(repo_type, repo_id, private=payload.get("visibility") == "private" or bool(payload.get("private")))
-        gitattributes = Blob(b"*.safetensors filter=lfs diff=lfs merge=lfs -text\n*.parquet filter=lfs diff=lfs merge=lfs -text\n", False)
+        rules = b"".join(b"*%s filter=lfs diff=lfs merge=lfs -text\n" % ext.encode() for ext in LFS_EXTENSIONS)
+        gitattributes = Blob(rules, lfs=False)
         repo.refs["main"] = state.new_commit(repo, None, {".gitattributes": gitattributes}, "initial commit").oid
         state.repos[(repo_type, repo_id)] = repo
         return 200, {"url": url, "name": repo_id, "id": repo_id}, {}

@@ -63,7 +63,7 @@ def _push(hub: LocalHub, **kwargs):
     return commits, out.getvalue()
 
 
-# -- round trip with the real scripts ------------------------------------------------------------------------------------
+# -- round trip with the real scripts ----------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def pushed(hub, tiny_model_dir, synthetic_dataset_dir, tmp_path_factory):
     """`python push_to_hub.py` of both folders in a subprocess (debug logging on, to catch any token in logs)."""
@@ -193,7 +193,7 @@ def test_token_never_appears_in_output_logs_requests_or_files(pushed, loaded_bac
                 assert needle not in path.read_bytes(), path
 
 
-# -- in-process behaviour -----------------------------------------------------------------------------------------------
+# -- in-process behaviour ----------------------------------------------------------------------------------------------
 def test_dry_run_lists_every_file_and_sends_nothing(hub, tiny_model_dir, synthetic_dataset_dir, capsys, monkeypatch):
     from bafenet.hub import main
 
@@ -351,7 +351,8 @@ def test_training_run_folder_uploads_only_the_final_model(tiny_model_dir, tmp_pa
     out = capsys.readouterr().out
     assert "results_pr_curve.png" in out and "model.safetensors" in out
     n = sum(p.is_file() for p in tiny_model_dir.rglob("*"))
-    assert f"not uploaded: best_model/ ({n} files), checkpoints/ (1 file), last_model/ ({n} files), logs/ (1 file)" in out
+    skipped = f"best_model/ ({n} files), checkpoints/ (1 file), last_model/ ({n} files), logs/ (1 file)"
+    assert f"not uploaded: {skipped}" in out
     from bafenet.model_card import build_model_card
 
     card = build_model_card(run, "tester/run")

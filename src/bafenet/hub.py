@@ -46,7 +46,7 @@ IGNORED_FILES = ("*.pyc", ".DS_Store", "*.lock", "events.out.tfevents*", "optimi
                  "rng_state*", "random_states*", "scaler.pt", ".gitattributes")
 TEXT_SUFFIXES = {".json", ".md", ".py", ".txt", ".yaml", ".yml", ".cfg", ".toml", ".csv", ".log", ".ini", ".jsonl"}
 _RELATIVE_IMPORT = re.compile(r"^\s*(?:from\s+\.(\w*)\s+import|import\s+\.(\w+))", re.MULTILINE)
-REPO_ID = re.compile(r"^[\w.-]+/[\w.-]+$|^[\w.-]+$")
+REPO_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
 
 
 class HubFolderError(ValueError):
@@ -224,7 +224,7 @@ def check_dataset_folder(folder: str | Path) -> None:
         raise HubFolderError(f"dataset folder {folder} is incomplete; nothing was uploaded:\n{listing}")
 
 
-# -- plans ---------------------------------------------------------------------------------------------------------------
+# -- plans -------------------------------------------------------------------------------------------------------------
 def plan_model_upload(model_dir: str | Path, repo_id: str, *, dataset_repo: str | None = None,
                       license: str = "apache-2.0", exclude: tuple[str, ...] = ()) -> UploadPlan:
     """Check the model folder and list its files plus the generated model card."""
@@ -393,7 +393,7 @@ def push(
     return commits
 
 
-# -- command line --------------------------------------------------------------------------------------------------------
+# -- command line ------------------------------------------------------------------------------------------------------
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.epilog = ("The token comes from --token, else HF_TOKEN, else `hf auth login`; prefer HF_TOKEN (a --token "
                      "value is visible in the process list). The token is never printed or written.")

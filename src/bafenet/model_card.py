@@ -160,7 +160,8 @@ def split_metrics(data: Any) -> tuple[list[tuple[str, Any]], list[tuple[str, Any
 def _metric_section(title: str, filename: str, data: Any, folder: Path) -> list[str]:
     numbers, conventions, notes = split_metrics(data)
     lines = [f"### {title} (`{filename}`)", ""]
-    plot = data.get("meta", {}).get("pr_curve") if isinstance(data, dict) and isinstance(data.get("meta"), dict) else None
+    meta = data.get("meta") if isinstance(data, dict) else None
+    plot = meta.get("pr_curve") if isinstance(meta, dict) else None
     if isinstance(plot, str) and (folder / plot).is_file():
         lines += [f"![precision-recall curve]({plot})", ""]
     if conventions:
@@ -201,7 +202,8 @@ def _eval_results(evaluations: list[tuple[str, Any]], dataset_repo: str) -> list
     return results
 
 
-def _architecture_lines(config: dict[str, Any], preprocessor: dict[str, Any] | None, params: tuple[int, int] | None) -> list[str]:
+def _architecture_lines(config: dict[str, Any], preprocessor: dict[str, Any] | None,
+                        params: tuple[int, int] | None) -> list[str]:
     backbone = f"a `{config['backbone']}`" if isinstance(config.get("backbone"), str) else "a"
     lines = [
         f"BAFE-Net ([arXiv 2407.20078]({PAPER_URL})): an FCOS-style anchor-free detector for dense infrared small "
@@ -308,8 +310,8 @@ def build_model_card(
     config = read_json(folder / "config.json")
     if not isinstance(config, dict):
         raise CardSourceError(f"{folder / 'config.json'}: expected a JSON object")
-    preprocessor = read_json(folder / "preprocessor_config.json") if (folder / "preprocessor_config.json").is_file() else None
-    train_args = read_json(folder / "train_args.json") if (folder / "train_args.json").is_file() else None
+    preprocessor, train_args = (read_json(folder / name) if (folder / name).is_file() else None
+                                for name in ("preprocessor_config.json", "train_args.json"))
     training = _read_optional(folder, TRAINING_METRICS_FILES)
     evaluations = _read_optional(folder, EVALUATION_METRICS_GLOBS)
     auto_map = {**(config.get("auto_map") or {}), **((preprocessor or {}).get("auto_map") or {})}
