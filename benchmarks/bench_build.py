@@ -111,7 +111,8 @@ def main() -> None:
     width = max(map(len, results))
     load = os.getloadavg()[0]
     print(f"\nwall seconds (1-min load average at the end: {load:.1f}), CPU seconds, and wall ratios to the peers")
-    print(f"{'task':<{width}}  {'wall s':>7}  {'CPU s':>7}  " + "  ".join(f"{'/ ' + k.split(' (')[0][:14]:>16}" for k in peers))
+    header = "  ".join(f"{'/ ' + k.split(' (')[0][:14]:>16}" for k in peers)
+    print(f"{'task':<{width}}  {'wall s':>7}  {'CPU s':>7}  {header}")
     for name, seconds in results.items():
         ratios = "  ".join(f"{seconds / p:>16.2f}" for p in peers.values())
         print(f"{name:<{width}}  {seconds:>7.2f}  {CPU_SECONDS[name]:>7.2f}  {ratios}")

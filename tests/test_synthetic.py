@@ -40,7 +40,8 @@ def test_layout_matches_the_real_devkit(synthetic_devkit):
     for split in ("train_v2", "val_v2", "test_v2", "trainval_v2", "train_v1", "val_v1", "test_v1", "trainval_v1"):
         text = (synthetic_devkit / "Splits" / f"{split}.txt").read_text()
         assert text and not text.endswith("\n")
-    assert SirstDevkit(synthetic_devkit).synthetic_info() == {"generator": "bafenet data synth", "num_images": 12, "seed": 0}
+    info = SirstDevkit(synthetic_devkit).synthetic_info()
+    assert info == {"generator": "bafenet data synth", "num_images": 12, "seed": 0}
     modes = {Image.open(synthetic_devkit / "PNGImages" / f"{i}.png").mode for i in ids}
     assert modes == {"L", "RGB", "RGBA"}
 

@@ -23,7 +23,7 @@ import multiprocessing
 import shutil
 import sys
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
@@ -75,7 +75,8 @@ def _write_split(table: pa.Table, folder: Path, split: str) -> None:
 
 def _check_out_dir(out: Path) -> None:
     """Refuse to replace anything but an earlier build (README.md + data/) or an empty folder."""
-    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not ((out / "README.md").is_file() and (out / "data").is_dir()))):
+    earlier_build = (out / "README.md").is_file() and (out / "data").is_dir()
+    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not earlier_build)):
         raise FileExistsError(f"{out}: exists and is not an earlier DenseSIRST build; refusing to overwrite it")
 
 
@@ -98,7 +99,8 @@ def _card_stats(tables: dict[str, pa.Table], out_dir: Path) -> str | None:
         return write_card_stats(dataset, out_dir)
     except Exception as e:  # statistics are a bonus: report the failure loudly, keep the dataset
         logger.warning("write_card_stats failed (%s: %s): the card has no statistics section", type(e).__name__, e)
-        return f"## Statistics\n\nNot available for this build: `write_card_stats` failed with `{type(e).__name__}: {e}`."
+        error = f"{type(e).__name__}: {e}"
+        return f"## Statistics\n\nNot available for this build: `write_card_stats` failed with `{error}`."
 
 
 def build_dataset(
@@ -183,9 +185,11 @@ def build_dataset(
 
     for config, config_splits in summary.configs.items():
         for s in config_splits:
-            logger.info("%s/%s (%s): %d images, %d targets", config, s.name, s.devkit_split, s.num_images, s.num_targets)
+            logger.info("%s/%s (%s): %d images, %d targets", config, s.name, s.devkit_split, s.num_images,
+                        s.num_targets)
             if s.skipped:
-                logger.warning("%s/%s: skipped %d missing images: %s", config, s.name, len(s.skipped), ", ".join(s.skipped))
+                logger.warning("%s/%s: skipped %d missing images: %s", config, s.name, len(s.skipped),
+                               ", ".join(s.skipped))
     logger.info("wrote %s in %.1f s", out, time.perf_counter() - start)
     return out
 
@@ -196,7 +200,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="dataset folder to write (default: densesirst, so load_dataset('densesirst') finds it)")
     parser.add_argument("--num-proc", type=int, default=1, help="processes reading and validating images (default 1)")
     parser.add_argument("--skip-missing", action="store_true",
-                        help="leave out images missing from PNGImages/ (listed in the log and the card) instead of failing")
+                        help="leave out images missing from PNGImages/ (the log and the card list them) "
+                        "instead of failing")
     parser.add_argument("--config", dest="configs", action="append", choices=list(CONFIG_SPLITS),
                         help="build only this config (repeatable; default: all)")
     parser.add_argument("--split", dest="splits", action="append", choices=["train", "validation", "test"],
@@ -214,5 +219,6 @@ def run(args: argparse.Namespace) -> int:
     except (DevkitError, FileExistsError, ValueError) as e:
         print(f"bafenet data build: error: {e}", file=sys.stderr)
         return 1
-    print(f"done: load it with datasets.load_dataset({str(out)!r}) (or load_dataset({out.name!r}) from {out.resolve().parent})")
+    print(f"done: load it with datasets.load_dataset({str(out)!r}) "
+          f"(or load_dataset({out.name!r}) from {out.resolve().parent})")
     return 0

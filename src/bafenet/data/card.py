@@ -103,7 +103,8 @@ def render_card(summary: BuildSummary, stats_markdown: str | None = None) -> str
     for config, splits in summary.configs.items():
         for s in splits:
             skipped = f"{len(s.skipped)} missing images skipped" if s.skipped else ""
-            rows.append(f"| `{config}` | `{s.name}` | `{s.devkit_split}` | {s.num_images:,} | {s.num_targets:,} | {skipped} |")
+            counts = f"{s.num_images:,} | {s.num_targets:,}"
+            rows.append(f"| `{config}` | `{s.name}` | `{s.devkit_split}` | {counts} | {skipped} |")
     split_table = "\n".join(
         ["| config | split | devkit split file | images | targets | note |", "| --- | --- | --- | ---: | ---: | --- |"]
         + rows

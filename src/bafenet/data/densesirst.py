@@ -131,7 +131,9 @@ def resolve_splits(
     if any(missing.values()):
         message = missing_images_message(devkit, {splits[s]: m for s, m in missing.items()})
         if not skip_missing:
-            raise DevkitError(f"{message}. Restore them, or pass --skip-missing (skip_missing=True) to build without them.")
+            raise DevkitError(
+                f"{message}. Restore them, or pass --skip-missing (skip_missing=True) to build without them."
+            )
         logger.warning("--skip-missing: leaving out %s", message)
     kept = {}
     for split, split_ids in ids.items():

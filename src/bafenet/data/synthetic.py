@@ -69,7 +69,8 @@ def _render(index: int, seed: int) -> tuple[np.ndarray, np.ndarray, list[np.ndar
 
     top, bottom = rng.uniform(50, 110), rng.uniform(110, 170)
     sky_img = top + (bottom - top) * yy / height + rng.uniform(5, 20) * _smooth_noise(rng, width, height, 48)
-    ground = rng.uniform(40, 150) + 30 * _smooth_noise(rng, width, height, 12) + 10 * _smooth_noise(rng, width, height, 3)
+    ground = rng.uniform(40, 150) + 30 * _smooth_noise(rng, width, height, 12)
+    ground += 10 * _smooth_noise(rng, width, height, 3)
     for _ in range(int(rng.integers(2, 6))):  # a few buildings / trees
         x0, w = int(rng.integers(0, width)), int(rng.integers(8, 48))
         y0 = int(rng.uniform(0.5, 1.0) * height)
@@ -207,7 +208,8 @@ def write_synthetic_devkit(out_dir: str | Path, num_images: int = 16, seed: int 
             _pixels_xml("targets", image_id, width, height, "Target", target_mask)
         )
         _palette_png(target_mask, target_palette, root / "SIRST/PaletteMask" / f"{image_id}.png", bits=1)
-        Image.fromarray(sky.astype(np.uint8) * 255, mode="L").save(root / "SkySeg/BinaryMask" / f"{image_id}_pixels0.png")
+        sky_path = root / "SkySeg/BinaryMask" / f"{image_id}_pixels0.png"
+        Image.fromarray(sky.astype(np.uint8) * 255, mode="L").save(sky_path)
         (root / "SkySeg/BinaryMask" / f"{image_id}.xml").write_text(
             _pixels_xml("PNGImages", image_id, width, height, "Sky", sky)
         )
