@@ -19,12 +19,11 @@ import argparse
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
-from types import SimpleNamespace
 
 import torch
 from bench_inference import bafenet_model, interleaved_median, machine_line, report, test_image
 
-from bafenet.export_onnx import OUTPUT_NAMES, compare_with_pytorch, export_onnx
+from bafenet.export_onnx import OUTPUT_NAMES, compare_with_pytorch, export_onnx, outputs_from_onnx
 
 
 def main() -> None:
@@ -74,7 +73,7 @@ def main() -> None:
     def onnx_full():
         inputs = processor(images=[pil_image], return_tensors="pt")
         arrays = session.run(list(OUTPUT_NAMES), {"pixel_values": inputs["pixel_values"].numpy()})
-        outputs = SimpleNamespace(**{k: torch.from_numpy(v) for k, v in zip(OUTPUT_NAMES, arrays)})
+        outputs = outputs_from_onnx(arrays, tuple(inputs["pixel_values"].shape))
         return processor.post_process_object_detection(outputs, threshold=0.05, target_sizes=target_sizes)
 
     name = f"BAFE-Net {args.backbone.replace('resnet', 'R')}"

@@ -5,17 +5,23 @@ Usage::
     bafenet export onnx --model runs/quickstart/model --out model.onnx [--opset 17] [--dynamo]
 
 What is exported is the *dense network* only: ``pixel_values`` (B, 3, H, W) float32, already pre-processed at the
-model size ``config.image_size``, with a dynamic batch dimension) to four outputs with the same names and shapes as
-the PyTorch model output: ``logits``, ``pred_boxes``, ``centerness``, ``sky_logits``. The dynamic top-K channel
-exchange (topk / sort / gather / scatter) is inside the graph.
+model size ``config.image_size``, with a dynamic batch dimension) to the outputs of the PyTorch model, same names:
+
+- ``logits`` (B, P, 1) class logits and ``centerness`` (B, P) logits over all P points of the three levels;
+- ``pred_boxes`` (B, P, 4) absolute xyxy in input pixels (decoded point -/+ exp-distances);
+- ``sky_logits`` (B, 1, H/8, W/8): the finest level's sky logit map (PyTorch returns a tuple of every level);
+- ``strides`` (P,): the stride of each point's level (constant).
+
+The dynamic top-K channel exchange (topk / sort / gather / scatter) is inside the graph.
 
 Pre- and post-processing stay in Python, in the image processor saved with the model (it is not in the ONNX file)::
 
     processor = AutoImageProcessor.from_pretrained(model_dir, trust_remote_code=True)
     pixel_values = processor(images=images, return_tensors="np")["pixel_values"]   # resize + normalise
-    logits, pred_boxes, centerness, sky_logits = session.run(None, {"pixel_values": pixel_values})
-    outputs = SimpleNamespace(logits=torch.from_numpy(logits), pred_boxes=..., centerness=..., sky_logits=...)
+    arrays = session.run(list(OUTPUT_NAMES), {"pixel_values": pixel_values})
+    outputs = outputs_from_onnx(arrays, pixel_values.shape)   # dict of tensors, as the processor reads them
     processor.post_process_object_detection(outputs, threshold=0.3, target_sizes=[(h, w), ...])  # NMS, rescale
+    processor.post_process_sky_segmentation(outputs, target_sizes=[(h, w), ...])
 
 ``bafenet predict --onnx model.onnx --model DIR`` does exactly this. After export the command runs the file in
 onnxruntime on a random batch and prints the largest difference to PyTorch (after sigmoid for logits/centerness);
@@ -29,6 +35,7 @@ exporter (needs ``onnxscript``; slower to export, same outputs in our tests).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 import time
 import warnings
@@ -37,23 +44,106 @@ from pathlib import Path
 import numpy as np
 import torch
 
-OUTPUT_NAMES = ("logits", "pred_boxes", "centerness", "sky_logits")
+OUTPUT_NAMES = ("logits", "pred_boxes", "centerness", "sky_logits", "strides")
+BATCHED_OUTPUTS = ("logits", "pred_boxes", "centerness", "sky_logits")  # "strides" (P,) has no batch dimension
 DEFAULT_OPSET = 17
 DEFAULT_ATOL = 1e-4
 
-__all__ = ["DenseNetwork", "export_onnx", "compare_with_pytorch", "add_arguments", "run"]
+__all__ = ["DenseNetwork", "export_onnx", "outputs_from_onnx", "compare_with_pytorch", "add_arguments", "run"]
 
 
 class DenseNetwork(torch.nn.Module):
-    """``pixel_values -> (logits, pred_boxes, centerness, sky_logits)``: the model without pre/post-processing."""
+    """``pixel_values -> (logits, pred_boxes, centerness, sky_logits, strides)``: the network without pre/post-processing.
+
+    ``sky_logits`` is the finest level's map only (the one ``post_process_sky_segmentation`` reads), ``strides`` the
+    constant (P,) stride of every point (``post_process_object_detection`` splits the levels with it).
+    """
 
     def __init__(self, model: torch.nn.Module) -> None:
         super().__init__()
         self.model = model
 
     def forward(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        outputs = self.model(pixel_values=pixel_values)
-        return tuple(getattr(outputs, name) for name in OUTPUT_NAMES)
+        outputs = self.model(pixel_values=pixel_values, return_dict=True)
+        return outputs.logits, outputs.pred_boxes, outputs.centerness, outputs.sky_logits[0], outputs.strides
+
+
+def outputs_from_onnx(arrays: list[np.ndarray], pixel_values_shape: tuple[int, ...]) -> dict[str, torch.Tensor]:
+    """Wrap an onnxruntime result (in ``OUTPUT_NAMES`` order) so the image processor's ``post_process_*`` accept it."""
+    outputs = {name: torch.from_numpy(np.asarray(array)) for name, array in zip(OUTPUT_NAMES, arrays)}
+    outputs["sky_logits"] = (outputs["sky_logits"],)
+    outputs["input_size"] = torch.tensor(pixel_values_shape[-2:])
+    return outputs
+
+
+def _tie_matched_select(exchange: torch.nn.Module):
+    """A ``select`` for ``ChannelAttExchange`` whose ONNX TopK breaks ties like PyTorch's CPU ``topk`` does.
+
+    With the faithful (never trained) channel scorer, every sigmoid score is exactly 0.5 in float32 (the raw scores
+    are ~1e-12), so which K channels are exchanged is decided by how ``topk`` breaks ties: PyTorch on CPU returns the
+    *last* K indices, ONNX TopK (onnxruntime) the *first* K. Running TopK on the channel-reversed scores and mapping
+    the indices back gives PyTorch's choice in the graph; with distinct scores both versions pick the same channels.
+    """
+    scorer, k, learned = exchange.scorer, exchange.num_exchange, getattr(exchange, "learned", False)
+
+    def select(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        with torch.set_grad_enabled(learned and torch.is_grad_enabled()):
+            scores = scorer(x).sigmoid()
+        channels = scores.shape[1]
+        indices = (channels - 1 - scores.flip(1).topk(k, dim=1).indices).sort(dim=1).values
+        return scores, indices
+
+    return select
+
+
+def _pytorch_tie_rule(select, channels: int, k: int) -> str:
+    """"last" / "first" when ``select`` picks the last / first K channels on all-tied scores, else "other"."""
+    with torch.no_grad():
+        chosen = select(torch.zeros(2, channels, 4, 4))[1]  # zero features -> raw scores 0 -> sigmoid 0.5 everywhere
+    if torch.equal(chosen, torch.arange(channels - k, channels).expand_as(chosen)):
+        return "last"
+    return "first" if torch.equal(chosen, torch.arange(k).expand_as(chosen)) else "other"
+
+
+def _same_on_distinct_scores(select, replacement, channels: int) -> bool:
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for scale in (1e2, 1e3, 1e4):
+            probe = scale * torch.randn(2, channels, 4, 4, generator=generator)
+            scores, chosen = select(probe)
+            if all(len(row.unique()) == len(row) for row in scores) and not torch.equal(chosen, replacement(probe)[1]):
+                return False
+    return True
+
+
+@contextlib.contextmanager
+def onnx_tie_breaking(model: torch.nn.Module):
+    """Temporarily give every channel exchange of ``model`` a TopK that breaks ties in ONNX as PyTorch does.
+
+    PyTorch's rule is read off the module itself (zero features give all-tied scores). If it picks the first K,
+    ONNX TopK already agrees; if the last K, the reversed-TopK ``select`` is swapped in (after checking it picks the
+    same channels as the module on distinct scores). Otherwise the module is left alone with a warning.
+    """
+    patched = []
+    for module in model.modules():
+        if not all(hasattr(module, name) for name in ("select", "scorer", "num_exchange")):
+            continue
+        channels = next(p for p in module.scorer.parameters()).shape[0]
+        rule = _pytorch_tie_rule(module.select, channels, module.num_exchange)
+        if rule == "first":
+            continue  # ONNX TopK already breaks ties towards the lower index
+        replacement = _tie_matched_select(module)
+        if rule == "last" and _same_on_distinct_scores(module.select, replacement, channels):
+            module.select = replacement
+            patched.append(module)
+        else:
+            warnings.warn(f"{type(module).__name__}: PyTorch breaks top-K ties in an unexpected way; exporting it "
+                          "unchanged (all-tied channel scores may select other channels in onnxruntime)")
+    try:
+        yield patched
+    finally:
+        for module in patched:
+            del module.select  # back to the class method
 
 
 def _load_model(model: str | Path | torch.nn.Module) -> torch.nn.Module:
@@ -89,11 +179,13 @@ def export_onnx(
     out.parent.mkdir(parents=True, exist_ok=True)
     kwargs: dict = dict(input_names=["pixel_values"], output_names=list(OUTPUT_NAMES), opset_version=opset)
     if dynamo:
+        kwargs["opset_version"] = max(opset, 18)  # the dynamo exporter implements opset >= 18 only
         kwargs["dynamic_shapes"] = ({0: torch.export.Dim("batch", min=1, max=1024)},)
     else:
-        kwargs["dynamic_axes"] = {"pixel_values": {0: "batch"}, **{name: {0: "batch"} for name in OUTPUT_NAMES}}
-    with torch.no_grad(), warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # tracer warnings about Python ints from shapes; the check below is the test
+        kwargs["dynamic_axes"] = {"pixel_values": {0: "batch"}, **{name: {0: "batch"} for name in BATCHED_OUTPUTS}}
+    with onnx_tie_breaking(model), torch.no_grad(), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)  # shapes -> Python ints; checked below
+        warnings.filterwarnings("ignore", category=DeprecationWarning)
         torch.onnx.export(dense, (dummy,), str(out), dynamo=dynamo, **kwargs)
     if dynamo and not out.is_file():
         raise RuntimeError(f"{out}: the dynamo exporter did not write the file")
@@ -108,8 +200,8 @@ def compare_with_pytorch(
 ) -> dict[str, float]:
     """Largest absolute difference per output between onnxruntime and PyTorch on a random batch.
 
-    ``logits`` and ``centerness`` are compared after sigmoid (probabilities), ``sky_logits`` after sigmoid too,
-    ``pred_boxes`` as they are (normalised coordinates).
+    ``logits``, ``centerness`` and ``sky_logits`` are compared after sigmoid (probabilities), ``pred_boxes`` divided
+    by the input size (normalised coordinates), ``strides`` as they are.
     """
     import onnxruntime as ort
 
@@ -127,7 +219,9 @@ def compare_with_pytorch(
         ours = torch.from_numpy(np.asarray(ours)).float()
         if ours.shape != reference.shape:
             raise AssertionError(f"{name}: ONNX shape {tuple(ours.shape)} != PyTorch shape {tuple(reference.shape)}")
-        if name != "pred_boxes":
+        if name == "pred_boxes":
+            ours, reference = ours / max(height, width), reference / max(height, width)
+        elif name != "strides":
             ours, reference = ours.sigmoid(), reference.sigmoid()
         diffs[name] = float((ours - reference).abs().max())
     return diffs
@@ -156,7 +250,7 @@ def run(args: argparse.Namespace) -> int:
         return 0
     diffs = compare_with_pytorch(model, path)
     worst = max(diffs.values())
-    print("onnxruntime vs PyTorch, max |diff| (sigmoid for logits/centerness/sky): "
+    print("onnxruntime vs PyTorch, max |diff| (probabilities; boxes / input size): "
           + ", ".join(f"{k} {v:.2e}" for k, v in diffs.items()))
     if worst > args.atol:
         print(f"error: {path}: onnxruntime output differs from PyTorch by {worst:.2e} > atol {args.atol:g}",

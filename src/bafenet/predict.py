@@ -27,14 +27,12 @@ import sys
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".pgm", ".ppm"})
-ONNX_OUTPUT_NAMES = ("logits", "pred_boxes", "centerness", "sky_logits")
 BOX_FORMAT = "xyxy, original pixels, 0-based, exclusive max (DenseSIRST XML convention)"
 
 __all__ = ["Predictor", "ImageReadError", "collect_inputs", "load_grey_image", "predict_files", "add_arguments", "run"]
@@ -137,12 +135,14 @@ class Predictor:
             self.model.to(self.device).eval()
 
     def forward(self, pixel_values: "torch.Tensor") -> Any:
-        """Run the dense network; returns an object with ``logits``, ``pred_boxes``, ``centerness``, ``sky_logits``."""
+        """Run the dense network; returns the model output (or the equivalent dict from onnxruntime)."""
         import torch
 
         if self.session is not None:
-            outputs = self.session.run(list(ONNX_OUTPUT_NAMES), {"pixel_values": pixel_values.cpu().numpy()})
-            return SimpleNamespace(**{k: torch.from_numpy(v) for k, v in zip(ONNX_OUTPUT_NAMES, outputs)})
+            from .export_onnx import OUTPUT_NAMES, outputs_from_onnx
+
+            arrays = self.session.run(list(OUTPUT_NAMES), {"pixel_values": pixel_values.cpu().numpy()})
+            return outputs_from_onnx(arrays, tuple(pixel_values.shape))
         with torch.inference_mode():
             return self.model(pixel_values=pixel_values.to(self.device))
 
