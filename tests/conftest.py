@@ -7,6 +7,11 @@ from pathlib import Path
 
 import pytest
 
+# CI has 2 cores and several tests start subprocesses (accelerate launch, fresh-process loads): one intra-op thread
+# per process avoids oversubscription, which made small CPU ops several times slower. Subprocesses inherit it.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("MKL_NUM_THREADS", "1")
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 REAL_DEVKIT = Path(os.environ.get("DENSESIRST_DEVKIT", REPO_ROOT.parent / "shared/data/DenseSIRST/data/SIRSTdevkit"))
 
