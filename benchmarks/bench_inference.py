@@ -100,7 +100,7 @@ def test_image(size: int) -> np.ndarray:
                                                             "DenseSIRST", "data", "SIRSTdevkit"))
     path = os.path.join(root, "PNGImages", "202105-Enhance-1.png")
     if os.path.isfile(path):
-        return np.asarray(Image.open(path).convert("L").resize((size, size), Image.Resampling.BILINEAR))
+        return np.array(Image.open(path).convert("L").resize((size, size), Image.Resampling.BILINEAR))
     rng = np.random.default_rng(0)
     return np.clip(rng.normal(100, 30, (size, size)), 0, 255).astype(np.uint8)
 
