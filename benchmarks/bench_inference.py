@@ -52,11 +52,12 @@ def interleaved_median(
 def report(times: dict[str, list[float]], reference: str, title: str) -> dict[str, float]:
     """Print a table (median, IQR, ratio of medians to ``reference``); return the medians in ms."""
     medians = {name: 1e3 * statistics.median(values) for name, values in times.items()}
+    width = max(len(name) for name in times) + 2
     print(f"\n{title}")
-    print(f"{'model':<34} {'median ms':>10} {'IQR ms':>14} {'x ' + reference:>16}")
+    print(f"{'model':<{width}} {'median ms':>10} {'IQR ms':>14}   x {reference}")
     for name, values in times.items():
         q1, _, q3 = (1e3 * q for q in statistics.quantiles(values, n=4)) if len(values) > 1 else (0, 0, 0)
-        print(f"{name:<34} {medians[name]:>10.1f} {f'{q1:.0f}-{q3:.0f}':>14} {medians[name] / medians[reference]:>16.3f}")
+        print(f"{name:<{width}} {medians[name]:>10.1f} {f'{q1:.0f}-{q3:.0f}':>14}   {medians[name] / medians[reference]:.3f}")
     return medians
 
 
