@@ -57,7 +57,8 @@ def report(times: dict[str, list[float]], reference: str, title: str) -> dict[st
     print(f"{'model':<{width}} {'median ms':>10} {'IQR ms':>14}   x {reference}")
     for name, values in times.items():
         q1, _, q3 = (1e3 * q for q in statistics.quantiles(values, n=4)) if len(values) > 1 else (0, 0, 0)
-        print(f"{name:<{width}} {medians[name]:>10.1f} {f'{q1:.0f}-{q3:.0f}':>14}   {medians[name] / medians[reference]:.3f}")
+        ratio = medians[name] / medians[reference]
+        print(f"{name:<{width}} {medians[name]:>10.1f} {f'{q1:.0f}-{q3:.0f}':>14}   {ratio:.3f}")
     return medians
 
 

@@ -53,7 +53,7 @@ __all__ = ["DenseNetwork", "export_onnx", "outputs_from_onnx", "compare_with_pyt
 
 
 class DenseNetwork(torch.nn.Module):
-    """``pixel_values -> (logits, pred_boxes, centerness, sky_logits, strides)``: the network without pre/post-processing.
+    """``pixel_values -> (logits, pred_boxes, centerness, sky_logits, strides)``: no pre/post-processing.
 
     ``sky_logits`` is the finest level's map only (the one ``post_process_sky_segmentation`` reads), ``strides`` the
     constant (P,) stride of every point (``post_process_object_detection`` splits the levels with it).

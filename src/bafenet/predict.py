@@ -27,10 +27,13 @@ import sys
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
+
+if TYPE_CHECKING:
+    import torch
 
 IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".pgm", ".ppm"})
 BOX_FORMAT = "xyxy, original pixels, 0-based, exclusive max (DenseSIRST XML convention)"
@@ -80,7 +83,8 @@ def collect_inputs(inputs: Sequence[str | Path], recursive: bool = False) -> tup
             pattern = "**/*" if recursive else "*"
             found = sorted(p for p in item.glob(pattern) if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
             if not found:
-                problems.append({"file": str(item), "reason": f"folder has no image files ({', '.join(sorted(IMAGE_EXTENSIONS))})"})
+                extensions = ", ".join(sorted(IMAGE_EXTENSIONS))
+                problems.append({"file": str(item), "reason": f"folder has no image files ({extensions})"})
             images.extend(found)
         elif item.is_file():
             images.append(item)
@@ -134,7 +138,7 @@ class Predictor:
             self.model = AutoModelForObjectDetection.from_pretrained(str(model), trust_remote_code=True)
             self.model.to(self.device).eval()
 
-    def forward(self, pixel_values: "torch.Tensor") -> Any:
+    def forward(self, pixel_values: torch.Tensor) -> Any:
         """Run the dense network; returns the model output (or the equivalent dict from onnxruntime)."""
         import torch
 
@@ -282,7 +286,8 @@ def run(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     (out / "predictions.json").write_text(json.dumps(report, indent=1))
     num_boxes = sum(len(r["boxes"]) for r in report["images"])
-    print(f"{len(report['images'])} images, {num_boxes} detections (score >= {args.threshold:g}) -> {out / 'predictions.json'}")
+    print(f"{len(report['images'])} images, {num_boxes} detections (score >= {args.threshold:g}) -> "
+          f"{out / 'predictions.json'}")
     if not args.no_draw and report["images"]:
         print(f"overlays -> {out / 'overlays'}")
     if report["errors"]:

@@ -52,9 +52,9 @@ class QuickstartSettings:
     @classmethod
     def fast(cls) -> "QuickstartSettings":
         """A smoke-test size: 12 images, a tiny 128x128 model, 2 updates (used by the test suite)."""
-        return cls(num_images=12, image_size=128, config_overrides="fpn_channels=32,num_head_convs=1,adapter_channels=16",
-                   epochs=1, batch_size=4, max_train_minutes=1.0, num_predict_images=2, predict_threshold=0.0,
-                   max_steps=2, max_eval_images=2)
+        return cls(num_images=12, image_size=128,
+                   config_overrides="fpn_channels=32,num_head_convs=1,adapter_channels=16", epochs=1, batch_size=4,
+                   max_train_minutes=1.0, num_predict_images=2, predict_threshold=0.0, max_steps=2, max_eval_images=2)
 
 
 def _step(index: int, total: int, title: str) -> float:
@@ -83,7 +83,9 @@ def _quote(args: list[str]) -> str:
     return " ".join(a if a and all(c not in a for c in " '\"") else repr(a) for a in args)
 
 
-def run_quickstart(out: str | Path = "bafenet-quickstart", settings: QuickstartSettings | None = None) -> dict[str, Any]:
+def run_quickstart(
+    out: str | Path = "bafenet-quickstart", settings: QuickstartSettings | None = None
+) -> dict[str, Any]:
     """Run the six steps into ``out``; returns the summary written to ``out/quickstart.json``."""
     from .cli import main as bafenet
 
@@ -104,7 +106,8 @@ def run_quickstart(out: str | Path = "bafenet-quickstart", settings: QuickstartS
     write_synthetic_devkit(devkit_dir, num_images=settings.num_images, seed=settings.seed)
     devkit = SirstDevkit(devkit_dir)
     test_ids = devkit.split_ids("test_v2")
-    commands["devkit"] = f"bafenet data synth --out {devkit_dir} --num-images {settings.num_images} --seed {settings.seed}"
+    commands["devkit"] = (f"bafenet data synth --out {devkit_dir} --num-images {settings.num_images} "
+                          f"--seed {settings.seed}")
     _done(t, f"{settings.num_images} images written to {devkit_dir}")
 
     # 2. dataset build -------------------------------------------------------------------------------------------
@@ -121,7 +124,8 @@ def run_quickstart(out: str | Path = "bafenet-quickstart", settings: QuickstartS
 
     train_args = [
         "--dataset", str(dataset_dir), "--output-dir", str(model_dir), "--overwrite-output-dir",
-        "--image-size", str(settings.image_size), "--config-overrides", settings.config_overrides, "--mode", settings.mode,
+        "--image-size", str(settings.image_size), "--config-overrides", settings.config_overrides,
+        "--mode", settings.mode,
         "--optimizer", "adamw", "--learning-rate", str(settings.learning_rate), "--warmup-steps", "10",
         "--max-grad-norm", "35", "--num-train-epochs", str(settings.epochs),
         "--lr-milestones", str(max(1, settings.epochs - 2)), "--train-repeats", "1",
@@ -157,7 +161,8 @@ def run_quickstart(out: str | Path = "bafenet-quickstart", settings: QuickstartS
     threshold = settings.predict_threshold
     if isinstance(results.get("best_f1_score"), float) and results.get("best_f1"):
         threshold = min(threshold, round(results["best_f1_score"], 3))  # a short run's scores are low
-        print(f"drawing threshold {threshold:g} (the best-F1 score of step 4, capped at {settings.predict_threshold:g})")
+        print(f"drawing threshold {threshold:g} (the best-F1 score of step 4, capped at "
+              f"{settings.predict_threshold:g})")
     predict_args = ["predict", "--model", str(model_dir), *images, "--out", str(predictions_dir), "--sky",
                     "--threshold", str(threshold)]
     commands["predict"] = "bafenet " + _quote(predict_args)
@@ -210,7 +215,8 @@ def _print_summary(summary: dict[str, Any], out: Path) -> None:
     rows = [
         ("synthetic devkit", rel(art["devkit"]), "SIRSTdevkit layout: PNGImages/, SIRST/, SkySeg/, Splits/"),
         ("dataset", rel(art["dataset"]), f"datasets.load_dataset({rel(art['dataset'])!r})"),
-        ("trained model", rel(art["model"]), "AutoModelForObjectDetection.from_pretrained(..., trust_remote_code=True)"),
+        ("trained model", rel(art["model"]),
+         "AutoModelForObjectDetection.from_pretrained(..., trust_remote_code=True)"),
         ("test metrics", rel(art["evaluation"]), "+ PR curve " + Path(art["pr_curve"]).name),
         ("predictions", rel(art["predictions"]), "boxes (xyxy, original pixels), scores, sky masks"),
         ("overlay pictures", rel(art["overlays"]), "boxes, tinted sky, zoom inset of the densest cluster"),
