@@ -20,17 +20,10 @@ from typing import Any
 
 from huggingface_hub import EvalResult, ModelCardData
 
-PAPER_URL = "https://arxiv.org/abs/2407.20078"
+from . import CITATION, PAPER_URL
+
 CODE_URL = "https://github.com/GrokCV/BAFE-Net"
 DATA_URL = "https://github.com/GrokCV/DenseSIRST"
-CITATION = """@article{xiao2024bafenet,
-  title   = {Background Semantics Matter: Cross-Task Feature Exchange Network for Clustered Infrared Small Target
-             Detection With Sky-Annotated Dataset},
-  author  = {Xiao, Mengxuan and Dai, Qun and Zhu, Yiming and Guo, Kehua and Wang, Huan and Shu, Xiangbo and
-             Yang, Jian and Dai, Yimian},
-  journal = {arXiv preprint arXiv:2407.20078},
-  year    = {2024}
-}"""
 
 TRAINING_METRICS_FILES = ("metrics.json",)
 EVALUATION_METRICS_GLOBS = ("results*.json", "eval_results*.json")  # `bafenet evaluate --out results.json`

@@ -22,6 +22,7 @@ import datasets
 import numpy as np
 from datasets import ClassLabel, Features, Image, List, Value
 
+from .. import CITATION
 from .devkit import DevkitError, EncodedSample, SirstDevkit
 
 __all__ = [
@@ -63,15 +64,6 @@ FEATURES = Features(
 )
 
 HOMEPAGE = "https://github.com/GrokCV/DenseSIRST"
-CITATION = """\
-@article{xiao2024bafenet,
-  title   = {Background Semantics Matter: Cross-Task Feature Exchange Network for Clustered Infrared Small Target
-             Detection With Sky-Annotated Dataset},
-  author  = {Xiao, Mengxuan and Dai, Qun and Zhu, Yiming and Guo, Kehua and Wang, Huan and Shu, Xiangbo and
-             Yang, Jian and Dai, Yimian},
-  journal = {arXiv preprint arXiv:2407.20078},
-  year    = {2024}
-}"""
 DESCRIPTION = (
     "DenseSIRST: single-frame infrared images with dense clusters of small targets, annotated with boxes, "
     "pixel masks, point labels and a sky segmentation (arXiv 2407.20078)."

@@ -1,17 +1,4 @@
-"""Models of the project (BAFE-Net)."""
+"""Models of the project (BAFE-Net); see `bafenet.models.bafenet`."""
 
-from .bafenet import (
-    BafeNetConfig,
-    BafeNetForObjectDetection,
-    BafeNetImageProcessor,
-    BafeNetObjectDetectionOutput,
-    BafeNetPreTrainedModel,
-)
-
-__all__ = [
-    "BafeNetConfig",
-    "BafeNetForObjectDetection",
-    "BafeNetImageProcessor",
-    "BafeNetObjectDetectionOutput",
-    "BafeNetPreTrainedModel",
-]
+from .bafenet import *  # noqa: F403
+from .bafenet import __all__  # noqa: F401
