@@ -15,6 +15,7 @@ from bafenet.models.bafenet.modeling_bafenet import (
     make_points,
     pad_gt,
     sky_loss,
+    top_k_channels,
 )
 
 BG = 1  # background label with one class
@@ -142,6 +143,21 @@ def test_learned_selector_forward_is_the_hard_exchange():
     x1, x2 = torch.randn(2, 16, 4, 4), torch.randn(2, 16, 4, 4)
     for a, b in zip(hard(x1, x2), soft(x1, x2)):
         assert torch.equal(a, b)
+
+
+def test_top_k_ranks_raw_scores_and_breaks_ties_towards_the_lower_channel():
+    tied = torch.zeros(2, 8)
+    assert top_k_channels(tied, 3).tolist() == [[0, 1, 2], [0, 1, 2]]
+    raw = torch.tensor([[0.0, 2.0, 1.0, 2.0, 1.0, 1.0, -1.0, 2.0]])
+    assert top_k_channels(raw, 5).tolist() == [[1, 2, 3, 4, 7]]  # the three 2s, then the first two of the 1s
+    tiny_raw = torch.tensor([[1e-12, 3e-12, 2e-12, 0.0]])  # every sigmoid is exactly 0.5: the raw scores decide
+    assert (tiny_raw.sigmoid() == 0.5).all() and top_k_channels(tiny_raw, 2).tolist() == [[1, 2]]
+    torch.manual_seed(0)
+    exchange = ChannelAttExchange(16, 8, 4)
+    with torch.no_grad():
+        exchange.scorer.conv.weight.zero_()
+        exchange.scorer.conv.bias.zero_()
+    assert exchange.select(torch.randn(3, 16, 4, 4))[1].tolist() == [list(range(8))] * 3
 
 
 # -------------------------------------------------------------------------------------------------------- assignment

@@ -12,7 +12,10 @@ model size ``config.image_size``, with a dynamic batch dimension) to the outputs
 - ``sky_logits`` (B, 1, H/8, W/8): the finest level's sky logit map (PyTorch returns a tuple of every level);
 - ``strides`` (P,): the stride of each point's level (constant).
 
-The dynamic top-K channel exchange (topk / sort / gather / scatter) is inside the graph.
+The dynamic top-K channel exchange (topk / sort / gather / scatter) is inside the graph. Its channel choice is
+the model's: ONNX TopK breaks ties towards the lower channel index, like the stable sort the model ranks raw
+channel scores with in PyTorch (``modeling_bafenet.top_k_channels``), so all-tied scores (the untrained
+faithful scorer) exchange the same channels in onnxruntime as in PyTorch.
 
 Pre- and post-processing stay in Python, in the image processor saved with the model (it is not in the ONNX file)::
 
@@ -35,7 +38,6 @@ exporter (needs ``onnxscript``; slower to export, same outputs in our tests).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import sys
 import time
 import warnings
@@ -76,76 +78,6 @@ def outputs_from_onnx(arrays: list[np.ndarray], pixel_values_shape: tuple[int, .
     return outputs
 
 
-def _tie_matched_select(exchange: torch.nn.Module):
-    """A ``select`` for ``ChannelAttExchange`` whose ONNX TopK breaks ties like PyTorch's CPU ``topk`` does.
-
-    With the faithful (never trained) channel scorer, every sigmoid score is exactly 0.5 in float32 (the raw scores
-    are ~1e-12), so which K channels are exchanged is decided by how ``topk`` breaks ties: PyTorch on CPU returns the
-    *last* K indices, ONNX TopK (onnxruntime) the *first* K. Running TopK on the channel-reversed scores and mapping
-    the indices back gives PyTorch's choice in the graph; with distinct scores both versions pick the same channels.
-    """
-    scorer, k, learned = exchange.scorer, exchange.num_exchange, getattr(exchange, "learned", False)
-
-    def select(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        with torch.set_grad_enabled(learned and torch.is_grad_enabled()):
-            scores = scorer(x).sigmoid()
-        channels = scores.shape[1]
-        indices = (channels - 1 - scores.flip(1).topk(k, dim=1).indices).sort(dim=1).values
-        return scores, indices
-
-    return select
-
-
-def _pytorch_tie_rule(select, channels: int, k: int) -> str:
-    """"last" / "first" when ``select`` picks the last / first K channels on all-tied scores, else "other"."""
-    with torch.no_grad():
-        chosen = select(torch.zeros(2, channels, 4, 4))[1]  # zero features -> raw scores 0 -> sigmoid 0.5 everywhere
-    if torch.equal(chosen, torch.arange(channels - k, channels).expand_as(chosen)):
-        return "last"
-    return "first" if torch.equal(chosen, torch.arange(k).expand_as(chosen)) else "other"
-
-
-def _same_on_distinct_scores(select, replacement, channels: int) -> bool:
-    generator = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for scale in (1e2, 1e3, 1e4):
-            probe = scale * torch.randn(2, channels, 4, 4, generator=generator)
-            scores, chosen = select(probe)
-            if all(len(row.unique()) == len(row) for row in scores) and not torch.equal(chosen, replacement(probe)[1]):
-                return False
-    return True
-
-
-@contextlib.contextmanager
-def onnx_tie_breaking(model: torch.nn.Module):
-    """Temporarily give every channel exchange of ``model`` a TopK that breaks ties in ONNX as PyTorch does.
-
-    PyTorch's rule is read off the module itself (zero features give all-tied scores). If it picks the first K,
-    ONNX TopK already agrees; if the last K, the reversed-TopK ``select`` is swapped in (after checking it picks the
-    same channels as the module on distinct scores). Otherwise the module is left alone with a warning.
-    """
-    patched = []
-    for module in model.modules():
-        if not all(hasattr(module, name) for name in ("select", "scorer", "num_exchange")):
-            continue
-        channels = next(p for p in module.scorer.parameters()).shape[0]
-        rule = _pytorch_tie_rule(module.select, channels, module.num_exchange)
-        if rule == "first":
-            continue  # ONNX TopK already breaks ties towards the lower index
-        replacement = _tie_matched_select(module)
-        if rule == "last" and _same_on_distinct_scores(module.select, replacement, channels):
-            module.select = replacement
-            patched.append(module)
-        else:
-            warnings.warn(f"{type(module).__name__}: PyTorch breaks top-K ties in an unexpected way; exporting it "
-                          "unchanged (all-tied channel scores may select other channels in onnxruntime)")
-    try:
-        yield patched
-    finally:
-        for module in patched:
-            del module.select  # back to the class method
-
-
 def _load_model(model: str | Path | torch.nn.Module) -> torch.nn.Module:
     if isinstance(model, torch.nn.Module):
         return model
@@ -183,7 +115,7 @@ def export_onnx(
         kwargs["dynamic_shapes"] = ({0: torch.export.Dim("batch", min=1, max=1024)},)
     else:
         kwargs["dynamic_axes"] = {"pixel_values": {0: "batch"}, **{name: {0: "batch"} for name in BATCHED_OUTPUTS}}
-    with onnx_tie_breaking(model), torch.no_grad(), warnings.catch_warnings():
+    with torch.no_grad(), warnings.catch_warnings():
         warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)  # shapes -> Python ints; checked below
         warnings.filterwarnings("ignore", category=DeprecationWarning)
         torch.onnx.export(dense, (dummy,), str(out), dynamo=dynamo, **kwargs)

@@ -203,9 +203,10 @@ class LSKChannelScorer(LSKModule):
 class ChannelAttExchange(nn.Module):
     """Dynamic cross-task hard exchange of K = int(C p) channels between the seg (x1) and cls (x2) features.
 
-    Per sample, the K channels with the highest sigmoid(score) of each branch are selected (indices sorted
-    ascending), passed through the shared per-pixel adapter MLP (K -> adapter -> K), and written into the *other*
-    branch's selected slots; the other C - K channels stay untouched. Vectorised with gather/scatter.
+    Per sample, the K channels with the highest score of each branch are selected (see `top_k_channels`: ranked by
+    the raw, pre-sigmoid score, ties to the lower channel index, indices sorted ascending), passed through the shared
+    per-pixel adapter MLP (K -> adapter -> K), and written into the *other* branch's selected slots; the other C - K
+    channels stay untouched. Vectorised with gather/scatter.
 
     `learned=False` (faithful): only the indices are used, so the scorer gets no gradient (as the original; its
     parameters are frozen so optimizers and DDP skip them). `learned=True`: straight-through, the forward pass is the
@@ -222,11 +223,10 @@ class ChannelAttExchange(nn.Module):
             self.scorer.requires_grad_(False)
 
     def select(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Return (scores (B, C) in (0, 1), sorted top-K channel indices (B, K))."""
+        """Return (sigmoid scores (B, C) in (0, 1), top-K channel indices (B, K) sorted ascending)."""
         with torch.set_grad_enabled(self.learned and torch.is_grad_enabled()):
-            scores = self.scorer(x).sigmoid()
-        indices = scores.topk(self.num_exchange, dim=1).indices.sort(dim=1).values
-        return scores, indices
+            raw = self.scorer(x)
+        return raw.sigmoid(), top_k_channels(raw.detach(), self.num_exchange)
 
     def _adapt(self, x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
         picked = x.gather(1, index)  # (B, K, H, W)
@@ -243,6 +243,21 @@ class ChannelAttExchange(nn.Module):
             out1 = _straight_through(out1, x1, s1, i1)
             out2 = _straight_through(out2, x2, s2, i2)
         return out1, out2
+
+
+def top_k_channels(raw_scores: torch.Tensor, k: int) -> torch.Tensor:
+    """Indices (B, K), ascending, of the K highest raw channel scores per row, ties going to the lower channel index.
+
+    Raw (pre-sigmoid) scores are ranked, so scores that differ stay distinct where their sigmoids round to the same
+    float (the untrained faithful scorer's raw scores are ~1e-12: every sigmoid is exactly 0.5). A stable descending
+    sort makes the choice identical on every runtime (`torch.topk` breaks ties differently on CPU and CUDA); in an
+    ONNX export it is a TopK, which the ONNX spec also breaks towards the lower index.
+    """
+    if torch.onnx.is_in_onnx_export():  # stable sort has no ONNX export; ONNX TopK follows the same tie rule
+        top = raw_scores.topk(k, dim=1).indices
+    else:
+        top = raw_scores.sort(dim=1, descending=True, stable=True).indices[:, :k]
+    return top.sort(dim=1).values
 
 
 def _straight_through(hard: torch.Tensor, original: torch.Tensor, scores: torch.Tensor, index: torch.Tensor):
