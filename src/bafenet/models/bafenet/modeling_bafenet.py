@@ -170,6 +170,27 @@ def conv_bn_relu_pair(channels: int) -> nn.Sequential:
     )
 
 
+def dilated_depthwise_conv(x: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
+    """`conv(x)` for a stride-1, "same"-padded, dilated depthwise `conv`, fast on CPU.
+
+    On CPU the dilation-d conv runs as an undilated conv over the d x d interleaved sub-grids of the padded input
+    (space-to-batch): the same products and sums in another order, so the result equals `conv(x)` up to float32
+    rounding. oneDNN has no fast kernel for dilated depthwise convs: at 64x64x256 (7x7, d = 3) this is ~2.4x faster
+    forward and ~1.6x forward + backward. Elsewhere (CUDA, ONNX export) `conv(x)` itself runs.
+    """
+    (k, _), (d, _), (pad, _) = conv.kernel_size, conv.dilation, conv.padding
+    if x.device.type != "cpu" or d == 1 or torch.onnx.is_in_onnx_export() or torch.jit.is_scripting():
+        return conv(x)
+    b, c, h, w = x.shape
+    hp, wp = -(-(h + 2 * pad) // d) * d, -(-(w + 2 * pad) // d) * d  # padded size rounded up to a multiple of d
+    grids = F.pad(x, (pad, wp - w - pad, pad, hp - h - pad)).view(b, c, hp // d, d, wp // d, d)
+    grids = grids.permute(0, 3, 5, 1, 2, 4).reshape(b * d * d, c, hp // d, wp // d)
+    y = F.conv2d(grids, conv.weight, conv.bias, groups=conv.groups)  # (b d d, c, gh, gw), undilated
+    gh, gw = y.shape[-2:]
+    y = y.view(b, d, d, c, gh, gw).permute(0, 3, 4, 1, 5, 2).reshape(b, c, gh * d, gw * d)
+    return y[:, :, :h, :w].contiguous()
+
+
 class LSKModule(nn.Module):
     """Large selective kernel attention; returns the attention output `y` itself (no `x * y`, no residual)."""
 
@@ -185,7 +206,7 @@ class LSKModule(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         attn1 = self.conv0(x)
-        attn2 = self.conv_spatial(attn1)
+        attn2 = dilated_depthwise_conv(attn1, self.conv_spatial)
         u1, u2 = self.conv1(attn1), self.conv2(attn2)
         u = torch.cat([u1, u2], dim=1)
         pooled = torch.cat([u.mean(dim=1, keepdim=True), u.amax(dim=1, keepdim=True)], dim=1)
@@ -537,8 +558,8 @@ class BafeNetForObjectDetection(BafeNetPreTrainedModel):
         height, width = pixel_values.shape[-2:]
         if height % self.config.strides[-1] or width % self.config.strides[-1]:
             raise ValueError(f"input {height}x{width} must be a multiple of the largest stride {self.config.strides[-1]}")
-        features = self.backbone(pixel_values)
-        pyramid = list(self.fpn(OrderedDict((str(i), f) for i, f in enumerate(features))).values())
+        features = self.backbone(self._backbone_layout(pixel_values))
+        pyramid = [p.contiguous() for p in self.fpn(OrderedDict((str(i), f) for i, f in enumerate(features))).values()]
         cls_maps, dist_maps, ctr_maps, sky_maps = zip(*(self.head(x, s) for x, s in zip(pyramid, self.scales)))
 
         batch, num_classes = pixel_values.shape[0], self.config.num_labels
@@ -562,6 +583,14 @@ class BafeNetForObjectDetection(BafeNetPreTrainedModel):
             input_size=torch.tensor([height, width], device=pixel_values.device),
         )
         return output if return_dict is not False else output.to_tuple()
+
+    @staticmethod
+    def _backbone_layout(pixel_values: torch.Tensor) -> torch.Tensor:
+        """CPU inference runs the backbone and FPN in `channels_last` (oneDNN's convs are ~15 % faster on it there; the
+        head, its dilated depthwise convs and training are faster in NCHW, so the pyramid goes back to NCHW)."""
+        if pixel_values.device.type == "cpu" and not torch.is_grad_enabled():
+            return pixel_values.contiguous(memory_format=torch.channels_last)
+        return pixel_values
 
     def compute_loss(
         self,
