@@ -171,21 +171,28 @@ def conv_bn_relu_pair(channels: int) -> nn.Sequential:
 
 
 def dilated_depthwise_conv(x: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
-    """`conv(x)` for a stride-1, "same"-padded, dilated depthwise `conv`, fast on CPU.
+    """`conv(x)` for a stride-1, "same"-padded, dilated depthwise `conv`, fast on CPU; keeps `x`'s memory format.
 
     On CPU the dilation-d conv runs as an undilated conv over the d x d interleaved sub-grids of the padded input
     (space-to-batch): the same products and sums in another order, so the result equals `conv(x)` up to float32
     rounding. oneDNN has no fast kernel for dilated depthwise convs: at 64x64x256 (7x7, d = 3) this is ~2.4x faster
-    forward and ~1.6x forward + backward. Elsewhere (CUDA, ONNX export) `conv(x)` itself runs.
+    forward, and in `channels_last` ~2x faster forward + backward. Elsewhere (CUDA, ONNX export) `conv(x)` runs.
     """
     (k, _), (d, _), (pad, _) = conv.kernel_size, conv.dilation, conv.padding
     if x.device.type != "cpu" or d == 1 or torch.onnx.is_in_onnx_export() or torch.jit.is_scripting():
         return conv(x)
     b, c, h, w = x.shape
     hp, wp = -(-(h + 2 * pad) // d) * d, -(-(w + 2 * pad) // d) * d  # padded size rounded up to a multiple of d
-    grids = F.pad(x, (pad, wp - w - pad, pad, hp - h - pad)).view(b, c, hp // d, d, wp // d, d)
-    grids = grids.permute(0, 3, 5, 1, 2, 4).reshape(b * d * d, c, hp // d, wp // d)
-    y = F.conv2d(grids, conv.weight, conv.bias, groups=conv.groups)  # (b d d, c, gh, gw), undilated
+    padded = F.pad(x, (pad, wp - w - pad, pad, hp - h - pad))
+    if x.is_contiguous(memory_format=torch.channels_last):  # grids, conv and result in channels_last
+        grids = padded.permute(0, 2, 3, 1).reshape(b, hp // d, d, wp // d, d, c).permute(0, 2, 4, 1, 3, 5)
+        grids = grids.reshape(b * d * d, hp // d, wp // d, c).permute(0, 3, 1, 2)  # (b d d, c, hp / d, wp / d)
+        y = F.conv2d(grids, conv.weight, conv.bias, groups=conv.groups)  # undilated: (b d d, c, gh, gw)
+        gh, gw = y.shape[-2:]
+        y = y.permute(0, 2, 3, 1).reshape(b, d, d, gh, gw, c).permute(0, 3, 1, 4, 2, 5).reshape(b, gh * d, gw * d, c)
+        return y[:, :h, :w].permute(0, 3, 1, 2).contiguous(memory_format=torch.channels_last)
+    grids = padded.reshape(b, c, hp // d, d, wp // d, d).permute(0, 3, 5, 1, 2, 4).reshape(b * d * d, c, hp // d, wp // d)
+    y = F.conv2d(grids, conv.weight, conv.bias, groups=conv.groups)  # undilated: (b d d, c, gh, gw)
     gh, gw = y.shape[-2:]
     y = y.view(b, d, d, c, gh, gw).permute(0, 3, 4, 1, 5, 2).reshape(b, c, gh * d, gw * d)
     return y[:, :, :h, :w].contiguous()
@@ -205,13 +212,18 @@ class LSKModule(nn.Module):
         self.conv = nn.Conv2d(half, channels, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # CPU training: the depthwise convs' backward is ~2x faster in channels_last; CPU inference is faster in NCHW
+        nhwc = x.device.type == "cpu" and torch.is_grad_enabled() and not torch.onnx.is_in_onnx_export()
+        if nhwc:
+            x = x.contiguous(memory_format=torch.channels_last)
         attn1 = self.conv0(x)
         attn2 = dilated_depthwise_conv(attn1, self.conv_spatial)
         u1, u2 = self.conv1(attn1), self.conv2(attn2)
         u = torch.cat([u1, u2], dim=1)
         pooled = torch.cat([u.mean(dim=1, keepdim=True), u.amax(dim=1, keepdim=True)], dim=1)
         gate = self.conv_squeeze(pooled).sigmoid()
-        return self.conv(u1 * gate[:, 0:1] + u2 * gate[:, 1:2])
+        out = self.conv(u1 * gate[:, 0:1] + u2 * gate[:, 1:2])
+        return out.contiguous() if nhwc else out
 
 
 class LSKChannelScorer(LSKModule):
