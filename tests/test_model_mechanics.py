@@ -12,6 +12,7 @@ from bafenet.models.bafenet.modeling_bafenet import (
     assign_fcos_targets,
     centerness_target,
     detection_losses,
+    dilated_depthwise_conv,
     make_points,
     pad_gt,
     sky_loss,
@@ -158,6 +159,23 @@ def test_top_k_ranks_raw_scores_and_breaks_ties_towards_the_lower_channel():
         exchange.scorer.conv.weight.zero_()
         exchange.scorer.conv.bias.zero_()
     assert exchange.select(torch.randn(3, 16, 4, 4))[1].tolist() == [list(range(8))] * 3
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_space_to_batch_dilated_conv_equals_the_dilated_conv(channels_last):
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(8, 8, 7, padding=9, dilation=3, groups=8)  # the LSK's conv_spatial; odd, non-square input
+    x = torch.randn(2, 8, 13, 10)
+    fast_in = x.contiguous(memory_format=torch.channels_last) if channels_last else x.clone()
+    fast_in.requires_grad_()
+    x.requires_grad_()
+    fast, reference = dilated_depthwise_conv(fast_in, conv), conv(x)
+    torch.testing.assert_close(fast, reference, rtol=0, atol=1e-5)
+    assert fast.is_contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+    grad = torch.randn_like(reference)
+    fast_grads = torch.autograd.grad(fast, (fast_in, conv.weight, conv.bias), grad)
+    for ours, expected in zip(fast_grads, torch.autograd.grad(reference, (x, conv.weight, conv.bias), grad)):
+        torch.testing.assert_close(ours, expected, rtol=1e-5, atol=1e-5)
 
 
 # -------------------------------------------------------------------------------------------------------- assignment

@@ -178,8 +178,9 @@ def dilated_depthwise_conv(x: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
     rounding. oneDNN has no fast kernel for dilated depthwise convs: at 64x64x256 (7x7, d = 3) this is ~2.4x faster
     forward, and in `channels_last` ~2x faster forward + backward. Elsewhere (CUDA, ONNX export) `conv(x)` runs.
     """
-    (k, _), (d, _), (pad, _) = conv.kernel_size, conv.dilation, conv.padding
-    if x.device.type != "cpu" or d == 1 or torch.onnx.is_in_onnx_export() or torch.jit.is_scripting():
+    (k, kw), (d, dw), (pad, pw) = conv.kernel_size, conv.dilation, conv.padding
+    square_same = (k, d, pad) == (kw, dw, pw) and conv.stride == (1, 1) and 2 * pad == d * (k - 1)
+    if not square_same or d == 1 or x.device.type != "cpu" or torch.onnx.is_in_onnx_export():
         return conv(x)
     b, c, h, w = x.shape
     hp, wp = -(-(h + 2 * pad) // d) * d, -(-(w + 2 * pad) // d) * d  # padded size rounded up to a multiple of d
@@ -191,7 +192,8 @@ def dilated_depthwise_conv(x: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
         gh, gw = y.shape[-2:]
         y = y.permute(0, 2, 3, 1).reshape(b, d, d, gh, gw, c).permute(0, 3, 1, 4, 2, 5).reshape(b, gh * d, gw * d, c)
         return y[:, :h, :w].permute(0, 3, 1, 2).contiguous(memory_format=torch.channels_last)
-    grids = padded.reshape(b, c, hp // d, d, wp // d, d).permute(0, 3, 5, 1, 2, 4).reshape(b * d * d, c, hp // d, wp // d)
+    grids = padded.reshape(b, c, hp // d, d, wp // d, d).permute(0, 3, 5, 1, 2, 4)
+    grids = grids.reshape(b * d * d, c, hp // d, wp // d)
     y = F.conv2d(grids, conv.weight, conv.bias, groups=conv.groups)  # undilated: (b d d, c, gh, gw)
     gh, gw = y.shape[-2:]
     y = y.view(b, d, d, c, gh, gw).permute(0, 3, 4, 1, 5, 2).reshape(b, c, gh * d, gw * d)
@@ -571,7 +573,8 @@ class BafeNetForObjectDetection(BafeNetPreTrainedModel):
         if height % self.config.strides[-1] or width % self.config.strides[-1]:
             raise ValueError(f"input {height}x{width} must be a multiple of the largest stride {self.config.strides[-1]}")
         features = self.backbone(self._backbone_layout(pixel_values))
-        pyramid = [p.contiguous() for p in self.fpn(OrderedDict((str(i), f) for i, f in enumerate(features))).values()]
+        pyramid = self.fpn(OrderedDict((str(i), f) for i, f in enumerate(features))).values()
+        pyramid = [level.contiguous() for level in pyramid]  # the head runs in NCHW
         cls_maps, dist_maps, ctr_maps, sky_maps = zip(*(self.head(x, s) for x, s in zip(pyramid, self.scales)))
 
         batch, num_classes = pixel_values.shape[0], self.config.num_labels
