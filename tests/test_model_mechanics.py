@@ -331,3 +331,22 @@ def test_resnet50_smoke():
     with torch.no_grad():
         out = model(torch.zeros(1, 3, 64, 64))
     assert out.logits.shape == (1, 64 + 16 + 4, 1)
+
+
+def test_frozen_bn_backbone_from_scratch_keeps_every_residual_branch_alive():
+    """timm zero-inits each block's last BN scale; frozen, that would switch the branch off for good."""
+    model = tiny()
+    scales = [m.weight for m in model.backbone.modules() if hasattr(m, "weight") and type(m).__name__.endswith("BatchNorm2d")]
+    assert scales and all(bool(w.all()) for w in scales)
+
+
+def test_every_process_joins_the_loss_all_reduces_without_positives(monkeypatch):
+    """DDP: a process whose batch has no positive point must still take part in both all-reduces."""
+    import bafenet.models.bafenet.modeling_bafenet as modeling
+
+    calls = []
+    monkeypatch.setattr(modeling, "reduce_mean", lambda t: calls.append(t) or t)
+    logits, distances, centerness = torch.zeros(1, 5, 1), torch.ones(1, 5, 4), torch.zeros(1, 5)
+    losses = modeling.detection_losses(logits, distances, centerness, torch.full((1, 5), BG), torch.ones(1, 5, 4))
+    assert len(calls) == 2
+    assert float(losses["loss_bbox"]) == 0.0 and float(losses["loss_centerness"]) == 0.0

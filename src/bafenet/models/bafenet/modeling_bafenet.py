@@ -86,6 +86,13 @@ def build_backbone(config: BafeNetConfig) -> nn.Module:
             f"the config asks for strides {config.strides}; set backbone_out_indices to match"
         )
     if config.freeze_backbone_bn:
+        # timm zero-initialises the last BN scale of each residual block (for trainable BN). Frozen, that zero would
+        # disable the residual branch for good on a backbone trained from scratch, so frozen BNs start at scale 1
+        # (loaded ImageNet weights overwrite this).
+        for module in backbone.modules():
+            weight = getattr(module, "weight", None) if isinstance(module, nn.BatchNorm2d) else None
+            if weight is not None and not weight.is_meta and not weight.any():  # meta: from_pretrained loads it
+                nn.init.ones_(weight)
         backbone = freeze_batch_norm_2d(backbone)
     return backbone
 
@@ -475,13 +482,14 @@ def detection_losses(
     onehot = F.one_hot(target_classes, num_classes + 1)[..., :num_classes].to(logits.dtype)
     loss_cls = sigmoid_focal_loss(logits.float(), onehot.float(), focal_alpha, focal_gamma, reduction="sum") / num_pos
     pos_dist, pos_ctr = distances[positive], centerness[positive].float()
+    pos_targets = target_distances[positive]
+    ctr_targets = centerness_target(pos_targets)
+    # Every process joins this all-reduce, also one whose batch holds no positive point (else DDP would hang).
+    ctr_norm = reduce_mean(ctr_targets.sum()).clamp(min=1e-6)
     if pos_dist.numel() == 0:
         zero = pos_dist.sum() * 0 + pos_ctr.sum() * 0
         return {"loss_cls": loss_cls, "loss_bbox": zero, "loss_centerness": zero.clone()}
-    pos_targets = target_distances[positive]
-    ctr_targets = centerness_target(pos_targets)
     iou = aligned_iou_from_distances(pos_dist.float(), pos_targets).clamp(min=1e-6)
-    ctr_norm = reduce_mean(ctr_targets.sum()).clamp(min=1e-6)
     loss_bbox = (-iou.log() * ctr_targets).sum() / ctr_norm
     loss_ctr = F.binary_cross_entropy_with_logits(pos_ctr, ctr_targets, reduction="sum") / num_pos
     return {"loss_cls": loss_cls, "loss_bbox": loss_bbox, "loss_centerness": loss_ctr}
