@@ -280,7 +280,7 @@ def test_small_model_overfits_a_few_synthetic_images(bright_dataset_dir, tmp_pat
     # 2 images x10 per epoch = 10 updates/epoch, AdamW 1e-3, no BAG-CP; the validation split holds the same images,
     # so the selected model (the one written to the output folder) is the best-fitting of the 6 epochs
     code = main(["--dataset", str(dataset), "--output-dir", str(out), "--image-size", "128",
-                 "--config-overrides", "fpn_channels=32,num_head_convs=1,adapter_channels=16",
+                 "--config-overrides", "fpn_channels=32,num_head_convs=1,adapter_channels=16,freeze_backbone_bn=false",
                  "--num-train-epochs", "6", "--train-repeats", "10", "--optimizer", "adamw", "--learning-rate", "1e-3",
                  "--warmup-steps", "0", "--lr-milestones", "--copy-paste-probability", "0",
                  "--checkpointing-steps", "0", "--dataloader-num-workers", "0", "--report-to", "none",

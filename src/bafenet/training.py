@@ -511,6 +511,11 @@ class Trainer:
             kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=find_unused)],
         )
         self.state = TrainerState()
+        config = self.model.config
+        if not args.model_name_or_path and config.freeze_backbone_bn and not config.backbone_weights:
+            self._print("WARNING: a new backbone trained from scratch with frozen BatchNorm (mean 0, variance 1, "
+                        "scale 1) has nothing that normalises its activations; pass --backbone-weights, or "
+                        "--config-overrides freeze_backbone_bn=false to train the BatchNorm layers")
         self._load_data()
 
     # -- set-up ----------------------------------------------------------------------------------------------------
@@ -594,7 +599,7 @@ class Trainer:
 
     # -- helpers ---------------------------------------------------------------------------------------------------
     def _print(self, message: str) -> None:
-        self.accelerator.print(message) if self.accelerator.is_main_process else None
+        self.accelerator.print(message)  # main process only
 
     def _unwrapped(self) -> torch.nn.Module:
         return self.accelerator.unwrap_model(self.model)
