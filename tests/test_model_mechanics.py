@@ -161,6 +161,24 @@ def test_top_k_ranks_raw_scores_and_breaks_ties_towards_the_lower_channel():
     assert exchange.select(torch.randn(3, 16, 4, 4))[1].tolist() == [list(range(8))] * 3
 
 
+@pytest.mark.parametrize("learned", [False, True])
+def test_channel_scores_are_float32_under_autocast(learned):
+    """In bf16 the tiny scores rank by rounding noise (a trained R18: 51% of the float32 picks under bf16 autocast,
+    99% with the scorer in float32), so the scorer runs in its own dtype with autocast off."""
+    torch.manual_seed(0)
+    exchange = ChannelAttExchange(16, 8, 4, learned=learned)
+    seen = []
+    exchange.scorer.register_forward_hook(lambda module, args, out: seen.append((args[0].dtype, out.dtype)))
+    x = torch.randn(2, 16, 8, 8).bfloat16().float()  # exact in bf16: both passes see the same numbers
+    scores, index = exchange.select(x)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        scores_amp, index_amp = exchange.select(x.bfloat16())
+        out1, out2 = exchange(x.bfloat16(), x.bfloat16())
+    assert seen == [(torch.float32, torch.float32)] * 4
+    assert scores_amp.dtype == out1.dtype == out2.dtype == torch.bfloat16  # the rest of the head stays in bf16
+    assert torch.equal(index, index_amp)
+
+
 @pytest.mark.parametrize("channels_last", [False, True])
 def test_space_to_batch_dilated_conv_equals_the_dilated_conv(channels_last):
     torch.manual_seed(0)

@@ -265,10 +265,18 @@ class ChannelAttExchange(nn.Module):
             self.scorer.requires_grad_(False)
 
     def select(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Return (sigmoid scores (B, C) in (0, 1), top-K channel indices (B, K) sorted ascending)."""
-        with torch.set_grad_enabled(self.learned and torch.is_grad_enabled()):
-            raw = self.scorer(x)
-        return raw.sigmoid(), top_k_channels(raw.detach(), self.num_exchange)
+        """Return (sigmoid scores (B, C) in (0, 1), top-K channel indices (B, K) sorted ascending).
+
+        The scores are computed in the scorer's own dtype with autocast off: the faithful scorer's scores are tiny
+        (~1e-12 at init, ~1e-5 trained), and in bf16/fp16 their ranking is rounding noise (measured: a bf16-autocast
+        pass picks the same channels as float32 for ~51% of them, i.e. chance), so a model trained with mixed
+        precision would meet other channels at float32 inference.
+        """
+        dtype = self.scorer.conv.weight.dtype
+        with torch.set_grad_enabled(self.learned and torch.is_grad_enabled()), \
+                torch.autocast(device_type=x.device.type, enabled=False):
+            raw = self.scorer(x.to(dtype))
+        return raw.sigmoid().to(x.dtype), top_k_channels(raw.detach(), self.num_exchange)
 
     def _adapt(self, x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
         picked = x.gather(1, index)  # (B, K, H, W)
