@@ -111,3 +111,31 @@ def test_predict_split_restores_training_mode_and_stays_on_the_model_device(tiny
     assert model.training
     assert [d["image_id"] for d in detections] == list(test_split["image_id"])
     assert all(d["boxes"].shape == (len(d["scores"]), 4) for d in detections)
+
+
+def test_half_precision_checkpoint_is_scored_in_float32(tiny_model_dir, synthetic_dataset_dir, tmp_path):
+    """A model stored in fp16 (as Hub uploads often are) evaluates on the CPU, with the float32 model's detections."""
+    import shutil
+
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    from bafenet.cli import main
+
+    half = tmp_path / "half"
+    shutil.copytree(tiny_model_dir, half)
+    weights = load_file(half / "model.safetensors")
+    save_file({k: v.half() if v.is_floating_point() else v for k, v in weights.items()}, half / "model.safetensors",
+              metadata={"format": "pt"})
+    results = {}
+    for name, model in (("float", tiny_model_dir), ("half", half)):
+        out = tmp_path / f"{name}.json"
+        argv = ["evaluate", "--model", str(model), "--dataset", str(synthetic_dataset_dir), "--split", "test",
+                "--out", str(out), "--device", "cpu", "--detection-threshold", "0.001", "--score-threshold", "0.0"]
+        assert main(argv) == 0
+        results[name] = json.loads(out.read_text())
+    float_dets, half_dets = (results[k]["detections"] for k in ("float", "half"))
+    assert [d["image_id"] for d in float_dets] == [d["image_id"] for d in half_dets]
+    scores = [torch.tensor(d["scores"][:5]) for d in float_dets], [torch.tensor(d["scores"][:5]) for d in half_dets]
+    for a, b in zip(*scores):
+        torch.testing.assert_close(a, b, rtol=0, atol=2e-3)

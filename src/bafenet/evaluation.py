@@ -110,6 +110,7 @@ def _predict(model: Any, processor: Any, dataset: Any, batch_size: int, device: 
 
     if threshold is None:
         threshold = float(getattr(model.config, "score_threshold", 0.05))
+    dtype = next(model.parameters()).dtype  # a half-precision model gets half-precision inputs
     detections: list[dict[str, Any]] = []
     bar = tqdm(total=len(dataset), desc="Evaluating", unit="img", disable=not progress)
     needed = ["image", "image_id", "width", "height"] + (["sky_mask"] if sky_metric else [])
@@ -124,7 +125,7 @@ def _predict(model: Any, processor: Any, dataset: Any, batch_size: int, device: 
                                  f"width x height {w}x{h}")
         inputs = processor(images=images, return_tensors="pt")
         with torch.inference_mode():
-            outputs = model(pixel_values=inputs["pixel_values"].to(device))
+            outputs = model(pixel_values=inputs["pixel_values"].to(device, dtype))
         results = processor.post_process_object_detection(outputs, threshold=threshold, target_sizes=sizes)
         skies = processor.post_process_sky_segmentation(outputs, target_sizes=sizes) if sky_metric else None
         for i, result in enumerate(results):
@@ -372,6 +373,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     import datasets
+    import torch
     import transformers
     from transformers import AutoImageProcessor, AutoModelForObjectDetection
 
@@ -381,11 +383,11 @@ def run(args: argparse.Namespace) -> int:
     if out.suffix != ".json":
         raise SystemExit(f"--out {out}: expected a .json file name")
     started = time.time()
-    model = AutoModelForObjectDetection.from_pretrained(str(args.model), trust_remote_code=True, revision=args.revision)
+    # float32 whatever the checkpoint's dtype (a Hub model may be stored in fp16/bf16): the scores are not rounded
+    model = AutoModelForObjectDetection.from_pretrained(str(args.model), trust_remote_code=True, revision=args.revision,
+                                                        dtype=torch.float32)
     processor = AutoImageProcessor.from_pretrained(str(args.model), trust_remote_code=True, revision=args.revision)
     dataset = datasets.load_dataset(str(args.dataset), args.config, split=args.split)
-    import torch
-
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     results = evaluate_model(
         model, processor, dataset, batch_size=args.batch_size, device=device,

@@ -135,7 +135,9 @@ class Predictor:
             from transformers import AutoModelForObjectDetection
 
             self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-            self.model = AutoModelForObjectDetection.from_pretrained(str(model), trust_remote_code=True)
+            # float32 whatever the checkpoint's dtype (fp16/bf16 weights would not run on every CPU)
+            self.model = AutoModelForObjectDetection.from_pretrained(str(model), trust_remote_code=True,
+                                                                     dtype=torch.float32)
             self.model.to(self.device).eval()
 
     def forward(self, pixel_values: torch.Tensor) -> Any:
