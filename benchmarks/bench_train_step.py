@@ -21,7 +21,9 @@ from collections.abc import Callable
 
 import numpy as np
 import torch
-from bench_inference import bafenet_model, fcos_peer, interleaved_median, machine_line, report, test_image
+from bench_inference import (
+    bafenet_model, fcos_peer, interleaved_median, machine_line, print_goal, report, test_image,
+)
 
 GOAL_R18_VS_FCOS = 1.2
 
@@ -96,10 +98,7 @@ def main() -> None:
     medians = report(times, "FCOS-R50 (torchvision)",
                      f"training step, batch {batch}, {size}x{size}, forward + loss + backward + AdamW, "
                      f"{args.repeats} interleaved repeats")
-    if "BAFE-Net R18" in medians:
-        ratio = medians["BAFE-Net R18"] / medians["FCOS-R50 (torchvision)"]
-        verdict = "met" if ratio <= GOAL_R18_VS_FCOS else "MISSED"
-        print(f"\ngoal BAFE-Net R18 <= {GOAL_R18_VS_FCOS}x FCOS-R50: {ratio:.3f}x ({verdict})")
+    print_goal(medians, GOAL_R18_VS_FCOS)
 
 
 if __name__ == "__main__":

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -17,6 +19,33 @@ REAL_DEVKIT = Path(os.environ.get("DENSESIRST_DEVKIT", REPO_ROOT.parent / "share
 
 # A model small enough for CPU unit tests (same architecture, narrow and shallow, 128x128 input).
 TINY_MODEL_KWARGS = dict(backbone="resnet18", fpn_channels=32, num_head_convs=1, adapter_channels=16, image_size=128)
+
+
+@contextmanager
+def _torch_threads(count: int) -> Iterator[None]:
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def one_thread() -> Iterator[None]:
+    """One torch thread for this test: tiny tensors run faster, and reductions match a fresh OMP_NUM_THREADS=1
+    process bit for bit."""
+    with _torch_threads(1):
+        yield
+
+
+@pytest.fixture(scope="module")
+def one_thread_module() -> Iterator[None]:
+    """`one_thread` for a whole module (`pytestmark = pytest.mark.usefixtures("one_thread_module")`)."""
+    with _torch_threads(1):
+        yield
 
 
 @pytest.fixture(scope="session")

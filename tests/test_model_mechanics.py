@@ -22,13 +22,7 @@ from bafenet.models.bafenet.modeling_bafenet import (
 BG = 1  # background label with one class
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    """Tiny tensors run faster on one thread, and much faster when other processes share the cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread_module")  # tiny tensors; bit-identical reductions
 
 
 def tiny(**overrides) -> BafeNetForObjectDetection:

@@ -52,13 +52,7 @@ FRESH_PROCESS = textwrap.dedent(
 )
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    """Bit-identical needs the same thread count here and in the fresh process (reduction order)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread_module")  # tiny tensors; bit-identical reductions
 
 
 def test_fresh_process_without_bafenet_loads_bit_identical(tmp_path):

@@ -176,15 +176,6 @@ def test_two_process_ddp_on_cpu_keeps_replicas_identical(bright_dataset_dir, tin
     AutoModelForObjectDetection.from_pretrained(out, trust_remote_code=True)
 
 
-@pytest.fixture
-def one_thread():
-    """Same thread count in this process and in the subprocesses (OMP_NUM_THREADS=1): bit-identical arithmetic."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.mark.slow
 def test_sigkill_and_resume_reaches_the_same_weights(synthetic_dataset_dir, tiny_model_dir, tmp_path, one_thread,
                                                      capsys):
@@ -280,7 +271,7 @@ def test_small_model_overfits_a_few_synthetic_images(bright_dataset_dir, tmp_pat
     # 2 images x10 per epoch = 10 updates/epoch, AdamW 1e-3, no BAG-CP; the validation split holds the same images,
     # so the selected model (the one written to the output folder) is the best-fitting of the 6 epochs
     code = main(["--dataset", str(dataset), "--output-dir", str(out), "--image-size", "128",
-                 "--config-overrides", "fpn_channels=32,num_head_convs=1,adapter_channels=16,freeze_backbone_bn=false",
+                 "--config-overrides", "fpn_channels=32,num_head_convs=1,adapter_channels=16",
                  "--num-train-epochs", "6", "--train-repeats", "10", "--optimizer", "adamw", "--learning-rate", "1e-3",
                  "--warmup-steps", "0", "--lr-milestones", "--copy-paste-probability", "0",
                  "--checkpointing-steps", "0", "--dataloader-num-workers", "0", "--report-to", "none",
@@ -290,3 +281,5 @@ def test_small_model_overfits_a_few_synthetic_images(bright_dataset_dir, tmp_pat
     history = [(h["epoch"], round(h["validation"]["mAP07"], 3)) for h in metrics["validation_history"]]
     assert metrics["selected"]["test"]["mAP07"] >= 0.9, history
     assert metrics["last"]["test"]["recall"] == 1.0, history
+    # no --backbone-weights: the backbone's BatchNorm was trained, not frozen at mean 0 / variance 1
+    assert json.loads((out / "config.json").read_text())["freeze_backbone_bn"] is False

@@ -15,16 +15,22 @@ def to_numpy(value: Any) -> np.ndarray:
     return np.asarray(value)
 
 
-def check_boxes(boxes: Any, where: str) -> np.ndarray:
-    """Validate (N, 4) xyxy boxes: finite, ``x2 >= x1`` and ``y2 >= y1``. Returns float64 (N, 4)."""
-    array = to_numpy(boxes).astype(np.float64, copy=False)
+def _finite_rows(value: Any, width: int, what: str, layout: str, where: str) -> np.ndarray:
+    """``value`` as a float64 (N, width) array of finite numbers ((0, width) when empty), else a ValueError."""
+    array = to_numpy(value).astype(np.float64, copy=False)
     if array.size == 0:
-        return np.zeros((0, 4), dtype=np.float64)
-    if array.ndim != 2 or array.shape[1] != 4:
-        raise ValueError(f"{where}: boxes must have shape (N, 4) in xyxy order, got shape {array.shape}")
+        return np.zeros((0, width), dtype=np.float64)
+    if array.ndim != 2 or array.shape[1] != width:
+        raise ValueError(f"{where}: {what} must have shape (N, {width}) {layout}, got shape {array.shape}")
     if not np.isfinite(array).all():
         row = int(np.flatnonzero(~np.isfinite(array).all(axis=1))[0])
-        raise ValueError(f"{where}: box {row} has a non-finite coordinate: {array[row].tolist()}")
+        raise ValueError(f"{where}: {what} row {row} has a non-finite value: {array[row].tolist()}")
+    return array
+
+
+def check_boxes(boxes: Any, where: str) -> np.ndarray:
+    """Validate (N, 4) xyxy boxes: finite, ``x2 >= x1`` and ``y2 >= y1``. Returns float64 (N, 4)."""
+    array = _finite_rows(boxes, 4, "boxes", "in xyxy order", where)
     bad = (array[:, 2] < array[:, 0]) | (array[:, 3] < array[:, 1])
     if bad.any():
         row = int(np.flatnonzero(bad)[0])
@@ -48,14 +54,7 @@ def check_scores(scores: Any, num_boxes: int, where: str) -> np.ndarray:
 
 def check_points(points: Any, where: str) -> np.ndarray:
     """Validate (N, 2) finite (x, y) points. Returns float64 (N, 2)."""
-    array = to_numpy(points).astype(np.float64, copy=False)
-    if array.size == 0:
-        return np.zeros((0, 2), dtype=np.float64)
-    if array.ndim != 2 or array.shape[1] != 2:
-        raise ValueError(f"{where}: points must have shape (N, 2) as (x, y), got shape {array.shape}")
-    if not np.isfinite(array).all():
-        raise ValueError(f"{where}: points contain a non-finite value")
-    return array
+    return _finite_rows(points, 2, "points", "as (x, y)", where)
 
 
 def check_mask(mask: Any, where: str, shape: tuple[int, ...] | None = None) -> np.ndarray:
