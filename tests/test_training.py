@@ -269,7 +269,8 @@ def _write_overfit_dataset(features, out: Path, num_images: int, size: int = 128
 def test_small_model_overfits_a_few_synthetic_images(bright_dataset_dir, tmp_path):
     dataset, out = bright_dataset_dir, tmp_path / "run"
     # 2 images x10 per epoch = 10 updates/epoch, AdamW 1e-3, no BAG-CP; the validation split holds the same images,
-    # so the selected model (the one written to the output folder) is the best-fitting of the 8 epochs (mAP07 1.0 from epoch 7; 0.93 at epoch 5)
+    # so the selected model (the one written to the output folder) is the best-fitting of the 8 epochs (mAP07 1.0
+    # from epoch 7 on; 0.93 at epoch 5)
     code = main(["--dataset", str(dataset), "--output-dir", str(out), "--image-size", "128",
                  "--config-overrides", "fpn_channels=32,num_head_convs=1,adapter_channels=16",
                  "--num-train-epochs", "8", "--train-repeats", "10", "--optimizer", "adamw", "--learning-rate", "1e-3",
