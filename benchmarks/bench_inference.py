@@ -62,12 +62,47 @@ def report(times: dict[str, list[float]], reference: str, title: str) -> dict[st
     return medians
 
 
-def print_goal(medians: dict[str, float], goal: float, name: str = "BAFE-Net R18",
-               peer: str = "FCOS-R50 (torchvision)") -> None:
-    """Print whether ``name`` ran within ``goal`` x ``peer`` (nothing when ``name`` was not measured)."""
-    if name in medians:
-        ratio = medians[name] / medians[peer]
-        print(f"\ngoal {name} <= {goal}x {peer.split(' ')[0]}: {ratio:.3f}x ({'met' if ratio <= goal else 'MISSED'})")
+PEER = "FCOS-R50 (torchvision)"
+
+
+def timing_parser(doc: str, repeats: int) -> argparse.ArgumentParser:
+    """The options every benchmark shares: --size, --repeats, --warmup, --threads."""
+    parser = argparse.ArgumentParser(description=doc.split("\n")[0])
+    parser.add_argument("--size", type=int, default=512)
+    parser.add_argument("--repeats", type=int, default=repeats)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's default)")
+    return parser
+
+
+def start(args: argparse.Namespace) -> None:
+    """Apply --threads and print where the numbers come from."""
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    print(machine_line())
+
+
+def compare_with_peer(candidates: dict[str, Callable[[], object]], args: argparse.Namespace, title: str,
+                      goal: float) -> None:
+    """Time the candidates (one of them `PEER`) interleaved, print the table and whether BAFE-Net R18 met ``goal``."""
+    medians = report(interleaved_median(candidates, args.repeats, args.warmup), PEER,
+                     f"{title}, {args.repeats} interleaved repeats")
+    if "BAFE-Net R18" in medians:
+        ratio = medians["BAFE-Net R18"] / medians[PEER]
+        print(f"\ngoal BAFE-Net R18 <= {goal}x FCOS-R50: {ratio:.3f}x ({'met' if ratio <= goal else 'MISSED'})")
+
+
+def bafenet_full_path(model: torch.nn.Module, processor: object, pil_image: object) -> Callable[[], object]:
+    """What a user runs for one image: image processor -> network -> post-processing (threshold 0.05)."""
+    target_sizes = [(pil_image.height, pil_image.width)]
+
+    def predict() -> object:
+        with torch.inference_mode():
+            inputs = processor(images=[pil_image], return_tensors="pt")
+            outputs = model(pixel_values=inputs["pixel_values"])
+            return processor.post_process_object_detection(outputs, threshold=0.05, target_sizes=target_sizes)
+
+    return predict
 
 
 def machine_line() -> str:
@@ -116,33 +151,19 @@ def test_image(size: int) -> np.ndarray:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--size", type=int, default=512)
-    parser.add_argument("--repeats", type=int, default=15)
-    parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's default)")
+    parser = timing_parser(__doc__, repeats=15)
     parser.add_argument("--backbones", nargs="+", default=["resnet18", "resnet50"])
     args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    print(machine_line())
+    start(args)
 
     from PIL import Image
 
     image = test_image(args.size)
     pil_image = Image.fromarray(image, mode="L")
-    target_sizes = [(args.size, args.size)]
     candidates: dict[str, Callable[[], object]] = {}
     for backbone in args.backbones:
         model, processor = bafenet_model(backbone, args.size)
-
-        def bafenet_predict(model=model, processor=processor):
-            with torch.inference_mode():
-                inputs = processor(images=[pil_image], return_tensors="pt")
-                outputs = model(pixel_values=inputs["pixel_values"])
-                return processor.post_process_object_detection(outputs, threshold=0.05, target_sizes=target_sizes)
-
-        candidates[f"BAFE-Net {backbone.replace('resnet', 'R')}"] = bafenet_predict
+        candidates[f"BAFE-Net {backbone.replace('resnet', 'R')}"] = bafenet_full_path(model, processor, pil_image)
 
     peer = fcos_peer(args.size).eval()
 
@@ -151,12 +172,9 @@ def main() -> None:
             tensor = torch.from_numpy(image).float().div_(255.0).expand(3, -1, -1)
             return peer([tensor])
 
-    candidates["FCOS-R50 (torchvision)"] = fcos_predict
-    times = interleaved_median(candidates, args.repeats, args.warmup)
-    medians = report(times, "FCOS-R50 (torchvision)",
-                     f"inference, batch 1, {args.size}x{args.size}, pre + network + post-processing, "
-                     f"{args.repeats} interleaved repeats")
-    print_goal(medians, GOAL_R18_VS_FCOS)
+    candidates[PEER] = fcos_predict
+    compare_with_peer(candidates, args, f"inference, batch 1, {args.size}x{args.size}, pre + network + "
+                      "post-processing", GOAL_R18_VS_FCOS)
 
 
 if __name__ == "__main__":

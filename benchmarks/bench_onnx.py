@@ -15,28 +15,23 @@ onnxruntime gets as many intra-op threads as torch (``torch.get_num_threads()``)
 
 from __future__ import annotations
 
-import argparse
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from bench_inference import bafenet_model, interleaved_median, machine_line, report, test_image
+from bench_inference import (
+    bafenet_full_path, bafenet_model, interleaved_median, report, start, test_image, timing_parser,
+)
 
 from bafenet.export_onnx import OUTPUT_NAMES, compare_with_pytorch, export_onnx, outputs_from_onnx
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = timing_parser(__doc__, repeats=15)
     parser.add_argument("--backbone", default="resnet18")
-    parser.add_argument("--size", type=int, default=512)
-    parser.add_argument("--repeats", type=int, default=15)
-    parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--threads", type=int, default=None)
     args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    print(machine_line())
+    start(args)
 
     import onnxruntime as ort
     from PIL import Image
@@ -64,12 +59,6 @@ def main() -> None:
     def onnx_dense():
         return session.run(list(OUTPUT_NAMES), {"pixel_values": pixel_numpy})
 
-    def torch_full():
-        with torch.inference_mode():
-            inputs = processor(images=[pil_image], return_tensors="pt")
-            outputs = model(pixel_values=inputs["pixel_values"])
-            return processor.post_process_object_detection(outputs, threshold=0.05, target_sizes=target_sizes)
-
     def onnx_full():
         inputs = processor(images=[pil_image], return_tensors="pt")
         arrays = session.run(list(OUTPUT_NAMES), {"pixel_values": inputs["pixel_values"].numpy()})
@@ -80,7 +69,7 @@ def main() -> None:
     candidates: dict[str, Callable[[], object]] = {
         f"{name} PyTorch, network": torch_dense,
         f"{name} ONNX Runtime, network": onnx_dense,
-        f"{name} PyTorch, pre+net+post": torch_full,
+        f"{name} PyTorch, pre+net+post": bafenet_full_path(model, processor, pil_image),
         f"{name} ONNX Runtime, pre+net+post": onnx_full,
     }
     times = interleaved_median(candidates, args.repeats, args.warmup)

@@ -16,14 +16,11 @@ Goal: BAFE-Net R18 <= 1.2x FCOS-R50.
 
 from __future__ import annotations
 
-import argparse
 from collections.abc import Callable
 
 import numpy as np
 import torch
-from bench_inference import (
-    bafenet_model, fcos_peer, interleaved_median, machine_line, print_goal, report, test_image,
-)
+from bench_inference import PEER, bafenet_model, compare_with_peer, fcos_peer, start, test_image, timing_parser
 
 GOAL_R18_VS_FCOS = 1.2
 
@@ -37,17 +34,11 @@ def synthetic_targets(size: int, num_targets: int = 12, seed: int = 0) -> np.nda
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--size", type=int, default=512)
+    parser = timing_parser(__doc__, repeats=8)
     parser.add_argument("--batch-size", type=int, default=2)
-    parser.add_argument("--repeats", type=int, default=8)
-    parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--backbones", nargs="+", default=["resnet18", "resnet50"])
     args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    print(machine_line())
+    start(args)
 
     from PIL import Image
 
@@ -93,12 +84,9 @@ def main() -> None:
         peer_optimizer.step()
         return loss.item()
 
-    candidates["FCOS-R50 (torchvision)"] = fcos_step
-    times = interleaved_median(candidates, args.repeats, args.warmup)
-    medians = report(times, "FCOS-R50 (torchvision)",
-                     f"training step, batch {batch}, {size}x{size}, forward + loss + backward + AdamW, "
-                     f"{args.repeats} interleaved repeats")
-    print_goal(medians, GOAL_R18_VS_FCOS)
+    candidates[PEER] = fcos_step
+    compare_with_peer(candidates, args, f"training step, batch {batch}, {size}x{size}, forward + loss + backward + "
+                      "AdamW", GOAL_R18_VS_FCOS)
 
 
 if __name__ == "__main__":

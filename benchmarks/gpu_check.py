@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import math
 import time
 
 import torch
@@ -97,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     for name, model, amp in (("float32", fp32, False), ("bf16", copy.deepcopy(base).to(args.device), True)):
         losses, seconds = train(model, pixels, labels, args.steps, amp, args.device)
         report[name] = {"losses": [round(x, 4) for x in losses], "seconds_per_update": round(seconds, 4),
-                        "finite": all(map(lambda x: x == x and abs(x) != float("inf"), losses))}
+                        "finite": all(map(math.isfinite, losses))}
     picked, logits = selections(fp32, pixels, amp=False)
     picked_amp, _ = selections(fp32, pixels, amp=True)
     picked_cpu, logits_cpu = selections(copy.deepcopy(fp32).cpu(), pixels.cpu(), amp=False)
