@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from .data.transforms import to_grey
 from .metrics.box import VOC_CONVENTIONS, coco_detection_metrics, match_detections, precision_recall_curve, voc_detection_metrics
 from .metrics.pixel import PixelMetrics, SkyIoU
 from .metrics.points import point_metrics
@@ -60,6 +61,15 @@ def _ground_truth(example: Mapping[str, Any]) -> dict[str, Any]:
     boxes = np.concatenate([bbox[:, :2], bbox[:, :2] + bbox[:, 2:]], axis=1)  # COCO xywh -> xyxy = XML values
     points = np.asarray(example.get("points") or [], dtype=np.float64).reshape(-1, 2)
     return {"image_id": str(example["image_id"]), "boxes": boxes, "points": points}
+
+
+def model_inputs(inputs: Mapping[str, Any], device: Any, dtype: Any) -> dict[str, Any]:
+    """Processor output -> model keyword arguments on ``device``: ``pixel_values`` in the model's ``dtype`` and, in
+    tiles mode, ``image_sizes`` (the one place every inference loop builds the model's inputs)."""
+    out = {"pixel_values": inputs["pixel_values"].to(device, dtype)}
+    if inputs.get("image_sizes") is not None:
+        out["image_sizes"] = inputs["image_sizes"].to(device)
+    return out
 
 
 def _check_columns(dataset: Any, needed: Sequence[str]) -> None:
@@ -123,9 +133,9 @@ def _predict(model: Any, processor: Any, dataset: Any, batch_size: int, device: 
             if (image.height, image.width) != (h, w):
                 raise ValueError(f"image {image_id!r}: decoded size {image.width}x{image.height} != the row's "
                                  f"width x height {w}x{h}")
-        inputs = processor(images=images, return_tensors="pt")
+        inputs = processor(images=[to_grey(image) for image in images], return_tensors="pt")  # as training sees them
         with torch.inference_mode():
-            outputs = model(pixel_values=inputs["pixel_values"].to(device, dtype))
+            outputs = model(**model_inputs(inputs, device, dtype))
         results = processor.post_process_object_detection(outputs, threshold=threshold, target_sizes=sizes)
         skies = processor.post_process_sky_segmentation(outputs, target_sizes=sizes) if sky_metric else None
         for i, result in enumerate(results):

@@ -41,7 +41,9 @@ import argparse
 import sys
 import time
 import warnings
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -51,7 +53,7 @@ BATCHED_OUTPUTS = ("logits", "pred_boxes", "centerness", "sky_logits")  # "strid
 DEFAULT_OPSET = 17
 DEFAULT_ATOL = 1e-4
 
-__all__ = ["DenseNetwork", "export_onnx", "outputs_from_onnx", "compare_with_pytorch", "add_arguments", "run"]
+__all__ = ["DenseNetwork", "export_onnx", "outputs_from_onnx", "run_onnx", "compare_with_pytorch", "add_arguments", "run"]
 
 
 class DenseNetwork(torch.nn.Module):
@@ -66,8 +68,9 @@ class DenseNetwork(torch.nn.Module):
         self.model = model
 
     def forward(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        outputs = self.model(pixel_values=pixel_values, return_dict=True)
-        return outputs.logits, outputs.pred_boxes, outputs.centerness, outputs.sky_logits[0], outputs.strides
+        outputs = self.model.dense_outputs(pixel_values)  # one window in tiles mode: the stitching stays in Python
+        return outputs["logits"], outputs["pred_boxes"], outputs["centerness"], outputs["sky_logits"][0], \
+            outputs["strides"]
 
 
 def outputs_from_onnx(arrays: list[np.ndarray], pixel_values_shape: tuple[int, ...]) -> dict[str, torch.Tensor]:
@@ -75,6 +78,28 @@ def outputs_from_onnx(arrays: list[np.ndarray], pixel_values_shape: tuple[int, .
     outputs = {name: torch.from_numpy(np.asarray(array)) for name, array in zip(OUTPUT_NAMES, arrays)}
     outputs["sky_logits"] = (outputs["sky_logits"],)
     outputs["input_size"] = torch.tensor(pixel_values_shape[-2:])
+    return outputs
+
+
+def run_onnx(session: Any, inputs: Mapping[str, Any], config: Any) -> dict[str, Any]:
+    """The dense outputs of an onnxruntime ``session`` for processor ``inputs``, as the PyTorch model returns them:
+    one pass in resize mode; in tiles mode (``image_sizes`` present) the model's own sliding windows and stitching
+    (``modeling_bafenet.run_windows``) around window-sized session runs."""
+    pixel_values = torch.as_tensor(inputs["pixel_values"]).float()
+
+    def dense(batch: torch.Tensor) -> dict[str, Any]:
+        arrays = session.run(list(OUTPUT_NAMES), {"pixel_values": batch.cpu().numpy()})
+        return outputs_from_onnx(arrays, tuple(batch.shape))
+
+    if inputs.get("image_sizes") is None:
+        return dense(pixel_values)
+    from bafenet.models.bafenet.modeling_bafenet import run_windows
+
+    sizes = [(int(h), int(w)) for h, w in torch.as_tensor(inputs["image_sizes"]).tolist()]
+    outputs = run_windows(dense, pixel_values, sizes, config.tile_window, config.tile_overlap, config.strides,
+                          config.tile_batch_size)
+    outputs["input_size"] = torch.tensor(pixel_values.shape[-2:])
+    outputs["image_sizes"] = torch.tensor(sizes)
     return outputs
 
 
@@ -87,7 +112,9 @@ def _load_model(model: str | Path | torch.nn.Module) -> torch.nn.Module:
 
 
 def _image_size(model: torch.nn.Module) -> tuple[int, int]:
-    size = getattr(model.config, "image_size", 512)
+    """The exported input size: the model size, or the sliding window in tiles mode."""
+    config = model.config
+    size = config.tile_window if getattr(config, "input_mode", "resize") == "tiles" else config.image_size
     return (size, size) if isinstance(size, int) else tuple(size)
 
 
@@ -101,7 +128,7 @@ def export_onnx(
     """Export the dense network of ``model`` (a folder/repo id or a loaded model) to ``out``; returns the path.
 
     The batch dimension is dynamic; height and width are fixed to ``config.image_size`` (the image processor resizes
-    every image to it).
+    every image to it), or to ``config.tile_window`` in tiles mode (:func:`run_onnx` runs the windows).
     """
     model = _load_model(model).float().eval().cpu()
     height, width = _image_size(model)

@@ -24,7 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -120,7 +120,10 @@ class Predictor:
         from transformers import AutoImageProcessor
 
         self.threshold = float(threshold)
+        from transformers import AutoConfig
+
         self.processor = AutoImageProcessor.from_pretrained(str(model), trust_remote_code=True)
+        self.config = AutoConfig.from_pretrained(str(model), trust_remote_code=True)
         self.model = None
         self.session = None
         if onnx is not None:
@@ -140,22 +143,21 @@ class Predictor:
                                                                      dtype=torch.float32)
             self.model.to(self.device).eval()
 
-    def forward(self, pixel_values: torch.Tensor) -> Any:
-        """Run the dense network; returns the model output (or the equivalent dict from onnxruntime)."""
+    def forward(self, inputs: Mapping[str, Any]) -> Any:
+        """Run the network on processor ``inputs``; returns the model output (or the equivalent from onnxruntime)."""
         import torch
 
         if self.session is not None:
-            from .export_onnx import OUTPUT_NAMES, outputs_from_onnx
+            from .export_onnx import run_onnx
 
-            arrays = self.session.run(list(OUTPUT_NAMES), {"pixel_values": pixel_values.cpu().numpy()})
-            return outputs_from_onnx(arrays, tuple(pixel_values.shape))
+            return run_onnx(self.session, inputs, self.config)
         with torch.inference_mode():
-            return self.model(pixel_values=pixel_values.to(self.device))
+            return self.model(**{k: v.to(self.device) for k, v in inputs.items()})
 
     def __call__(self, images: Sequence[Image.Image], sky: bool = False) -> list[Detections]:
         """Detect targets in a batch of PIL images (any sizes); boxes come back in each image's own pixels."""
         inputs = self.processor(images=list(images), return_tensors="pt")
-        outputs = self.forward(inputs["pixel_values"])
+        outputs = self.forward(inputs)
         target_sizes = [(image.height, image.width) for image in images]
         results = self.processor.post_process_object_detection(
             outputs, threshold=self.threshold, target_sizes=target_sizes

@@ -39,7 +39,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from bafenet.data.transforms import BagCopyPaste, DetectionCollator, TrainTransform, sample_from_row
+from bafenet.data.transforms import BagCopyPaste, DetectionCollator, TileTransform, TrainTransform, sample_from_row, to_grey
 
 CHECKPOINT_PREFIX = "step_"
 
@@ -105,6 +105,9 @@ class TrainingArguments:
                                               default=(0.0, 0.2))
     copy_paste_gain: tuple[float, float] = _arg("range of the intensity gain lambda", "augmentation",
                                                 default=(0.5, 1.0))
+    tile_target_probability: float = _arg("tiles input mode: probability that a training window is placed around "
+                                          "a random target (else anywhere, often pure background)", "augmentation",
+                                          default=0.8)
 
     # -- optimisation ----------------------------------------------------------------------------------------------
     optimizer: Literal["dadapt_adam", "adamw"] = _arg("dadapt_adam = the paper's D-Adaptation Adam; adamw = "
@@ -315,9 +318,7 @@ class EvalDataset(Dataset):
         return len(self.rows)
 
     def __getitem__(self, index: int) -> tuple[int, np.ndarray]:
-        image = self.rows[index]["image"]
-        image = image.convert("RGB") if image.mode not in ("L", "RGB") else image
-        return index, np.asarray(image.convert("L"))
+        return index, to_grey(self.rows[index]["image"])
 
 
 @dataclass
@@ -325,10 +326,9 @@ class EvalCollator:
     processor: Any
 
     def __call__(self, items: Sequence[tuple[int, np.ndarray]]) -> dict[str, torch.Tensor]:
-        images = [np.repeat(image[:, :, None], 3, axis=2) for _, image in items]
-        pixel_values = self.processor(images=images, return_tensors="pt")["pixel_values"]
+        inputs = self.processor(images=[image for _, image in items], return_tensors="pt")
         return {
-            "pixel_values": pixel_values,
+            **inputs,
             "indices": torch.tensor([index for index, _ in items]),
             "target_sizes": torch.tensor([image.shape for _, image in items]),
         }
@@ -588,7 +588,12 @@ class Trainer:
                 max_tries=args.copy_paste_max_tries, sigma_range=args.copy_paste_sigma,
                 mu_range=args.copy_paste_mu, gain_range=args.copy_paste_gain,
             )
-        transform = TrainTransform((self.image_size, self.image_size), args.flip_probability, copy_paste)
+        config = self.model.config
+        if getattr(config, "input_mode", "resize") == "tiles":
+            transform = TileTransform(self.image_size, config.tile_scale, args.flip_probability, copy_paste,
+                                      args.tile_target_probability)
+        else:
+            transform = TrainTransform((self.image_size, self.image_size), args.flip_probability, copy_paste)
         train_set = AugmentedTrainDataset(self.train_rows, transform, args.train_repeats, args.seed)
         self.sampler = EpochShuffleSampler(len(train_set), args.seed)
         workers = args.dataloader_num_workers
@@ -645,11 +650,12 @@ class Trainer:
         acc.wait_for_everyone()
 
     @torch.no_grad()
-    def evaluate(self, split: str) -> dict[str, Any]:
-        """Detections on every image of ``split`` (sharded across processes, gathered), scored on all processes."""
+    def predict(self, split: str) -> list[dict[str, Any]]:
+        """Detections on every image of ``split`` (sharded across processes, gathered), in dataset order: one
+        ``{"image_id", "boxes" (N, 4) xyxy original pixels, "scores"}`` per image."""
         from tqdm.auto import tqdm
 
-        from bafenet.metrics.box import voc_detection_metrics
+        from bafenet.evaluation import model_inputs
 
         acc, loader = self.accelerator, self.prepared_eval[split]
         rows = self.val_rows if split == "validation" else self.test_rows
@@ -657,7 +663,7 @@ class Trainer:
         model.eval()
         detections: list[dict[str, Any]] = []
         for batch in tqdm(loader, desc=f"eval {split}", leave=False, disable=not acc.is_main_process):
-            outputs = model(pixel_values=batch["pixel_values"])
+            outputs = model(**model_inputs(batch, batch["pixel_values"].device, batch["pixel_values"].dtype))
             results = self.processor.post_process_object_detection(
                 outputs, threshold=self.args.score_threshold, target_sizes=batch["target_sizes"]
             )
@@ -669,9 +675,15 @@ class Trainer:
         by_index = {d["index"]: d for d in detections}
         if len(by_index) != len(rows):
             raise RuntimeError(f"evaluation of {split!r} gathered {len(by_index)} of {len(rows)} images")
-        dets = [{"image_id": ids[i], "boxes": by_index[i]["boxes"], "scores": by_index[i]["scores"]}
+        return [{"image_id": ids[i], "boxes": by_index[i]["boxes"], "scores": by_index[i]["scores"]}
                 for i in range(len(rows))]
-        metrics = voc_detection_metrics(dets, self.ground_truths[split])
+
+    @torch.no_grad()
+    def evaluate(self, split: str) -> dict[str, Any]:
+        """VOC metrics of :meth:`predict`'s detections on ``split`` (computed on all processes)."""
+        from bafenet.metrics.box import voc_detection_metrics
+
+        metrics = voc_detection_metrics(self.predict(split), self.ground_truths[split])
         return {k: (float(v) if isinstance(v, (float, np.floating)) else v) for k, v in metrics.items()}
 
     def _select(self, metrics: dict[str, Any], epoch: int) -> None:

@@ -28,12 +28,15 @@ __all__ = [
     "BagCopyPaste",
     "DetectionCollator",
     "DetectionSample",
+    "TileTransform",
     "TrainTransform",
     "hflip",
     "resize",
     "resize_bilinear",
     "resize_nearest",
+    "scaled_crop",
     "sample_from_row",
+    "to_grey",
     "to_coco_annotation",
 ]
 
@@ -75,7 +78,7 @@ class DetectionSample:
         return int(self.image.shape[1])
 
 
-def _to_grey(image: Any) -> np.ndarray:
+def to_grey(image: Any) -> np.ndarray:
     """PIL image or array (L, LA, RGB, RGBA, I;16) -> (H, W) uint8 luminance (ITU-R 601, as PIL's ``convert("L")``)."""
     if hasattr(image, "convert"):
         if image.mode not in ("L", "RGB"):
@@ -98,7 +101,7 @@ def _to_mask(mask: Any) -> np.ndarray:
 def sample_from_row(row: dict[str, Any]) -> DetectionSample:
     """Decode one row of the built dataset (``image``, ``objects.bbox`` COCO xywh, ``points``, masks) to a sample."""
     image_id = str(row.get("image_id", ""))
-    image = _to_grey(row["image"])
+    image = to_grey(row["image"])
     bbox = np.asarray(row["objects"]["bbox"], dtype=np.float32).reshape(-1, 4)
     boxes = np.concatenate([bbox[:, :2], bbox[:, :2] + bbox[:, 2:]], axis=1)
     points = np.asarray(row.get("points") or np.zeros((0, 2)), dtype=np.float32).reshape(-1, 2)
@@ -168,6 +171,43 @@ def resize(sample: DetectionSample, height: int, width: int) -> DetectionSample:
         target_mask=resize_nearest(sample.target_mask, height, width),
         sky_mask=resize_nearest(sample.sky_mask, height, width),
     )
+
+
+def scaled_crop(sample: DetectionSample, scale: float, top: int, left: int, size: int) -> DetectionSample:
+    """The ``size`` x ``size`` window at (``top``, ``left``) of the sample scaled by ``scale`` (aspect ratio kept),
+    computed for the window's pixels only: the same half-pixel bilinear sampling as scaling the whole image (the
+    image processor's tiles mode), padded with 0 (image and masks) past the bottom/right edge like its padding.
+
+    Boxes are clipped to the window and kept when at least half of their area lies inside; points outside are
+    dropped; ``original_size`` becomes the window's.
+    """
+    out_h, out_w = max(1, int(round(sample.height * scale))), max(1, int(round(sample.width * scale)))
+    rows = np.arange(top, min(top + size, out_h))
+    cols = np.arange(left, min(left + size, out_w))
+    y_lo, y_hi, wy = (a[rows] for a in _source_coordinates(out_h, sample.height))
+    x_lo, x_hi, wx = (a[cols] for a in _source_coordinates(out_w, sample.width))
+    data = sample.image.astype(np.float32)
+    band = data[y_lo] * (1 - wy[:, None]) + data[y_hi] * wy[:, None]
+    image = np.zeros((size, size), np.uint8)
+    image[: len(rows), : len(cols)] = np.clip(np.rint(band[:, x_lo] * (1 - wx) + band[:, x_hi] * wx), 0, 255)
+    near_rows = np.minimum(((rows + 0.5) * sample.height / out_h).astype(np.int64), sample.height - 1)
+    near_cols = np.minimum(((cols + 0.5) * sample.width / out_w).astype(np.int64), sample.width - 1)
+    masks = []
+    for mask in (sample.target_mask, sample.sky_mask):
+        window = np.zeros((size, size), bool)
+        window[: len(rows), : len(cols)] = mask[near_rows[:, None], near_cols[None, :]]
+        masks.append(window)
+
+    sx, sy = out_w / sample.width, out_h / sample.height
+    boxes = sample.boxes * np.array([sx, sy, sx, sy], np.float32) - np.array([left, top, left, top], np.float32)
+    clipped = np.clip(boxes, 0, size)
+    area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+    visible = (clipped[:, 2] - clipped[:, 0]) * (clipped[:, 3] - clipped[:, 1])
+    keep = (visible > 0) & (visible >= 0.5 * area)
+    points = (sample.points + 0.5) * np.array([sx, sy], np.float32) - 0.5 - np.array([left, top], np.float32)
+    inside = (points >= 0).all(1) & (points[:, 0] <= size - 1) & (points[:, 1] <= size - 1)
+    return replace(sample, image=image, boxes=clipped[keep], points=points[inside], target_mask=masks[0],
+                   sky_mask=masks[1], original_size=(size, size))
 
 
 def hflip(sample: DetectionSample) -> DetectionSample:
@@ -389,6 +429,51 @@ class TrainTransform:
         sample = self._geometric(sample, rng)
         if self.copy_paste is not None and source is not None:
             sample = self.copy_paste(sample, self._geometric(source, rng), rng)
+        return sample
+
+
+@dataclass
+class TileTransform:
+    """The training pipeline of the tiles input mode: a ``size`` squared window of the sample scaled by ``scale``
+    (:func:`scaled_crop`), placed around a random target with probability ``target_probability`` (anywhere in the
+    image otherwise, which gives pure-background windows too) -> random h-flip -> BAG-CP with a target window of
+    the source, scaled alike (so pasted targets keep the scale of real ones)."""
+
+    size: int
+    scale: float
+    flip_probability: float = 0.5
+    copy_paste: BagCopyPaste | None = field(default_factory=BagCopyPaste)
+    target_probability: float = 0.8
+
+    def __post_init__(self) -> None:
+        if self.size < 1 or not self.scale > 0:
+            raise ValueError(f"TileTransform needs size >= 1 and scale > 0, got {self.size}, {self.scale}")
+        for name in ("flip_probability", "target_probability"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"TileTransform.{name} must be in [0, 1], got {getattr(self, name)}")
+
+    def window(self, sample: DetectionSample, rng: np.random.Generator, target_probability: float) -> DetectionSample:
+        """A random ``size`` squared window of the scaled sample (see the class docstring)."""
+        out_h, out_w = max(1, int(round(sample.height * self.scale))), max(1, int(round(sample.width * self.scale)))
+        max_top, max_left = max(out_h - self.size, 0), max(out_w - self.size, 0)
+        if len(sample.boxes) and rng.random() < target_probability:
+            x1, y1, x2, y2 = sample.boxes[int(rng.integers(len(sample.boxes)))] * self.scale
+            top = int(rng.integers(int(np.clip(np.ceil(y2) - self.size, 0, max_top)),
+                                   int(np.clip(np.floor(y1), 0, max_top)) + 1))
+            left = int(rng.integers(int(np.clip(np.ceil(x2) - self.size, 0, max_left)),
+                                    int(np.clip(np.floor(x1), 0, max_left)) + 1))
+        else:
+            top, left = int(rng.integers(max_top + 1)), int(rng.integers(max_left + 1))
+        return scaled_crop(sample, self.scale, top, left, self.size)
+
+    def __call__(
+        self, sample: DetectionSample, source: DetectionSample | None, rng: np.random.Generator
+    ) -> DetectionSample:
+        sample = self.window(sample, rng, self.target_probability)
+        if rng.random() < self.flip_probability:
+            sample = hflip(sample)
+        if self.copy_paste is not None and source is not None:
+            sample = self.copy_paste(sample, self.window(source, rng, 1.0), rng)
         return sample
 
 

@@ -29,6 +29,20 @@ NORMALIZATION_PRESETS: dict[str, tuple[list[float], list[float], float, str]] = 
 }
 
 MODES = ("faithful", "improved")
+INPUT_MODES = ("resize", "tiles")
+
+
+def scaled_size(height: int, width: int, scale: float) -> tuple[int, int]:
+    """(height, width) of an image scaled by `scale` with its aspect ratio kept (tiles input mode)."""
+    return max(1, int(round(height * scale))), max(1, int(round(width * scale)))
+
+
+def window_starts(length: int, window: int, overlap: int) -> list[int]:
+    """Start offsets of the sliding windows covering `length` pixels: step `window - overlap`, the last window may
+    reach past the end (the image processor pads the image to `window_starts(...)[-1] + window`)."""
+    step = window - overlap
+    count = 1 if length <= window else 1 + math.ceil((length - window) / step)
+    return [i * step for i in range(count)]
 
 
 def _default_normalization(backbone: str) -> str:
@@ -79,6 +93,16 @@ class BafeNetConfig(PreTrainedConfig):
             pass and the gradient through the sigmoid scores, so the scorer learns. Off in the original.
         assign_tiny_boxes: improvement (b): after FCOS assignment, every GT box without a positive point gets the
             nearest free point of the finest level (regression target = the box grown to contain that point).
+        input_mode: `"resize"` (the paper: every image resized to `image_size` squared, aspect ratio not kept) or
+            `"tiles"` (improvement: every image is scaled by `tile_scale` with its aspect ratio kept; training uses
+            `image_size` squared crops, mostly around targets; inference runs overlapping `tile_window` squared windows
+            and stitches their dense outputs so every point of the scaled image comes from exactly one window).
+        tile_scale: scale factor of the tiles mode (2.0 = targets reach the network twice their original size).
+        tile_window: inference window side in pixels (default `image_size`); a multiple of the largest stride.
+        tile_overlap: overlap of neighbouring windows in pixels, a multiple of twice the largest stride; each window
+            contributes the points of its core (half the overlap cut off at inner borders), so a target cut by one
+            window's border lies whole inside the window that reports it when it is smaller than half the overlap.
+        tile_batch_size: windows per forward pass at inference.
     """
 
     model_type = "bafenet"
@@ -111,6 +135,11 @@ class BafeNetConfig(PreTrainedConfig):
         mode: str = "faithful",
         learned_selector: bool = False,
         assign_tiny_boxes: bool = False,
+        input_mode: str = "resize",
+        tile_scale: float = 2.0,
+        tile_window: int | None = None,
+        tile_overlap: int = 64,
+        tile_batch_size: int = 8,
         **kwargs: Any,
     ) -> None:
         if "id2label" not in kwargs and "num_labels" not in kwargs:
@@ -163,6 +192,11 @@ class BafeNetConfig(PreTrainedConfig):
         self.mode = mode
         self.learned_selector = bool(learned_selector)
         self.assign_tiny_boxes = bool(assign_tiny_boxes)
+        self.input_mode = input_mode
+        self.tile_scale = float(tile_scale)
+        self.tile_window = int(tile_window) if tile_window is not None else self.image_size
+        self.tile_overlap = int(tile_overlap)
+        self.tile_batch_size = int(tile_batch_size)
         super().__init__(**kwargs)
         self.validate_bafenet()
 
@@ -195,6 +229,8 @@ class BafeNetConfig(PreTrainedConfig):
             found.append(f"strides={self.strides}")
         if self.regress_ranges != _default_regress_ranges(self.strides):
             found.append("regress_ranges")
+        if self.input_mode != "resize":
+            found.append(f"input_mode={self.input_mode}")
         return found
 
     @property
@@ -215,7 +251,7 @@ class BafeNetConfig(PreTrainedConfig):
         if self.mode == "improved" and not self.improvements:
             raise ValueError(
                 f"{err}mode='improved' needs at least one improvement (learned_selector, assign_tiny_boxes, a "
-                "stride-4 level); with none, use mode='faithful'."
+                "stride-4 level, input_mode='tiles'); with none, use mode='faithful'."
             )
         if len(self.strides) < 1 or sorted(self.strides) != self.strides or len(set(self.strides)) != len(self.strides):
             raise ValueError(f"{err}strides must be strictly increasing, got {self.strides}")
@@ -241,5 +277,17 @@ class BafeNetConfig(PreTrainedConfig):
             raise ValueError(f"{err}image_mean/image_std need 3 values (std > 0)")
         if self.channel_order not in ("rgb", "bgr"):
             raise ValueError(f"{err}channel_order must be 'rgb' or 'bgr', got {self.channel_order!r}")
+        if self.input_mode not in INPUT_MODES:
+            raise ValueError(f"{err}input_mode must be one of {INPUT_MODES}, got {self.input_mode!r}")
+        largest = self.strides[-1]
+        if not self.tile_scale > 0:
+            raise ValueError(f"{err}tile_scale must be > 0, got {self.tile_scale}")
+        if self.tile_window % largest or self.tile_window < largest:
+            raise ValueError(f"{err}tile_window {self.tile_window} must be a positive multiple of the largest stride")
+        if self.tile_overlap % (2 * largest) or not 0 <= self.tile_overlap < self.tile_window:
+            raise ValueError(f"{err}tile_overlap {self.tile_overlap} must be a multiple of {2 * largest} (twice the "
+                             f"largest stride) in [0, tile_window)")
+        if self.tile_batch_size < 1:
+            raise ValueError(f"{err}tile_batch_size must be >= 1, got {self.tile_batch_size}")
         if not 0 <= self.score_threshold < 1 or not 0 < self.nms_iou_threshold <= 1:
             raise ValueError(f"{err}score_threshold must be in [0, 1) and nms_iou_threshold in (0, 1]")

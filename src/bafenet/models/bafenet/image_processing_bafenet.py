@@ -16,7 +16,7 @@ from torchvision.ops import batched_nms
 from transformers.feature_extraction_utils import BatchFeature
 from transformers.image_processing_utils import BaseImageProcessor
 
-from .configuration_bafenet import NORMALIZATION_PRESETS
+from .configuration_bafenet import INPUT_MODES, NORMALIZATION_PRESETS, scaled_size, window_starts
 
 ImageLike = Any  # PIL.Image.Image | np.ndarray (H, W) / (H, W, 3|4) | torch.Tensor (H, W) / (3|4, H, W)
 
@@ -65,7 +65,11 @@ class BafeNetImageProcessor(BaseImageProcessor):
 
     Args:
         size: `{"height": H, "width": W}` of the model input (512x512 in the original).
-        do_resize: resize to `size`; `False` for images already resized/augmented to the model size.
+        do_resize: resize to `size` (resize mode) or scale by `tile_scale` (tiles mode); `False` for images already
+            resized/augmented to the model input.
+        input_mode: `"resize"` (the paper) or `"tiles"`: each image is scaled by `tile_scale` with its aspect ratio
+            kept and padded (raw value 0, bottom/right) to the batch's sliding-window grid (`tile_window`,
+            `tile_overlap`); `image_sizes` (B, 2) gives each scaled image's extent, and the model runs the windows.
         normalization: preset (`"caffe"`, `"imagenet"`, `"lite"`, see `BafeNetConfig`); `image_mean`, `image_std`,
             `rescale_factor`, `channel_order` override it. Pixel = (x * rescale_factor - mean) / std, x in 0..255,
             channels in `channel_order` (grey input is replicated to 3 channels, alpha dropped).
@@ -87,9 +91,19 @@ class BafeNetImageProcessor(BaseImageProcessor):
         pre_nms_top_k: int = 1000,
         nms_iou_threshold: float = 0.5,
         max_detections: int = 100,
+        input_mode: str = "resize",
+        tile_scale: float = 2.0,
+        tile_window: int = 512,
+        tile_overlap: int = 64,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        if input_mode not in INPUT_MODES:
+            raise ValueError(f"input_mode must be one of {INPUT_MODES}, got {input_mode!r}")
+        self.input_mode = input_mode
+        self.tile_scale = float(tile_scale)
+        self.tile_window = int(tile_window)
+        self.tile_overlap = int(tile_overlap)
         if normalization not in NORMALIZATION_PRESETS:
             raise ValueError(f"unknown normalization {normalization!r}; choose one of {sorted(NORMALIZATION_PRESETS)}")
         mean, std, factor, order = NORMALIZATION_PRESETS[normalization]
@@ -122,6 +136,10 @@ class BafeNetImageProcessor(BaseImageProcessor):
             pre_nms_top_k=config.pre_nms_top_k,
             nms_iou_threshold=config.nms_iou_threshold,
             max_detections=config.max_detections,
+            input_mode=getattr(config, "input_mode", "resize"),
+            tile_scale=getattr(config, "tile_scale", 2.0),
+            tile_window=getattr(config, "tile_window", config.image_size),
+            tile_overlap=getattr(config, "tile_overlap", 64),
         )
         params.update(kwargs)
         return cls(**params)
@@ -167,11 +185,16 @@ class BafeNetImageProcessor(BaseImageProcessor):
         size = self.size if size is None else size
         out_h, out_w = int(size["height"]), int(size["width"])
 
+        tiles = do_resize and self.input_mode == "tiles"
         pixels, labels = [], []
         for i, image in enumerate(images):
             chw = _to_float_chw(image, i)
             orig_h, orig_w = chw.shape[-2:]
-            if do_resize and (orig_h, orig_w) != (out_h, out_w):
+            if tiles:
+                target = scaled_size(orig_h, orig_w, self.tile_scale)
+                if target != (orig_h, orig_w):
+                    chw = F.interpolate(chw[None], size=target, mode="bilinear", align_corners=False)[0]
+            elif do_resize and (orig_h, orig_w) != (out_h, out_w):
                 chw = F.interpolate(chw[None], size=(out_h, out_w), mode="bilinear", align_corners=False)[0]
             elif not do_resize and len(images) > 1 and i > 0 and chw.shape != pixels[0].shape:
                 raise ValueError(f"images[{i}]: size {tuple(chw.shape[-2:])} differs from images[0] with do_resize=False")
@@ -184,12 +207,27 @@ class BafeNetImageProcessor(BaseImageProcessor):
                         mask = F.interpolate(mask[None, None], size=chw.shape[-2:], mode="nearest")[0, 0]
                     target["sky_mask"] = mask
                 labels.append(target)
+        if tiles:
+            if annotations is not None:
+                raise ValueError("annotations with input_mode='tiles' and do_resize=True are not supported; training "
+                                 "crops are made by the data pipeline (pass do_resize=False)")
+            image_sizes = torch.tensor([tuple(p.shape[-2:]) for p in pixels], dtype=torch.long)
+            canvas = self.window_canvas(image_sizes.tolist())
+            pixels = [F.pad(p, (0, canvas[1] - p.shape[-1], 0, canvas[0] - p.shape[-2])) for p in pixels]
         data: dict[str, Any] = {"pixel_values": self.normalize_pixels(torch.stack(pixels))}
+        if tiles:
+            data["image_sizes"] = image_sizes
         if annotations is not None:
             data["labels"] = labels
         elif sky_masks is not None:
             raise ValueError("sky_masks need annotations (the labels carry them); pass annotations too")
         return BatchFeature(data=data)
+
+    def window_canvas(self, image_sizes: Sequence[Sequence[int]]) -> tuple[int, int]:
+        """(height, width) covering every image's sliding-window grid (tiles mode): the padded input size."""
+        window, overlap = self.tile_window, self.tile_overlap
+        return (max(window_starts(int(h), window, overlap)[-1] + window for h, _ in image_sizes),
+                max(window_starts(int(w), window, overlap)[-1] + window for _, w in image_sizes))
 
     @staticmethod
     def _convert_annotation(annotation: dict, index: int, height: int, width: int) -> dict[str, torch.Tensor]:
@@ -217,9 +255,17 @@ class BafeNetImageProcessor(BaseImageProcessor):
 
     # --------------------------------------------------------------------------------------------- postprocessing
     @staticmethod
-    def _target_sizes(target_sizes: Any, batch: int, default: tuple[int, int]) -> list[tuple[int, int]]:
+    def _extents(outputs: Any, batch: int, input_size: tuple[int, int]) -> list[tuple[int, int]]:
+        """Each image's extent in input pixels: `image_sizes` of a tiles-mode output, else the whole input."""
+        image_sizes = outputs.get("image_sizes") if hasattr(outputs, "get") else None
+        if image_sizes is None:
+            return [input_size] * batch
+        return [(int(h), int(w)) for h, w in image_sizes.tolist()]
+
+    @staticmethod
+    def _target_sizes(target_sizes: Any, batch: int, default: Any) -> list[tuple[int, int]]:
         if target_sizes is None:
-            return [default] * batch
+            return list(default) if isinstance(default, list) else [default] * batch
         sizes = [tuple(int(v) for v in s) for s in (target_sizes.tolist() if torch.is_tensor(target_sizes) else target_sizes)]
         if len(sizes) != batch:
             raise ValueError(f"got {len(sizes)} target_sizes for a batch of {batch}")
@@ -241,11 +287,13 @@ class BafeNetImageProcessor(BaseImageProcessor):
         strides = outputs["strides"]
         in_h, in_w = (int(v) for v in outputs["input_size"]) if outputs.get("input_size") is not None else (
             self.size["height"], self.size["width"])
-        sizes = self._target_sizes(target_sizes, logits.shape[0], (in_h, in_w))
+        extents = self._extents(outputs, logits.shape[0], (in_h, in_w))
+        sizes = self._target_sizes(target_sizes, logits.shape[0], extents)
         num_classes = logits.shape[-1]
         level_masks = [strides == s for s in torch.unique_consecutive(strides)]
         results = []
         for b, (out_h, out_w) in enumerate(sizes):
+            in_h, in_w = extents[b]
             all_scores, all_labels, all_boxes = [], [], []
             for mask in level_masks:
                 scores = logits[b][mask].float().sigmoid().reshape(-1)
@@ -277,10 +325,15 @@ class BafeNetImageProcessor(BaseImageProcessor):
         finest = outputs["sky_logits"][0].float()
         in_h, in_w = (int(v) for v in outputs["input_size"]) if outputs.get("input_size") is not None else (
             self.size["height"], self.size["width"])
-        sizes = self._target_sizes(target_sizes, finest.shape[0], (in_h, in_w))
+        extents = self._extents(outputs, finest.shape[0], (in_h, in_w))
+        sizes = self._target_sizes(target_sizes, finest.shape[0], extents)
         masks = []
         for b, size in enumerate(sizes):
-            logits = F.interpolate(finest[b : b + 1], size=size, mode="bilinear", align_corners=False)
+            logits = finest[b : b + 1]
+            if extents[b] != (in_h, in_w):  # tiles mode: the image's extent of the padded input
+                logits = F.interpolate(logits, size=(in_h, in_w), mode="bilinear", align_corners=False)
+                logits = logits[..., : extents[b][0], : extents[b][1]]
+            logits = F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
             masks.append(logits[0, 0].sigmoid() > threshold)
         return masks
 

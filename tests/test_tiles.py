@@ -1,0 +1,205 @@
+"""The tiles input mode: window layout, stitching, training windows, and one detection path for every entry point."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from bafenet.data.transforms import DetectionSample, TileTransform, scaled_crop
+from bafenet.models.bafenet import BafeNetConfig, BafeNetForObjectDetection, BafeNetImageProcessor
+from bafenet.models.bafenet.configuration_bafenet import scaled_size, window_starts
+from bafenet.models.bafenet.modeling_bafenet import window_layout
+
+pytestmark = pytest.mark.usefixtures("one_thread_module")
+
+TILES = dict(backbone="resnet18", fpn_channels=32, num_head_convs=1, adapter_channels=16, image_size=64,
+             strides=(8, 16), input_mode="tiles", tile_scale=1.0, tile_window=128, tile_overlap=32)
+
+
+def tiles_model(**overrides) -> tuple[BafeNetForObjectDetection, BafeNetImageProcessor]:
+    torch.manual_seed(0)
+    config = BafeNetConfig.improved(**{**TILES, **overrides})
+    return BafeNetForObjectDetection(config).eval(), BafeNetImageProcessor.from_model_config(config)
+
+
+# ------------------------------------------------------------------------------------------------------ geometry
+@pytest.mark.parametrize("height,width", [(1, 1), (128, 128), (129, 300), (500, 97), (1024, 1280)])
+def test_window_cores_partition_the_grid_once(height, width):
+    layout = window_layout([(height, width)], window=128, overlap=32)
+    grid_h = window_starts(height, 128, 32)[-1] + 128
+    grid_w = window_starts(width, 128, 32)[-1] + 128
+    assert grid_h >= height and grid_w >= width
+    covered = np.zeros((grid_h, grid_w), int)
+    for _, y0, x0, (y_lo, y_hi, x_lo, x_hi) in layout:
+        assert y0 <= y_lo < y_hi <= y0 + 128 and x0 <= x_lo < x_hi <= x0 + 128
+        covered[y_lo:y_hi, x_lo:x_hi] += 1
+        # an inner core border keeps half the overlap of context inside the window
+        assert y_lo == y0 or y_lo - y0 == 16
+        assert x_hi == x0 + 128 or x0 + 128 - x_hi == 16
+    assert (covered == 1).all()
+
+
+def test_config_validates_tiles_settings_and_calls_them_improvements():
+    config = BafeNetConfig.improved(**TILES)
+    assert "input_mode=tiles" in config.improvements
+    with pytest.raises(ValueError, match="faithful"):
+        BafeNetConfig(input_mode="tiles")
+    with pytest.raises(ValueError, match="tile_overlap"):
+        BafeNetConfig.improved(**{**TILES, "tile_overlap": 40})
+    with pytest.raises(ValueError, match="tile_window"):
+        BafeNetConfig.improved(**{**TILES, "tile_window": 100})
+    assert scaled_size(1024, 1280, 2.0) == (2048, 2560)
+
+
+# ----------------------------------------------------------------------------------------------------- stitching
+def test_processor_scales_keeps_aspect_and_pads_to_the_window_grid():
+    _, processor = tiles_model(tile_scale=2.0)
+    images = [np.full((100, 150), 200, np.uint8), np.full((40, 30), 200, np.uint8)]
+    inputs = processor(images=images)
+    assert inputs["image_sizes"].tolist() == [[200, 300], [80, 60]]
+    assert tuple(inputs["pixel_values"].shape) == (2, 3, 224, 320)  # windows at 0, 96 (rows) and 0, 96, 192 (cols)
+    padding = processor(images=[np.zeros((1, 1), np.uint8)])["pixel_values"][0, :, 0, 0]
+    assert torch.allclose(inputs["pixel_values"][1, :, 100, 100], padding)  # raw 0 past the image
+
+
+def test_one_window_equals_the_dense_network():
+    model, processor = tiles_model()
+    inputs = processor(images=[np.random.default_rng(0).integers(0, 255, (128, 128), dtype=np.uint8)])
+    with torch.no_grad():
+        tiled = model(**inputs)
+        dense = model.dense_outputs(inputs["pixel_values"])
+    for key in ("logits", "pred_boxes", "centerness"):
+        torch.testing.assert_close(tiled[key], dense[key])
+    torch.testing.assert_close(tiled.sky_logits[0], dense["sky_logits"][0])
+
+
+def test_every_point_comes_from_the_window_whose_core_holds_it():
+    model, processor = tiles_model()
+    image = np.random.default_rng(1).integers(0, 255, (200, 300), dtype=np.uint8)
+    inputs = processor(images=[image])
+    with torch.no_grad():
+        out = model(**inputs)
+        layout = window_layout([(200, 300)], 128, 32)
+        canvas_w = inputs["pixel_values"].shape[-1] // 8
+        for _, y0, x0, (y_lo, y_hi, x_lo, x_hi) in layout:
+            alone = model.dense_outputs(inputs["pixel_values"][:, :, y0 : y0 + 128, x0 : x0 + 128])
+            for gy, gx in ((y_lo, x_lo), (y_hi - 8, x_hi - 8)):  # two corners of the core, stride-8 level
+                local = ((gy - y0) // 8) * 16 + (gx - x0) // 8
+                index = (gy // 8) * canvas_w + gx // 8
+                torch.testing.assert_close(out.logits[0, index], alone["logits"][0, local])
+                torch.testing.assert_close(out.pred_boxes[0, index],
+                                           alone["pred_boxes"][0, local] + torch.tensor([x0, y0, x0, y0]))
+
+
+# ------------------------------------------------------------------------------------------------------ training
+def _sample(height: int = 100, width: int = 150) -> DetectionSample:
+    image = np.random.default_rng(0).integers(0, 255, (height, width), dtype=np.uint8)
+    return DetectionSample(image=image, boxes=np.array([[10, 10, 14, 13], [140, 90, 150, 100]], np.float32),
+                           points=np.array([[12, 11]], np.float32), target_mask=np.zeros_like(image, bool),
+                           sky_mask=np.ones_like(image, bool))
+
+
+def test_scaled_crop_matches_scaling_the_whole_image_like_the_processor():
+    sample = _sample()
+    crop = scaled_crop(sample, 2.0, 16, 24, 64)
+    full = torch.nn.functional.interpolate(torch.tensor(sample.image, dtype=torch.float32)[None, None],
+                                           size=(200, 300), mode="bilinear", align_corners=False)[0, 0].numpy()
+    assert np.abs(crop.image.astype(np.float64) - np.clip(np.rint(full[16:80, 24:88]), 0, 255)).max() == 0
+    assert crop.boxes.tolist() == [[0.0, 4.0, 4.0, 10.0]]  # [20, 20, 28, 26] shifted; half visible or more
+    edge = scaled_crop(sample, 2.0, 180, 250, 64)  # past the bottom-right corner: zero padding
+    assert edge.boxes.tolist() == [[30.0, 0.0, 50.0, 20.0]] and edge.image[20:, 50:].max() == 0
+    assert edge.sky_mask.sum() == 20 * 50
+
+
+def test_tile_transform_centres_most_windows_on_targets_and_keeps_target_size():
+    sample = _sample(400, 600)
+    transform = TileTransform(64, 2.0, flip_probability=0.5, copy_paste=None, target_probability=0.8)
+    with_targets = 0
+    for seed in range(200):
+        out = transform(sample, None, np.random.default_rng(seed))
+        assert out.image.shape == (64, 64)
+        if len(out.boxes):
+            with_targets += 1
+            sizes = out.boxes[:, 2:] - out.boxes[:, :2]
+            assert (sizes <= np.array([20, 20])).all()
+    assert 0.7 < with_targets / 200 < 0.95  # 80 % around a target, the rest mostly background
+
+
+# --------------------------------------------------------------------------------- one path for every entry point
+def assert_same_detections(scores, boxes, reference, atol: float) -> None:
+    """The same set of (score, box) rows as ``reference``, in any order (tied scores may come in any order)."""
+    got = np.concatenate([np.reshape(scores, (-1, 1)), np.reshape(boxes, (-1, 4))], axis=1)
+    want = np.concatenate([np.reshape(reference["scores"], (-1, 1)), np.reshape(reference["boxes"], (-1, 4))], 1)
+    assert got.shape == want.shape
+    free = np.ones(len(want), bool)
+    for row in got:
+        distance = np.where(free, np.abs(want - row).max(axis=1), np.inf)
+        best = int(np.argmin(distance))
+        assert distance[best] <= atol, f"no match for {row} (closest {want[best]})"
+        free[best] = False
+
+@pytest.mark.slow
+def test_detections_identical_through_every_entry_point(synthetic_dataset_dir, tmp_path):
+    """Validation during training, `bafenet evaluate`, `bafenet predict` (PyTorch and ONNX) and the transformers
+    pipeline give the same detections on images larger than one window (320x256 in 128 px windows: 3 x 3 windows,
+    detections straddling the window borders included)."""
+    import datasets
+    from transformers import pipeline
+
+    from bafenet.evaluation import evaluate_predictions, predict_split
+    from bafenet.export_onnx import export_onnx
+    from bafenet.predict import Predictor
+    from bafenet.training import Trainer, TrainingArguments
+
+    # boxes of ~20 px (regression bias log 10) and scores ~0.25, so many cross window borders; an untrained model's
+    # scores tie on flat backgrounds, so no cap and no NMS: every point above the threshold is compared
+    start = tmp_path / "start"
+    model, processor = tiles_model(prior_prob=0.5, max_detections=100_000, pre_nms_top_k=100_000,
+                                   nms_iou_threshold=1.0)
+    with torch.no_grad():
+        model.head.conv_reg.bias.fill_(float(np.log(10.0)))
+    model.save_pretrained(start)
+    processor.save_pretrained(start)
+    out = tmp_path / "run"
+    trainer = Trainer(TrainingArguments(
+        dataset=str(synthetic_dataset_dir), output_dir=str(out), model_name_or_path=str(start), optimizer="adamw",
+        learning_rate=1e-9, max_steps=1, num_train_epochs=1, train_repeats=1, per_device_train_batch_size=2,
+        dataloader_num_workers=0, report_to="none", test_split="", copy_paste_probability=0.0,
+    ))
+    trainer.train()
+    in_training = trainer.predict("validation")  # the loop behind the validation numbers metrics.json records
+    recorded = json.loads((out / "metrics.json").read_text())["selected"]["validation"]
+    validation = datasets.load_dataset(str(synthetic_dataset_dir), split="validation")
+
+    model = BafeNetForObjectDetection.from_pretrained(out).eval()
+    processor = BafeNetImageProcessor.from_pretrained(out)
+    evaluated = predict_split(model, processor, validation, batch_size=2, progress=False)
+    scores = evaluate_predictions(evaluated, validation)
+    for key in ("mAP07", "mAP12", "recall"):
+        assert scores[key] == pytest.approx(recorded[key], abs=1e-9), key
+    assert sum(len(d["scores"]) for d in evaluated) > 0
+
+    for reference, got in zip(evaluated, in_training):
+        assert_same_detections(got["scores"], got["boxes"], reference, atol=1e-4)
+
+    images = [image.convert("L") for image in validation["image"]]
+    torch_predictor = Predictor(out, threshold=0.05, device="cpu")
+    onnx_predictor = Predictor(out, onnx=export_onnx(out, tmp_path / "model.onnx"), threshold=0.05)
+    detector = pipeline("object-detection", model=str(out), trust_remote_code=True)
+    straddling = 0
+    for reference, image in zip(evaluated, images):
+        for predictor, atol in ((torch_predictor, 1e-4), (onnx_predictor, 1e-3)):
+            got = predictor([image])[0]
+            assert_same_detections(got.scores, got.boxes, reference, atol=atol)
+        piped = detector(image, threshold=0.05)
+        assert len(piped) == len(reference["scores"])
+        np.testing.assert_allclose(sorted(d["score"] for d in piped), sorted(reference["scores"]), atol=1e-4)
+        boxes = reference["boxes"]
+        for border in (112, 208):  # inner core borders of the 128 px windows (step 96, half overlap 16)
+            straddling += int(((boxes[:, 0] < border) & (boxes[:, 2] > border)).sum())
+            straddling += int(((boxes[:, 1] < border) & (boxes[:, 3] > border)).sum())
+    assert straddling > 0
