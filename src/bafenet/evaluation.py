@@ -31,6 +31,7 @@ import numpy as np
 
 from .data.transforms import to_grey
 from .metrics.box import VOC_CONVENTIONS, coco_detection_metrics, match_detections, precision_recall_curve, voc_detection_metrics
+from .metrics.breakdown import localisation_quality, metrics_by_size
 from .metrics.pixel import PixelMetrics, SkyIoU
 from .metrics.points import point_metrics
 from .metrics.render import box_centers, boxes_to_mask
@@ -181,6 +182,9 @@ def evaluate_predictions(
 
     metrics: dict[str, Any] = voc_detection_metrics(detections, ground_truths, iou_threshold, legacy_plus_one, score_threshold)
     metrics.update(coco_detection_metrics(detections, ground_truths))
+    metrics.update(localisation_quality(detections, ground_truths, score_threshold))
+    sizes = {str(i): (int(w), int(h)) for i, w, h in zip(dataset["image_id"], dataset["width"], dataset["height"])}
+    metrics["by_size"] = metrics_by_size(detections, ground_truths, sizes, iou_threshold, legacy_plus_one)
 
     by_id = {str(d["image_id"]): d for d in detections}  # ids already checked to match one-to-one
     pixel = PixelMetrics(distance_threshold=pd_distance, matching=pd_matching)  # type: ignore[arg-type]
@@ -227,6 +231,10 @@ def conventions(score_threshold: float, iou_threshold: float, legacy_plus_one: b
         "points": f"box centres ((x1+x2)/2 - 0.5, (y1+y2)/2 - 0.5) of detections with score >= {score_threshold} vs "
         f"the integer points labels (pixel-index x, y); optimal one-to-one matching (scipy linear_sum_assignment), "
         f"distance < {point_radius} px; errors in pixels over matched pairs",
+        "by_size": "VOC numbers per image-size group by the longest side: small <= 400 px, medium <= 800 px, "
+        "large > 800 px",
+        "boxes": f"for each target the detection with score >= {score_threshold} of highest exact IoU, if >= 0.1: "
+        "fraction found, median centre error, mean width/height bias (predicted - true), median IoU",
         "sky": "post_process_sky_segmentation (sigmoid > 0.5) vs sky_mask; sky_IoU accumulated over the split, "
         "sky_mIoU = mean of sky and non-sky IoU",
     }
@@ -347,6 +355,14 @@ def format_summary(results: Mapping[str, Any]) -> str:
          f"precision {f('point_precision')}  recall {f('point_recall')}  F1 {f('point_f1')}  "
          f"error mean {f('point_mean_error', 2)} / median {f('point_median_error', 2)} px"),
     ]
+    if results.get("box_found") is not None:
+        rows.append((f"Boxes (best IoU >= 0.1, score >= {f('score_threshold', 2)})",
+                     f"found {f('box_found')}  centre error median {f('box_centre_error_median', 2)} px  size bias "
+                     f"w {f('box_width_bias', 2)} h {f('box_height_bias', 2)} px  IoU median {f('box_iou_median')}"))
+    for group, scores in (results.get("by_size") or {}).items():
+        rows.append((f"  {group} images ({scores['images']})",
+                     f"mAP07 {scores['mAP07']:.3f}  mAP12 {scores['mAP12']:.3f}  recall {scores['recall']:.3f}  "
+                     f"({scores['targets']} targets)"))
     if "sky_IoU" in results:
         rows.append(("Sky segmentation", f"IoU {f('sky_IoU')}  mIoU {f('sky_mIoU')}"))
     lines = [
