@@ -390,11 +390,11 @@ def run(args: argparse.Namespace) -> int:
     from . import __version__
 
     from .inputs import check_model_path
-    from .outputs import check_output_file, written_file
+    from .outputs import UserError, check_output_file, written_file
 
     out: Path = args.out
     if out.suffix != ".json":
-        raise SystemExit(f"--out {out}: expected a .json file name")
+        raise UserError(f"--out {out}: expected a .json file name, e.g. {out.with_suffix('.json')}")
     pr_path = out.with_name(out.stem + "_pr_curve.png")
     inputs = [p for p in (Path(str(args.model)), Path(str(args.dataset))) if p.exists()]
     earlier = out.is_file() and _earlier_results(out)
