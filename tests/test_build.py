@@ -166,7 +166,8 @@ def test_cli_build_restricts_splits_and_replaces_only_earlier_builds(synthetic_d
     (tmp_path / "other").mkdir()
     (tmp_path / "other" / "notes.txt").write_text("keep me")
     assert cli_main(["data", "build", "--devkit", str(synthetic_devkit), "--out", str(tmp_path / "other")]) == 1
-    assert "not an earlier DenseSIRST build" in capsys.readouterr().err
+    assert "was not written by bafenet" in capsys.readouterr().err
+    assert (tmp_path / "other" / "notes.txt").read_text() == "keep me"
     assert cli_main(["data", "build", "--devkit", str(tmp_path / "nowhere"), "--out", str(out)]) == 1
     assert "devkit folder does not exist" in capsys.readouterr().err
     with pytest.raises(ValueError, match=r"unknown split\(s\) \['tset'\]"):

@@ -62,7 +62,7 @@ def test_read_encoded_keeps_original_png_bytes(synthetic_devkit):
 def test_mask_in_other_encoding_is_reencoded_as_L_0_255(devkit_copy):
     devkit = SirstDevkit(devkit_copy)
     expected = devkit.read("Misc_1").target_mask
-    Image.fromarray(expected.astype(np.uint8), mode="L").save(devkit.target_mask_path("Misc_1"))  # {0, 1}
+    Image.fromarray(expected).save(devkit.target_mask_path("Misc_1"))  # bilevel mode "1" ({0, 1} in L is refused)
     encoded = devkit.read_encoded("Misc_1")
     mask = Image.open(__import__("io").BytesIO(encoded.target_mask_png))
     assert mask.mode == "L" and set(np.unique(mask).tolist()) <= {0, 255}

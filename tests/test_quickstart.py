@@ -40,5 +40,5 @@ def test_quickstart_refuses_a_foreign_non_empty_folder(tmp_path, capsys):
 
     (tmp_path / "mine.txt").write_text("precious")
     assert main(["quickstart", "--fast", "--out", str(tmp_path)]) == 1
-    assert "quickstart.json" in capsys.readouterr().err
+    assert "was not written by bafenet" in capsys.readouterr().err
     assert (tmp_path / "mine.txt").read_text() == "precious"

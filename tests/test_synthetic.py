@@ -12,6 +12,7 @@ from scipy import ndimage
 from bafenet.cli import main as cli_main
 from bafenet.data.devkit import SirstDevkit
 from bafenet.data.synthetic import write_synthetic_devkit
+from bafenet.outputs import UserError
 
 
 def _files(root: Path) -> dict[str, bytes]:
@@ -76,8 +77,9 @@ def test_palette_masks_equal_binary_masks(synthetic_devkit):
 
 def test_refuses_to_overwrite_a_folder_that_is_not_a_devkit(tmp_path):
     (tmp_path / "notes.txt").write_text("keep me")
-    with pytest.raises(FileExistsError, match="not a SIRSTdevkit"):
+    with pytest.raises(UserError, match="was not written by bafenet"):
         write_synthetic_devkit(tmp_path, num_images=4)
+    assert (tmp_path / "notes.txt").read_text() == "keep me"
     with pytest.raises(ValueError, match="num_images must be >= 4"):
         write_synthetic_devkit(tmp_path / "x", num_images=3)
 

@@ -3,11 +3,15 @@
 Each sub-command lives in the module that implements its stage of the pipeline. A module named here exposes
 ``add_arguments(parser: argparse.ArgumentParser) -> None`` and ``run(args: argparse.Namespace) -> int``. Only the
 module of the command that is run gets imported, so ``bafenet --help`` stays fast.
+
+User errors (`bafenet.outputs.UserError`, and OSError / ValueError raised on what the user handed us) end in one
+line on stderr naming the file or option, exit status 1; ``--debug`` (anywhere on the line) shows the traceback.
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import sys
 from collections.abc import Sequence
@@ -28,6 +32,7 @@ COMMANDS: dict[tuple[str, ...], tuple[str, str]] = {
 
 def _build_parser(selected: tuple[str, ...] | None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="bafenet", description="DenseSIRST + BAFE-Net, Hugging Face-native.")
+    parser.add_argument("--debug", action="store_true", help="show the full traceback of an error (any position)")
     groups: dict[tuple[str, ...], argparse._SubParsersAction] = {(): parser.add_subparsers(dest="cmd0", metavar="COMMAND")}
     for words, (module, help_text) in COMMANDS.items():
         for depth in range(1, len(words)):
@@ -50,16 +55,38 @@ def _selected_command(argv: Sequence[str]) -> tuple[str, ...] | None:
     return None
 
 
+def error_line(error: BaseException) -> str:
+    """The one line a user sees for ``error``: the file or option it names, what is wrong, the fix when known."""
+    if isinstance(error, OSError) and error.strerror:
+        where = f"{error.filename}: " if error.filename is not None else ""
+        hint = {errno.ENOSPC: "; free some space or write elsewhere",
+                errno.EACCES: "; check the permissions or write elsewhere",
+                errno.EROFS: "; write elsewhere"}.get(error.errno, "")
+        return f"{where}{error.strerror}{hint}"
+    return " ".join(str(error).split()) or type(error).__name__  # one line, whatever the message
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv
+    argv = [a for a in argv if a != "--debug"]
     selected = _selected_command(argv)
     parser = _build_parser(selected)
     args = parser.parse_args(argv)
     if getattr(args, "_command", None) is None:
         parser.print_help()
         return 2
-    module = importlib.import_module(COMMANDS[args._command][0])
-    return int(module.run(args) or 0)
+    from .outputs import UserError
+
+    try:
+        module = importlib.import_module(COMMANDS[args._command][0])
+        return int(module.run(args) or 0)
+    except (UserError, OSError, ValueError) as error:
+        if debug:
+            raise
+        print(f"bafenet {' '.join(args._command)}: error: {error_line(error)} (--debug shows the traceback)",
+              file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -395,6 +395,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--pd-matching", choices=("greedy", "optimal"), default="greedy",
                         help="Pd/Fa target matching: greedy (BasicIRSTD, the field's numbers) or optimal (Hungarian)")
     parser.add_argument("--revision", default=None, help="model revision on the Hub")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace --out (and its PR curve) even when they are not an earlier evaluate output")
+
+
+def _earlier_results(path: Path) -> bool:
+    """Whether ``path`` is a results JSON written by ``bafenet evaluate`` (its ``meta`` names the bafenet version)."""
+    try:
+        return "bafenet" in json.loads(path.read_text()).get("meta", {})
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 def run(args: argparse.Namespace) -> int:
@@ -405,9 +415,18 @@ def run(args: argparse.Namespace) -> int:
 
     from . import __version__
 
+    from .inputs import check_model_path
+    from .outputs import UserError, check_output_file, written_file
+
     out: Path = args.out
     if out.suffix != ".json":
-        raise SystemExit(f"--out {out}: expected a .json file name")
+        raise UserError(f"--out {out}: expected a .json file name, e.g. {out.with_suffix('.json')}")
+    pr_path = out.with_name(out.stem + "_pr_curve.png")
+    inputs = [p for p in (Path(str(args.model)), Path(str(args.dataset))) if p.exists()]
+    earlier = out.is_file() and _earlier_results(out)
+    check_output_file(out, inputs=inputs, overwrite=args.overwrite, ours=_earlier_results)
+    check_output_file(pr_path, inputs=inputs, overwrite=args.overwrite or earlier, option="--out (PR curve)")
+    check_model_path(args.model)
     started = time.time()
     # float32 whatever the checkpoint's dtype (a Hub model may be stored in fp16/bf16): the scores are not rounded
     model = AutoModelForObjectDetection.from_pretrained(str(args.model), trust_remote_code=True, revision=args.revision,
@@ -431,13 +450,13 @@ def run(args: argparse.Namespace) -> int:
     }
     results["conventions"] = conv
     results["detections"] = detections
-    out.parent.mkdir(parents=True, exist_ok=True)
-    pr_path = out.with_name(out.stem + "_pr_curve.png")
     ground_truths = [_ground_truth(row) for row in dataset.select_columns(["image_id", "objects", "points"])]
-    write_pr_curve(detections, ground_truths, pr_path, results, args.iou_threshold, args.legacy_plus_one,
-                   title=f"{Path(str(args.model)).name} on {args.config}/{args.split}")
+    with written_file(pr_path) as tmp:
+        write_pr_curve(detections, ground_truths, tmp, results, args.iou_threshold, args.legacy_plus_one,
+                       title=f"{Path(str(args.model)).name} on {args.config}/{args.split}")
     results["meta"]["pr_curve"] = pr_path.name
-    out.write_text(results_to_json(results))
+    with written_file(out) as tmp:
+        tmp.write_text(results_to_json(results))
     print(format_summary(results))
     print(f"wrote {out} and {pr_path}")
     return 0

@@ -194,12 +194,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--atol", type=float, default=DEFAULT_ATOL,
                         help=f"fail when onnxruntime and PyTorch differ by more than this (default {DEFAULT_ATOL:g})")
     parser.add_argument("--no-check", action="store_true", help="skip the onnxruntime comparison")
+    parser.add_argument("--overwrite", action="store_true", help="replace --out when it exists")
 
 
 def run(args: argparse.Namespace) -> int:
+    from .inputs import check_model_path
+    from .outputs import check_output_file, written_file
+
     start = time.perf_counter()
+    model_path = Path(str(args.model))
+    path = check_output_file(args.out, inputs=[model_path] if model_path.exists() else [], overwrite=args.overwrite)
+    check_model_path(args.model)
     model = _load_model(args.model)
-    path = export_onnx(model, args.out, opset=args.opset, dynamo=args.dynamo)
+    with written_file(path) as tmp:
+        export_onnx(model, tmp, opset=args.opset, dynamo=args.dynamo)
     size_mb = path.stat().st_size / 2**20
     print(f"exported {args.model} -> {path} ({size_mb:.1f} MiB, opset {args.opset}, "
           f"{'dynamo' if args.dynamo else 'torchscript'} exporter, {time.perf_counter() - start:.1f} s)")

@@ -14,8 +14,10 @@ Writes to ``--out``:
   the densest cluster of detections (see :mod:`bafenet.visualize`).
 - ``sky/<name>.png`` (``--sky``): the predicted sky mask, mode L, values {0, 255}, original size.
 
-Unreadable inputs are reported on stderr (file + reason), skipped, and make the command exit with status 1 at the
-end. With ``--onnx`` the dense network runs in onnxruntime (see :mod:`bafenet.export_onnx`); pre- and
+Unreadable inputs (missing, corrupt, larger than ``--max-pixels``) are reported on stderr (file + reason), skipped,
+listed in ``predictions.json`` and make the command exit with status 1 at the end. ``--out`` follows
+`bafenet.outputs`: a new or empty folder, or an earlier ``bafenet predict`` output (replaced); it is checked before
+the model is loaded. With ``--onnx`` the dense network runs in onnxruntime (see :mod:`bafenet.export_onnx`); pre- and
 post-processing still come from the image processor saved with ``--model``.
 """
 
@@ -24,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,6 +39,8 @@ if TYPE_CHECKING:
     import torch
 
 IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".pgm", ".ppm"})
+DEFAULT_MAX_PIXELS = Image.MAX_IMAGE_PIXELS  # Pillow's decompression-bomb limit, 89,478,485 pixels
+COMMAND = "predict"
 BOX_FORMAT = "xyxy, original pixels, 0-based, exclusive max (DenseSIRST XML convention)"
 
 __all__ = ["Predictor", "ImageReadError", "collect_inputs", "load_grey_image", "predict_files", "add_arguments", "run"]
@@ -45,15 +50,31 @@ class ImageReadError(ValueError):
     """An input image could not be read; the message names the file and the reason."""
 
 
-def load_grey_image(path: str | Path) -> Image.Image:
+def _open_image(path: Path) -> Image.Image:
+    """``Image.open`` without Pillow's own pixel limit (`load_grey_image` applies ``max_pixels`` itself)."""
+    limit = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = None
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            return Image.open(path)
+    finally:
+        Image.MAX_IMAGE_PIXELS = limit
+
+
+def load_grey_image(path: str | Path, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> Image.Image:
     """Read ``path`` as an 8-bit grey PIL image (mode L), the way the model was trained.
 
     RGB/RGBA/palette images are converted to luminance; 16-bit and float images are min-max scaled to 0..255.
-    Raises :class:`ImageReadError` naming the file and the reason.
+    An image of more than ``max_pixels`` pixels (None: no limit) is refused before it is decoded, which bounds the
+    memory. Raises :class:`ImageReadError` naming the file and the reason.
     """
     path = Path(path)
     try:
-        with Image.open(path) as image:
+        with _open_image(path) as image:
+            if max_pixels is not None and image.width * image.height > max_pixels:
+                raise ImageReadError(f"{path}: {image.width}x{image.height} = {image.width * image.height:,} pixels, "
+                                     f"over the --max-pixels limit of {max_pixels:,} (raise it to read this image)")
             image.load()
             if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
                 array = np.asarray(image, dtype=np.float32)
@@ -65,7 +86,9 @@ def load_grey_image(path: str | Path) -> Image.Image:
         raise ImageReadError(f"{path}: file not found") from None
     except UnidentifiedImageError:
         raise ImageReadError(f"{path}: not an image file Pillow can read") from None
-    except (OSError, ValueError, SyntaxError) as error:  # truncated / corrupt files
+    except ImageReadError:
+        raise
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError, MemoryError) as error:  # corrupt files
         raise ImageReadError(f"{path}: cannot decode image ({type(error).__name__}: {error})") from None
 
 
@@ -117,11 +140,9 @@ class Predictor:
     def __init__(self, model: str | Path, onnx: str | Path | None = None, threshold: float = 0.3,
                  device: str | None = None) -> None:
         import torch
-        from transformers import AutoImageProcessor
+        from transformers import AutoConfig, AutoImageProcessor
 
         self.threshold = float(threshold)
-        from transformers import AutoConfig
-
         self.processor = AutoImageProcessor.from_pretrained(str(model), trust_remote_code=True)
         self.config = AutoConfig.from_pretrained(str(model), trust_remote_code=True)
         self.model = None
@@ -175,13 +196,18 @@ class Predictor:
 
 
 def _unique_names(paths: Sequence[Path]) -> list[str]:
-    """Output stems for ``paths``: the file stem, with ``-2``, ``-3``... appended when two inputs share a stem."""
-    seen: dict[str, int] = {}
+    """Distinct output stems for ``paths``: the file stem, or ``<stem>-2``, ``-3``... when that name is taken (also
+    by another input's own stem, e.g. ``a.png a.jpg a-2.png``; compared without case, for case-blind disks)."""
+    taken = {path.stem.lower() for path in paths}
+    used: set[str] = set()
     names = []
     for path in paths:
-        count = seen.get(path.stem, 0) + 1
-        seen[path.stem] = count
-        names.append(path.stem if count == 1 else f"{path.stem}-{count}")
+        name, count = path.stem, 1
+        while name.lower() in used or (count > 1 and name.lower() in taken):
+            count += 1
+            name = f"{path.stem}-{count}"
+        used.add(name.lower())
+        names.append(name)
     return names
 
 
@@ -199,6 +225,7 @@ def predict_files(
     draw: bool = True,
     batch_size: int = 4,
     progress: bool = True,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
 ) -> dict[str, Any]:
     """Predict every image of ``paths``, write overlays/sky masks under ``out_dir``; return the JSON report.
 
@@ -222,7 +249,7 @@ def predict_files(
         images, kept = [], []
         for path in batch_paths:
             try:
-                images.append(load_grey_image(path))
+                images.append(load_grey_image(path, max_pixels))
                 kept.append(path)
             except ImageReadError as error:
                 errors.append({"file": str(path), "reason": str(error).removeprefix(f"{path}: ")})
@@ -273,22 +300,36 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=4, help="images per forward pass (default 4)")
     parser.add_argument("--recursive", action="store_true", help="search folders recursively")
     parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+    parser.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS,
+                        help="skip (and report) images larger than this many pixels, before decoding them "
+                        f"(default {DEFAULT_MAX_PIXELS:,}, Pillow's limit)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="also replace an earlier predict output to which files were added")
 
 
 def run(args: argparse.Namespace) -> int:
+    from .inputs import check_model_path
+    from .outputs import claim_dir, replaced_dir
+
     if not 0.0 <= args.threshold <= 1.0:
         print(f"error: --threshold must be in [0, 1], got {args.threshold}", file=sys.stderr)
         return 2
+    if args.max_pixels < 1:
+        print(f"error: --max-pixels must be >= 1, got {args.max_pixels}", file=sys.stderr)
+        return 2
+    claim_dir(args.out, COMMAND, inputs=args.inputs, overwrite=args.overwrite)  # before loading the model
+    check_model_path(args.model)
     paths, problems = collect_inputs(args.inputs, recursive=args.recursive)
     for problem in problems:
         print(f"error: {problem['file']}: {problem['reason']} (skipped)", file=sys.stderr)
     predictor = Predictor(args.model, onnx=args.onnx, threshold=args.threshold, device=args.device)
-    report = predict_files(predictor, paths, args.out, sky=args.sky, draw=not args.no_draw, batch_size=args.batch_size)
-    report = {"model": str(args.model), "onnx": None if args.onnx is None else str(args.onnx), **report}
-    report["errors"] = problems + report["errors"]
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "predictions.json").write_text(json.dumps(report, indent=1))
+    with replaced_dir(out, COMMAND, inputs=args.inputs, overwrite=args.overwrite) as tmp:
+        report = predict_files(predictor, paths, tmp, sky=args.sky, draw=not args.no_draw,
+                               batch_size=args.batch_size, max_pixels=args.max_pixels)
+        report = {"model": str(args.model), "onnx": None if args.onnx is None else str(args.onnx), **report}
+        report["errors"] = problems + report["errors"]
+        (tmp / "predictions.json").write_text(json.dumps(report, indent=1))
     num_boxes = sum(len(r["boxes"]) for r in report["images"])
     print(f"{len(report['images'])} images, {num_boxes} detections (score >= {args.threshold:g}) -> "
           f"{out / 'predictions.json'}")

@@ -26,7 +26,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from .outputs import OutputLock, claim_dir, write_marker
+
 MARKER = "quickstart.json"
+COMMAND = "quickstart"
 
 __all__ = ["QuickstartSettings", "run_quickstart", "add_arguments", "run"]
 
@@ -87,16 +90,13 @@ def _done(start: float, message: str) -> None:
     print(f"--> {message} ({time.perf_counter() - start:.1f} s)", flush=True)
 
 
-def _prepare_out_dir(out: Path) -> None:
-    """Create ``out``; a previous quickstart there is replaced, any other non-empty folder is refused."""
-    if out.exists() and any(out.iterdir()):
-        if not (out / MARKER).is_file():
-            raise FileExistsError(f"{out}: exists, is not empty and holds no {MARKER} from a previous quickstart; "
-                                  "pass another --out")
-        for child in ("SIRSTdevkit", "densesirst", "model", "evaluation", "predictions", MARKER):
-            path = out / child
-            shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
+def _prepare_out_dir(out: Path, overwrite: bool = False) -> None:
+    """Create ``out``; an earlier quickstart there is deleted, any other non-empty folder is refused
+    (`bafenet.outputs.claim_dir`)."""
+    if claim_dir(out, COMMAND, overwrite=overwrite):
+        shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
+    write_marker(out, COMMAND, finished=False)  # a killed run is still ours
     (out / MARKER).write_text(json.dumps({"status": "running"}) + "\n")
 
 
@@ -105,15 +105,23 @@ def _quote(args: list[str]) -> str:
 
 
 def run_quickstart(
-    out: str | Path = "bafenet-quickstart", settings: QuickstartSettings | None = None
+    out: str | Path = "bafenet-quickstart", settings: QuickstartSettings | None = None, overwrite: bool = False
 ) -> dict[str, Any]:
     """Run the six steps into ``out``; returns the summary written to ``out/quickstart.json``."""
+    out = Path(out).expanduser().absolute()
+    claim_dir(out, COMMAND, overwrite=overwrite)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with OutputLock(out, COMMAND):
+        summary = _run_steps(out, settings or QuickstartSettings(), overwrite)
+    write_marker(out, COMMAND)
+    return summary
+
+
+def _run_steps(out: Path, settings: QuickstartSettings, overwrite: bool) -> dict[str, Any]:
     from .cli import main as bafenet
 
-    settings = settings or QuickstartSettings()
-    out = Path(out).expanduser().absolute()
     started = time.perf_counter()
-    _prepare_out_dir(out)
+    _prepare_out_dir(out, overwrite)
     devkit_dir, dataset_dir, model_dir = out / "SIRSTdevkit", out / "densesirst", out / "model"
     results_path, predictions_dir = out / "evaluation" / "test_results.json", out / "predictions"
     commands: dict[str, str] = {}
@@ -264,6 +272,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--num-images", type=int, default=None, help="synthetic images (default 64; --fast: 12)")
     parser.add_argument("--epochs", type=int, default=None, help="training epochs (default 20)")
     parser.add_argument("--seed", type=int, default=None, help="seed of the devkit and the training (default 0)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="also replace an earlier quickstart folder to which files were added")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -275,8 +285,8 @@ def run(args: argparse.Namespace) -> int:
 
         settings = replace(settings, **overrides)
     try:
-        run_quickstart(args.out, settings)
-    except (FileExistsError, ValueError, RuntimeError) as error:
+        run_quickstart(args.out, settings, overwrite=args.overwrite)
+    except RuntimeError as error:
         print(f"bafenet quickstart: error: {error}", file=sys.stderr)
         return 1
     return 0

@@ -12,8 +12,8 @@ Protocols:
 * ``--paper-protocol``: train on ``train+validation`` (= ``trainval_v2``) like the paper, select nothing, report
   ``test`` on the last epoch. (The original code selected its "best" checkpoint on the test split; we do not.)
 
-Everything needed to resume sits in ``output_dir/checkpoints/step_XXXXXX`` (``Accelerator.save_state`` plus the
-trainer state). The data order and every augmentation are pure functions of (seed, epoch, position), so a run killed
+Everything needed to resume sits in ``output_dir/checkpoints/step_XXXXXX``, written without pickles
+(`bafenet.checkpoints`: JSON, safetensors, tensor-only files read with ``weights_only=True``). The data order and every augmentation are pure functions of (seed, epoch, position), so a run killed
 with SIGKILL and resumed with ``--resume`` reaches the same weights as an uninterrupted one.
 """
 
@@ -42,6 +42,14 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from bafenet.data.transforms import BagCopyPaste, DetectionCollator, TileTransform, TrainTransform, sample_from_row, to_grey
 
 CHECKPOINT_PREFIX = "step_"
+COMMAND = "train"
+# Settings a resumed run must share with its checkpoint (they fix the data order and the optimiser's state layout);
+# the other optimisation settings (learning rate, weight decay, warm-up, milestones, gamma, clipping) may change on
+# --resume and are applied from the resumed update on.
+RESUME_FIXED = ("optimizer", "per_device_train_batch_size", "gradient_accumulation_steps", "train_repeats",
+                "max_train_images", "seed", "paper_protocol", "train_split")
+RESUME_CHANGEABLE = ("learning_rate", "weight_decay", "warmup_steps", "warmup_factor", "lr_milestones", "lr_gamma",
+                     "max_grad_norm")
 
 
 def _arg(help: str, group: str, **kwargs: Any) -> Any:
@@ -171,6 +179,9 @@ class TrainingArguments:
     debug_sigkill_at_step: int | None = _arg("testing hook: SIGKILL this process right after update N (and its "
                                              "checkpoint, if any)", "testing hooks", default=None)
     debug_nan_at_step: int | None = _arg("testing hook: make the loss NaN at update N", "testing hooks", default=None)
+    debug_explode_at_step: int | None = _arg("testing hook: make the weights infinite right after update N (a "
+                                             "destructive update: the loss of update N+1 is non-finite)",
+                                             "testing hooks", default=None)
 
     def __post_init__(self) -> None:
         positive = ("train_repeats", "num_train_epochs", "per_device_train_batch_size", "per_device_eval_batch_size",
@@ -186,6 +197,7 @@ class TrainingArguments:
         self.lr_milestones = tuple(int(m) for m in self.lr_milestones)
         for name in ("copy_paste_sigma", "copy_paste_mu", "copy_paste_gain"):
             setattr(self, name, tuple(float(v) for v in getattr(self, name)))
+        check_config_overrides(parse_config_overrides(self.config_overrides))
 
     @classmethod
     def from_recipe(cls, recipe: str | None, **kwargs: Any) -> "TrainingArguments":
@@ -296,7 +308,8 @@ def arguments_from_namespace(namespace: argparse.Namespace) -> TrainingArguments
 
 
 def run(namespace: argparse.Namespace) -> int:
-    """``bafenet train``: train, print where the model went; exit code 1 on a non-finite loss."""
+    """``bafenet train``: train, print where the model went; exit code 1 on a non-finite loss. User errors propagate
+    to `bafenet.cli` (one line)."""
     try:
         args = arguments_from_namespace(namespace)
     except ValueError as error:
@@ -311,13 +324,20 @@ def run(namespace: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of ``train_accelerate.py``."""
+    """Entry point of ``train_accelerate.py``: user errors end in one line on stderr and exit status 1."""
+    from bafenet.cli import error_line
+    from bafenet.outputs import UserError
+
     parser = argparse.ArgumentParser(
         prog="train_accelerate.py",
         description="Train BAFE-Net with Hugging Face Accelerate (run it with `accelerate launch`).",
     )
     add_arguments(parser)
-    return run(parser.parse_args(argv))
+    try:
+        return run(parser.parse_args(argv))
+    except (UserError, OSError, ValueError) as error:
+        print(f"train_accelerate.py: error: {error_line(error)}", file=sys.stderr)
+        return 1
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -490,7 +510,7 @@ def parameters_without_gradient(model: torch.nn.Module, processor: Any, image_si
 
 @dataclass
 class TrainerState:
-    """Loop position and selection history, saved in every checkpoint (``register_for_checkpointing``)."""
+    """Loop position and selection history, saved in every checkpoint (``trainer_state.json``)."""
 
     epoch: int = 0  # epochs completed
     batch_in_epoch: int = 0  # batches this process consumed in the current epoch
@@ -530,6 +550,38 @@ def parse_config_overrides(text: str | None) -> dict[str, Any]:
         except json.JSONDecodeError:
             out[key] = value
     return out
+
+
+def check_config_overrides(overrides: dict[str, Any]) -> None:
+    """Refuse keys that are not `BafeNetConfig` arguments and values of the wrong kind, listing the valid keys."""
+    import inspect
+
+    from bafenet.models.bafenet import BafeNetConfig
+
+    params = {name: p for name, p in inspect.signature(BafeNetConfig.__init__).parameters.items()
+              if name != "self" and p.kind is p.POSITIONAL_OR_KEYWORD}
+    valid = ", ".join(sorted(params))
+    for key, value in overrides.items():
+        if key not in params:
+            raise ValueError(f"--config-overrides: unknown key {key!r}; valid keys: {valid}")
+        default, annotation = params[key].default, str(params[key].annotation)
+        if default is not None and not isinstance(default, str):
+            kind = (bool,) if isinstance(default, bool) else (list, tuple) if isinstance(default, (list, tuple)) \
+                else (int, float) if isinstance(default, float) else (int,)
+        else:
+            kind = next((t for word, t in (("list", (list,)), ("dict", (dict,)), ("str", (str,))) if word in annotation),
+                        None)
+        bad_bool = isinstance(value, bool) and bool not in (kind or (bool,))
+        if value is not None and kind is not None and (not isinstance(value, kind) or bad_bool):
+            expected = " or ".join(t.__name__ for t in kind)
+            raise ValueError(f"--config-overrides: {key}={json.dumps(value)} must be a {expected} (default "
+                             f"{json.dumps(default)}); valid keys: {valid}")
+
+
+def _local_inputs(args: TrainingArguments) -> list[Path]:
+    """The local folders the run reads (its output folder must not be one of them or hold one)."""
+    paths = [Path(p).expanduser() for p in (args.dataset, args.model_name_or_path, args.backbone_weights) if p]
+    return [p for p in paths if p.exists()]
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -586,31 +638,89 @@ class Trainer:
 
     # -- set-up ----------------------------------------------------------------------------------------------------
     def _prepare_output_dir(self, partial: Any) -> None:
-        args = self.args
-        existing = list_checkpoints(self.output_dir)
-        if existing and args.resume is None:
+        """Apply `bafenet.outputs` to ``output_dir``, find the checkpoint to resume (read and checked here, before
+        anything else) and mark the folder as a training output."""
+        from bafenet.outputs import UserError, folder_owner, write_marker
+
+        args, out = self.args, self.output_dir
+        if out.exists() and not out.is_dir():
+            raise UserError(f"--output-dir {out}: is a file; pass a folder")
+        owner = folder_owner(out) if out.is_dir() else None
+        if out.is_dir() and any(out.iterdir()) and owner != COMMAND:
+            raise UserError(f"--output-dir {out}: folder is not empty and was not written by `bafenet train` (no "
+                            ".bafenet-output.json); pass a new or empty folder (bafenet never deletes folders it "
+                            "did not write, --overwrite-output-dir included)")
+        existing = list_checkpoints(out)
+        earlier = owner == COMMAND and any(p.name != ".bafenet-output.json" for p in out.iterdir())
+        if earlier and args.resume is None:
             if not args.overwrite_output_dir:
-                raise FileExistsError(
-                    f"{self.output_dir} already holds checkpoints (latest {existing[-1].name}); pass --resume to "
-                    "continue that run or --overwrite-output-dir to start afresh"
-                )
-            if partial.is_main_process:
-                shutil.rmtree(self.output_dir / "checkpoints")
+                what = f"checkpoints (latest {existing[-1].name})" if existing else "an earlier run's model"
+                raise UserError(f"--output-dir {out}: already holds {what}; pass --resume to continue that run or "
+                                "--overwrite-output-dir to start afresh (its checkpoints are deleted)")
+            if partial.is_main_process and existing:
+                shutil.rmtree(out / "checkpoints")
+            existing = []
         partial.wait_for_everyone()
-        self.resume_from: Path | None = None
+        self.resume_checkpoint, self.resume_changes = None, {}
         if args.resume == "latest":
-            self.resume_from = existing[-1] if existing else None
+            self.resume_checkpoint = self._read_latest(existing, partial.process_index)
         elif args.resume is not None:
-            self.resume_from = Path(args.resume)
-            if not (self.resume_from / "custom_checkpoint_0.pkl").is_file():
-                raise FileNotFoundError(f"--resume {args.resume}: not a checkpoint folder of this trainer "
-                                        "(no custom_checkpoint_0.pkl)")
+            from bafenet.checkpoints import read_checkpoint
+
+            self.resume_checkpoint = read_checkpoint(args.resume, partial.process_index)
+        if self.resume_checkpoint is not None:
+            self._check_resume_settings(self.resume_checkpoint.settings)
+        if partial.is_main_process:
+            out.mkdir(parents=True, exist_ok=True)
+            write_marker(out, COMMAND, finished=False)
+        partial.wait_for_everyone()
+
+    def _read_latest(self, existing: list[Path], process_index: int) -> Any:
+        """The newest checkpoint that reads and checks out; unusable newer ones are reported and skipped."""
+        from bafenet.checkpoints import CheckpointError, read_checkpoint
+
+        problems = []
+        for folder in reversed(existing):
+            try:
+                checkpoint = read_checkpoint(folder, process_index)
+            except CheckpointError as error:
+                problems.append(str(error))
+                if process_index == 0:
+                    print(f"--resume: skipping {folder.name}: {error}; trying the previous checkpoint", flush=True)
+                continue
+            return checkpoint
+        if problems:
+            raise CheckpointError(f"--resume: no usable checkpoint in {self.output_dir / 'checkpoints'} "
+                                  f"({problems[-1]})")
+        return None
+
+    def _settings(self) -> dict[str, Any]:
+        """The settings recorded in each checkpoint (compared on --resume)."""
+        args = self.args
+        settings = {name: getattr(args, name) for name in RESUME_FIXED + RESUME_CHANGEABLE}
+        settings["learning_rate"] = args.resolved_learning_rate
+        settings["lr_milestones"] = list(args.lr_milestones)
+        return settings
+
+    def _check_resume_settings(self, saved: dict[str, Any]) -> None:
+        """Refuse a --resume that changes a setting fixed by the checkpoint; announce the changed ones applied."""
+        current = self._settings()
+        for name in RESUME_FIXED:
+            if name in saved and saved[name] != current[name]:
+                raise ValueError(f"--resume: --{name.replace('_', '-')} {current[name]} differs from the checkpoint's "
+                                 f"{saved[name]}; resume with the checkpoint's value, or start a new run from its "
+                                 "weights (--model-name-or-path of a saved model)")
+        self.resume_changes = {name: (saved.get(name), current[name]) for name in RESUME_CHANGEABLE
+                               if name in saved and saved[name] != current[name]}
 
     def _build_model(self) -> tuple[torch.nn.Module, Any]:
         from bafenet.models.bafenet import BafeNetConfig, BafeNetForObjectDetection, BafeNetImageProcessor
 
         args = self.args
         if args.model_name_or_path:
+            from bafenet.inputs import check_model_path
+
+            check_model_path(args.model_name_or_path, "--model-name-or-path")
             model = BafeNetForObjectDetection.from_pretrained(args.model_name_or_path)
             processor = BafeNetImageProcessor.from_pretrained(args.model_name_or_path)
             return model, processor
@@ -619,8 +729,11 @@ class Trainer:
         if not args.backbone_weights and "freeze_backbone_bn" not in overrides:
             kwargs["freeze_backbone_bn"] = False  # frozen BN only makes sense with ImageNet statistics to keep
         kwargs.update(overrides)
-        config = (BafeNetConfig.improved if args.mode == "improved" else BafeNetConfig.faithful)(**kwargs)
-        return BafeNetForObjectDetection(config), BafeNetImageProcessor.from_model_config(config)
+        try:
+            config = (BafeNetConfig.improved if args.mode == "improved" else BafeNetConfig.faithful)(**kwargs)
+            return BafeNetForObjectDetection(config), BafeNetImageProcessor.from_model_config(config)
+        except (ValueError, TypeError, RuntimeError) as error:
+            raise ValueError(f"--config-overrides {args.config_overrides!r} / model options: {error}") from None
 
     def _load_data(self) -> None:
         import datasets
@@ -628,7 +741,14 @@ class Trainer:
         args, acc = self.args, self.accelerator
 
         def load(split: str) -> Any:
-            rows = datasets.load_dataset(args.dataset, args.dataset_config, split=split)
+            try:
+                rows = datasets.load_dataset(args.dataset, args.dataset_config, split=split)
+            except ValueError as error:  # e.g. 'Unknown split', 'Instruction "train" corresponds to no data!'
+                raise ValueError(f"--dataset {args.dataset}: no data for split {split!r} ({error}); build the split "
+                                 "(bafenet data build without --split) or pass --train-split/--validation-split/"
+                                 "--test-split") from None
+            if len(rows) == 0:
+                raise ValueError(f"--dataset {args.dataset}: split {split!r} is empty; pass a split with images")
             limit = args.max_train_images if split == self.train_split else args.max_eval_images
             return rows.select(range(min(limit, len(rows)))) if limit else rows
 
@@ -671,6 +791,30 @@ class Trainer:
         self.ground_truths = {name: ground_truths(rows) for name, rows in (("validation", self.val_rows),
                                                                             ("test", self.test_rows)) if rows is not None}
 
+    def _resume(self, checkpoint: Any, schedule: RecipeSchedule) -> None:
+        """Load ``checkpoint`` into the prepared objects; apply the optimisation settings changed on --resume."""
+        from bafenet.checkpoints import apply_checkpoint
+
+        optimizer, scheduler, state = self.optimizer, self.scheduler, self.state
+        fresh = [{k: g[k] for k in ("lr", "weight_decay")} for g in optimizer.param_groups]
+        apply_checkpoint(checkpoint, self.accelerator, self.model, optimizer, scheduler)
+        state.load_state_dict(checkpoint.state)
+        self.last_checkpoint = checkpoint.folder
+        if self.resume_changes:  # the checkpoint's values were restored above: put the new ones in
+            inner = scheduler.scheduler
+            for group, new, lr_lambda in zip(optimizer.param_groups, fresh, inner.lr_lambdas):
+                group["weight_decay"] = new["weight_decay"]
+                group["initial_lr"] = new["lr"]
+                lr_lambda.__dict__.update(dataclasses.asdict(schedule))
+            inner.base_lrs = [new["lr"] for new in fresh]
+            for group, base, lr_lambda in zip(optimizer.param_groups, inner.base_lrs, inner.lr_lambdas):
+                group["lr"] = base * lr_lambda(inner.last_epoch)
+            inner._last_lr = [group["lr"] for group in optimizer.param_groups]
+            changes = ", ".join(f"--{k.replace('_', '-')} {new} (was {old})" for k, (old, new) in
+                                self.resume_changes.items())
+            self._print(f"--resume: applying {changes} from update {state.global_step + 1} on")
+        self._print(f"resumed from {checkpoint.folder} (epoch {state.epoch}, update {state.global_step})")
+
     # -- helpers ---------------------------------------------------------------------------------------------------
     def _print(self, message: str) -> None:
         self.accelerator.print(message)  # main process only
@@ -679,7 +823,10 @@ class Trainer:
         return self.accelerator.unwrap_model(self.model)
 
     def save_checkpoint(self) -> Path:
-        """``save_state`` into ``step_XXXXXX.tmp``, then rename: a killed save never looks like a checkpoint."""
+        """Write a pickle-free checkpoint (`bafenet.checkpoints`) into ``step_XXXXXX.tmp``, then rename: a killed save
+        never looks like a checkpoint."""
+        from bafenet.checkpoints import save_checkpoint
+
         acc = self.accelerator
         final = self.output_dir / "checkpoints" / f"{CHECKPOINT_PREFIX}{self.state.global_step:06d}"
         tmp = final.with_name(final.name + ".tmp")
@@ -688,7 +835,7 @@ class Trainer:
                 shutil.rmtree(tmp)
             tmp.mkdir(parents=True)
         acc.wait_for_everyone()
-        acc.save_state(str(tmp))
+        save_checkpoint(tmp, acc, self.model, self.optimizer, self.scheduler, asdict(self.state), self._settings())
         acc.wait_for_everyone()
         if acc.is_main_process:
             if final.exists():
@@ -774,14 +921,12 @@ class Trainer:
         names = list(self.eval_loaders)
         prepared = acc.prepare(self.model, optimizer, self.train_loader, scheduler, *self.eval_loaders.values())
         self.model, optimizer, train_loader, scheduler = prepared[:4]
+        self.optimizer, self.scheduler = optimizer, scheduler
         self.prepared_eval = dict(zip(names, prepared[4:]))
-        acc.register_for_checkpointing(state)
         self.last_checkpoint: Path | None = None
 
-        if self.resume_from is not None:
-            acc.load_state(str(self.resume_from))
-            self.last_checkpoint = self.resume_from
-            self._print(f"resumed from {self.resume_from} (epoch {state.epoch}, update {state.global_step})")
+        if self.resume_checkpoint is not None:
+            self._resume(self.resume_checkpoint, schedule)
         elif args.resume == "latest":
             self._print(f"--resume: no checkpoint in {self.output_dir / 'checkpoints'}, starting afresh")
 
@@ -834,6 +979,11 @@ class Trainer:
                     optimizer.step()
                     scheduler.step()
                     optimizer.zero_grad(set_to_none=True)
+                    if args.debug_explode_at_step is not None and acc.sync_gradients and \
+                            state.global_step + 1 == args.debug_explode_at_step:
+                        with torch.no_grad():
+                            for param in self.model.parameters():
+                                param.fill_(float("inf"))
                 state.batch_in_epoch += 1
                 for key, value in {"loss": loss, **(outputs.loss_dict or {})}.items():
                     running[key] = running.get(key, 0.0) + float(value.detach())
@@ -911,14 +1061,29 @@ class Trainer:
         progress.set_postfix(loss=f"{logs['train/loss']:.3f}", lr=f"{logs['train/lr']:.3g}")
 
     def _stop_on_nan(self, outputs: Any, loss: torch.Tensor, epoch: int) -> None:
+        from bafenet.checkpoints import weights_are_finite
+
         terms = {k: float(v.detach()) for k, v in (outputs.loss_dict or {}).items()}
         terms["loss"] = float(loss.detach())
-        where = self.last_checkpoint or "none (no checkpoint was saved yet)"
+        skipped, good = [], None
+        for folder in reversed(list_checkpoints(self.output_dir)):  # newest first; weights checked before naming
+            if weights_are_finite(folder):
+                good = folder
+                break
+            skipped.append(folder.name)
         self.accelerator.end_training()
+        note = f" ({', '.join(skipped)} skipped: non-finite weights)" if skipped else ""
+        if good is None:
+            advice = "No checkpoint with finite weights exists; start again with a lower --learning-rate."
+        else:
+            lr = self.args.resolved_learning_rate
+            advice = (f"Checkpoint with finite weights: {good}{note}. Resuming it unchanged replays the same updates "
+                      f"(the data order is fixed), so resume with a lower learning rate, which --resume applies: "
+                      f"--resume {good} --learning-rate {lr / 10:g}; or set --max-grad-norm, or disable mixed "
+                      "precision.")
         raise NonFiniteLossError(
             f"non-finite loss at epoch {epoch + 1}, update {self.state.global_step + 1} ({terms}); training stopped "
-            f"without applying it. Last good checkpoint: {where}. Resume from it with --resume after lowering "
-            "--learning-rate, setting --max-grad-norm or disabling mixed precision."
+            f"without applying it. {advice}"
         )
 
     def _finish(self, stop_reason: str | None) -> dict[str, Any]:
@@ -980,5 +1145,19 @@ class Trainer:
 
 
 def train(args: TrainingArguments) -> dict[str, Any]:
-    """Run one training (see the module docstring); returns the metrics written to ``metrics.json``."""
-    return Trainer(args).train()
+    """Run one training (see the module docstring); returns the metrics written to ``metrics.json``.
+
+    The main process holds the output folder's lock (`bafenet.outputs.OutputLock`) for the whole run.
+    """
+    import contextlib
+
+    from accelerate import PartialState
+    from accelerate.utils import parse_flag_from_env
+
+    from bafenet.outputs import OutputLock, check_not_protected
+
+    check_not_protected(args.output_dir, _local_inputs(args), "--output-dir")
+    partial = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
+    lock = OutputLock(args.output_dir, COMMAND) if partial.is_main_process else contextlib.nullcontext()
+    with lock:
+        return Trainer(args).train()

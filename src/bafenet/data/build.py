@@ -20,8 +20,6 @@ import functools
 import logging
 import math
 import multiprocessing
-import shutil
-import sys
 import time
 from collections.abc import Iterable
 from concurrent.futures import ProcessPoolExecutor
@@ -31,6 +29,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
+from ..outputs import OutputLock, claim_dir, replaced_dir
 from .card import BuildSummary, SplitSummary, render_card
 from .densesirst import CONFIG_SPLITS, FEATURES, example_from_sample, object_id_bases, resolve_splits
 from .devkit import DevkitError, EncodedSample, SirstDevkit, read_encoded
@@ -39,6 +38,7 @@ __all__ = ["build_dataset", "add_arguments", "run"]
 
 logger = logging.getLogger(__name__)
 
+COMMAND = "data build"
 MAX_SHARD_BYTES = 500 * 2**20  # like datasets' push_to_hub default
 ROW_GROUP_SIZE = 100  # rows per Parquet row group, datasets' choice for image datasets
 
@@ -73,13 +73,6 @@ def _write_split(table: pa.Table, folder: Path, split: str) -> None:
         pq.write_table(shard, folder / f"{split}-{k:05d}-of-{num_shards:05d}.parquet", row_group_size=ROW_GROUP_SIZE)
 
 
-def _check_out_dir(out: Path) -> None:
-    """Refuse to replace anything but an earlier build (README.md + data/) or an empty folder."""
-    earlier_build = (out / "README.md").is_file() and (out / "data").is_dir()
-    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not earlier_build)):
-        raise FileExistsError(f"{out}: exists and is not an earlier DenseSIRST build; refusing to overwrite it")
-
-
 def _card_stats(tables: dict[str, pa.Table], out_dir: Path) -> str | None:
     """Call `bafenet.data.stats.write_card_stats` on the default config, when that module is available."""
     try:
@@ -112,12 +105,14 @@ def build_dataset(
     configs: Iterable[str] | None = None,
     splits: Iterable[str] | None = None,
     stats: bool = True,
+    overwrite: bool = False,
 ) -> Path:
     """Build the DenseSIRST dataset folder from a SIRSTdevkit and return ``out_dir``.
 
     Args:
         devkit_dir: the ``SIRSTdevkit`` folder.
-        out_dir: the dataset folder to write (an earlier build there is replaced; anything else is refused).
+        out_dir: the dataset folder to write: new, empty, or an earlier build (replaced); anything else is refused
+            (`bafenet.outputs`: the folder is written beside it and renamed into place).
         num_proc: processes that read and validate images.
         skip_missing: leave out images listed in the split files but missing from ``PNGImages/`` (the card and the
             log list them); without it, missing images raise a DevkitError that lists them.
@@ -125,6 +120,7 @@ def build_dataset(
         splits: restrict to these dataset splits (``"train"``, ``"validation"``, ``"test"``); default all. E.g.
             ``configs=["default"], splits=["test"]`` builds only the test split, which is complete in the real devkit.
         stats: embed `bafenet.data.stats.write_card_stats` plots/tables in the card (when that module exists).
+        overwrite: also replace an earlier build to which files were added since.
     """
     start = time.perf_counter()
     devkit = SirstDevkit(devkit_dir)
@@ -141,47 +137,42 @@ def build_dataset(
     plan = {c: {s: f for s, f in CONFIG_SPLITS[c].items() if s in splits} for c in configs}
     plan = {c: p for c, p in plan.items() if p}
     default_config = "default" if "default" in plan else next(iter(plan))
-    _check_out_dir(out)
+    claim_dir(out, COMMAND, inputs=[devkit.root], overwrite=overwrite)  # refuse before the long part
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with OutputLock(out, COMMAND):  # a second build into `out` is refused at once, not after reading
 
-    split_files = list(dict.fromkeys(f for p in plan.values() for f in p.values()))
-    ids, skipped = resolve_splits(devkit, {f: f for f in split_files}, skip_missing=skip_missing)
-    unique_ids = list(dict.fromkeys(i for f in split_files for i in ids[f]))
-    rows = _encode_all(str(devkit.root), unique_ids, object_id_bases(devkit), max(1, int(num_proc)))
+        split_files = list(dict.fromkeys(f for p in plan.values() for f in p.values()))
+        ids, skipped = resolve_splits(devkit, {f: f for f in split_files}, skip_missing=skip_missing)
+        unique_ids = list(dict.fromkeys(i for f in split_files for i in ids[f]))
+        rows = _encode_all(str(devkit.root), unique_ids, object_id_bases(devkit), max(1, int(num_proc)))
 
-    tmp = out.parent / f".{out.name}.building"
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
-        summary_configs: dict[str, list[SplitSummary]] = {}
-        default_tables: dict[str, pa.Table] = {}
-        schema = FEATURES.arrow_schema
-        for config, config_splits in plan.items():
-            summary_configs[config] = []
-            for split, split_file in config_splits.items():
-                table = pa.Table.from_pylist([rows[i] for i in ids[split_file]], schema=schema)
-                _write_split(table, tmp / "data" / config, split)
-                num_targets = sum(len(rows[i]["objects"]["bbox"]) for i in ids[split_file])
-                summary_configs[config].append(
-                    SplitSummary(split, split_file, table.num_rows, num_targets, table.nbytes,
-                                 f"data/{config}/{split}-*.parquet", skipped[split_file])
-                )
-                if config == default_config:
-                    default_tables[split] = table
-        summary = BuildSummary(
-            configs=summary_configs,
-            default_config=default_config,
-            num_images=len(unique_ids),
-            num_targets=sum(len(rows[i]["objects"]["bbox"]) for i in unique_ids),
-            synthetic=devkit.synthetic_info(),
-        )
-        (tmp / "README.md").write_text(render_card(summary))  # a loadable folder before the statistics
-        stats_md = _card_stats(default_tables, tmp) if stats else None
-        if stats_md:
-            (tmp / "README.md").write_text(render_card(summary, stats_md))
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        with replaced_dir(out, COMMAND, inputs=[devkit.root], overwrite=overwrite) as tmp:
+            summary_configs: dict[str, list[SplitSummary]] = {}
+            default_tables: dict[str, pa.Table] = {}
+            schema = FEATURES.arrow_schema
+            for config, config_splits in plan.items():
+                summary_configs[config] = []
+                for split, split_file in config_splits.items():
+                    table = pa.Table.from_pylist([rows[i] for i in ids[split_file]], schema=schema)
+                    _write_split(table, tmp / "data" / config, split)
+                    num_targets = sum(len(rows[i]["objects"]["bbox"]) for i in ids[split_file])
+                    summary_configs[config].append(
+                        SplitSummary(split, split_file, table.num_rows, num_targets, table.nbytes,
+                                     f"data/{config}/{split}-*.parquet", skipped[split_file])
+                    )
+                    if config == default_config:
+                        default_tables[split] = table
+            summary = BuildSummary(
+                configs=summary_configs,
+                default_config=default_config,
+                num_images=len(unique_ids),
+                num_targets=sum(len(rows[i]["objects"]["bbox"]) for i in unique_ids),
+                synthetic=devkit.synthetic_info(),
+            )
+            (tmp / "README.md").write_text(render_card(summary))  # a loadable folder before the statistics
+            stats_md = _card_stats(default_tables, tmp) if stats else None
+            if stats_md:
+                (tmp / "README.md").write_text(render_card(summary, stats_md))
 
     for config, config_splits in summary.configs.items():
         for s in config_splits:
@@ -207,18 +198,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--split", dest="splits", action="append", choices=["train", "validation", "test"],
                         help="build only this split (repeatable; default: all)")
     parser.add_argument("--no-stats", dest="stats", action="store_false", help="no statistics section in the card")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="also replace an earlier build to which files were added (never a folder bafenet did "
+                        "not write)")
 
 
 def run(args: argparse.Namespace) -> int:
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("bafenet").setLevel(logging.INFO)
-    try:
-        out = build_dataset(args.devkit, args.out, num_proc=args.num_proc, skip_missing=args.skip_missing,
-                            configs=args.configs, splits=args.splits, stats=args.stats)
-    except (DevkitError, FileExistsError, ValueError) as e:
-        print(f"bafenet data build: error: {e}", file=sys.stderr)
-        return 1
+    out = build_dataset(args.devkit, args.out, num_proc=args.num_proc, skip_missing=args.skip_missing,
+                        configs=args.configs, splits=args.splits, stats=args.stats, overwrite=args.overwrite)
     print(f"done: load it with datasets.load_dataset({str(out)!r}) "
           f"(or load_dataset({out.name!r}) from {out.resolve().parent})")
     return 0

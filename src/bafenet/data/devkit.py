@@ -95,23 +95,28 @@ def _open_png(path: Path, what: str) -> tuple[bytes, Image.Image]:
 
 
 def _binary_mask(path: Path, what: str, size: tuple[int, int]) -> tuple[bytes, np.ndarray | None, Image.Image]:
-    """Validate a mask PNG; return (PNG bytes in L {0,255}, bool array or None when unchanged, decoded image)."""
+    """Validate a mask PNG: mode L with values 0 and 255 only (the devkit's documented labels; a bilevel mode "1"
+    PNG is the same). Return (PNG bytes in L {0,255}, bool array or None when unchanged, decoded image)."""
     data, mask = _open_png(path, what)
     if mask.size != size:
         raise DevkitError(
             f"{path}: {what} is {mask.size[0]}x{mask.size[1]} but its image is {size[0]}x{size[1]} (width x height)"
         )
-    if mask.mode == "L":
-        hist = mask.histogram()
-        if sum(hist[1:255]) == 0:  # already L {0, 255}: embed the original bytes
-            return data, None, mask
-    if mask.mode in ("RGB", "RGBA", "LA"):
-        fg = np.asarray(mask.convert("L")) > 0
-    else:  # L, 1, P (palette index), I, I;16
-        fg = np.asarray(mask) != 0
-    buf = io.BytesIO()
-    Image.fromarray(fg.astype(np.uint8) * 255, mode="L").save(buf, format="PNG")
-    return buf.getvalue(), fg, mask
+    if mask.mode == "1":
+        fg = np.asarray(mask, dtype=bool)
+        buf = io.BytesIO()
+        Image.fromarray(fg.astype(np.uint8) * 255, mode="L").save(buf, format="PNG")
+        return buf.getvalue(), fg, mask
+    if mask.mode != "L":
+        raise DevkitError(f"{path}: {what} is a mode {mask.mode} PNG; expected mode L with values 0 and 255 "
+                          "(fix the file: 255 where the label holds, 0 elsewhere)")
+    hist = mask.histogram()
+    other = [value for value in range(1, 255) if hist[value]]
+    if other:
+        shown = ", ".join(map(str, other[:5])) + (" ..." if len(other) > 5 else "")
+        raise DevkitError(f"{path}: {what} has values other than 0 and 255 ({shown}: "
+                          f"{sum(hist[v] for v in other)} pixels); fix the file: 255 where the label holds, 0 elsewhere")
+    return data, None, mask
 
 
 def parse_bbox_xml(path: Path) -> tuple[int | None, int | None, np.ndarray]:
@@ -220,6 +225,9 @@ class SirstDevkit:
                 raise DevkitError(f"{path}: line {n} is blank")
             if image_id in seen:
                 raise DevkitError(f"{path}: line {n}: image id {image_id!r} is listed twice")
+            if "/" in image_id or "\\" in image_id or image_id in (".", "..") or Path(image_id).is_absolute():
+                raise DevkitError(f"{path}: line {n}: image id {image_id!r} is a path; ids name files inside the "
+                                  "devkit (PNGImages/<id>.png), e.g. Misc_1")
             seen.add(image_id)
             ids.append(image_id)
         return ids

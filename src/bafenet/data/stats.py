@@ -1208,13 +1208,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--num-workers", type=int, default=None, help="decoding threads (default: CPUs, at most 4)")
     parser.add_argument("--skip-missing", action="store_true", help="devkit only: skip ids whose PNG image is absent")
     parser.add_argument("--no-plots", dest="plots", action="store_false", help="only the JSON, CSVs and README.md")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="also replace an earlier stats folder to which files were added (never another folder)")
 
 
 def run(args: argparse.Namespace) -> int:
     import sys
 
     from bafenet.data.devkit import DevkitError
+    from bafenet.outputs import claim_dir, replaced_dir
 
+    local = Path(str(args.dataset)).expanduser()
+    inputs = [local] if local.exists() else []
+    claim_dir(args.out, "data stats", inputs=inputs, overwrite=args.overwrite)  # before measuring
     try:
         source = load_source(args.dataset, args.config, args.split, args.skip_missing)
         stats = compute_target_stats(
@@ -1233,7 +1239,9 @@ def run(args: argparse.Namespace) -> int:
         + ([f"--ring-width {args.ring_width}"] if args.ring_width != RING_WIDTH else [])
         + ["--out", str(args.out)]
     )
-    files = stats.write(args.out, command=command, plots=args.plots)
+    with replaced_dir(args.out, "data stats", inputs=inputs, overwrite=args.overwrite) as tmp:
+        files = stats.write(tmp, command=command, plots=args.plots)
+        files = {k: Path(args.out) / p.relative_to(tmp) for k, p in files.items()}
     summary = json.loads(files["summary"].read_text())
     print(f"{stats.num_images:,} images, {stats.num_targets:,} targets. The DenseSIRST README's claims:")
     for claim in summary["claims"]:

@@ -14,13 +14,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
+from ..outputs import replaced_dir
+
 __all__ = ["write_synthetic_devkit", "add_arguments", "run"]
+
+COMMAND = "data synth"
 
 SIZES = ((320, 256), (256, 256), (320, 240), (288, 224), (256, 320))  # (width, height)
 MASK_LEVEL = 0.3  # a pixel belongs to a target where its Gaussian is >= 30 % of the peak
@@ -157,21 +160,23 @@ def _split_files(image_ids: list[str], seed: int) -> dict[str, list[str]]:
     return splits
 
 
-def write_synthetic_devkit(out_dir: str | Path, num_images: int = 16, seed: int = 0) -> Path:
+def write_synthetic_devkit(out_dir: str | Path, num_images: int = 16, seed: int = 0, overwrite: bool = False) -> Path:
     """Write a synthetic SIRSTdevkit with ``num_images`` images to ``out_dir`` and return its root (``out_dir``).
 
-    About half the ids are ``Misc_<k>`` (the v1 splits use only those) and the rest ``synth-<kkkk>``. An existing
-    devkit at ``out_dir`` is replaced; any other non-empty folder is refused.
+    About half the ids are ``Misc_<k>`` (the v1 splits use only those) and the rest ``synth-<kkkk>``. ``out_dir``
+    must be new, empty or an earlier ``bafenet data synth`` output (replaced; ``overwrite``: even with files added
+    since); a real devkit or any other folder is refused (`bafenet.outputs`).
     """
     if num_images < 4:
         raise ValueError(f"num_images must be >= 4 to fill every split, got {num_images}")
-    root = Path(out_dir).expanduser()
-    if root.exists() and any(root.iterdir()):
-        if not (root / "Splits").is_dir():
-            raise FileExistsError(f"{root}: exists, is not empty and is not a SIRSTdevkit; refusing to overwrite it")
-        for sub in ("PNGImages", "SIRST", "SkySeg", "Splits"):
-            shutil.rmtree(root / sub, ignore_errors=True)
-        (root / SYNTHETIC_MARKER).unlink(missing_ok=True)
+    out = Path(out_dir).expanduser()
+    with replaced_dir(out, COMMAND, overwrite=overwrite) as root:
+        _write_devkit(root, num_images, seed)
+    return out
+
+
+def _write_devkit(root: Path, num_images: int, seed: int) -> None:
+    """Write the devkit files into the empty folder ``root``."""
     for sub in SUBDIRS:
         (root / sub).mkdir(parents=True, exist_ok=True)
 
@@ -220,17 +225,18 @@ def write_synthetic_devkit(out_dir: str | Path, num_images: int = 16, seed: int 
     # marks the devkit as synthetic, so that a dataset built from it says so in its card
     (root / SYNTHETIC_MARKER).write_text(json.dumps({"generator": "bafenet data synth", "num_images": num_images,
                                                      "seed": seed}) + "\n")
-    return root
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, type=Path, help="devkit folder to write (e.g. synthetic/SIRSTdevkit)")
     parser.add_argument("--num-images", type=int, default=16, help="number of images (>= 4; default 16)")
     parser.add_argument("--seed", type=int, default=0, help="random seed; output is byte-identical per seed")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="also replace an earlier synthetic devkit to which files were added (never a real one)")
 
 
 def run(args: argparse.Namespace) -> int:
-    root = write_synthetic_devkit(args.out, num_images=args.num_images, seed=args.seed)
+    root = write_synthetic_devkit(args.out, num_images=args.num_images, seed=args.seed, overwrite=args.overwrite)
     from .devkit import SirstDevkit
 
     devkit = SirstDevkit(root)

@@ -1,0 +1,73 @@
+"""Checks on what a user hands a command (a model folder, a path), so a bad one fails in one line naming the file.
+
+Loading a broken ``save_pretrained`` folder through transformers ends in a traceback that does not name the file
+("Repo id must be in the form ..." for a missing local path, a safetensors header error for a truncated file);
+`check_model_path` runs first and names the file and the fix.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from .outputs import UserError
+
+__all__ = ["looks_local", "check_model_path"]
+
+
+def looks_local(text: str) -> bool:
+    """Whether ``text`` names a local path rather than a Hub repo id (``owner/name``)."""
+    path = Path(text).expanduser()
+    return (path.exists() or text.startswith((".", "/", "~", "\\")) or text.count("/") > 1 or text.endswith("/")
+            or (text.count("/") == 1 and path.parent.is_dir()))
+
+
+def check_model_path(model: str | Path, option: str = "--model") -> None:
+    """Refuse a local model folder that is missing or whose ``config.json`` / ``*.safetensors`` cannot be read.
+
+    A Hub repo id (``owner/name`` that is not a local folder) is left to transformers.
+    """
+    text = str(model)
+    path = Path(text).expanduser()
+    if not looks_local(text):
+        return
+    if not path.exists():
+        raise UserError(f"{option} {text}: no such model folder (a Hub repo id looks like 'owner/name'); pass the "
+                        "folder written by `bafenet train` or save_pretrained")
+    if not path.is_dir():
+        raise UserError(f"{option} {text}: is a file; pass the model folder that holds config.json and "
+                        "model.safetensors")
+    config = path / "config.json"
+    if not config.is_file():
+        raise UserError(f"{config}: missing; {option} must be a folder written by save_pretrained")
+    try:
+        parsed = json.loads(config.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as error:
+        raise UserError(f"{config}: not valid JSON ({error}); restore the file from the model's source") from None
+    if not isinstance(parsed, dict):
+        raise UserError(f"{config}: not a model config (a JSON object); restore the file from the model's source")
+    weights = sorted(path.glob("*.safetensors"))
+    if not weights and not any(path.glob("*.bin")):
+        raise UserError(f"{path}: no model.safetensors; {option} must be a folder written by save_pretrained")
+    from safetensors import safe_open
+
+    for file in weights:
+        try:
+            with safe_open(str(file), framework="pt") as handle:
+                for key in handle.keys():  # reads every header entry; a truncated file fails here
+                    handle.get_slice(key)
+            size, expected = file.stat().st_size, _safetensors_size(file)
+        except Exception as error:  # safetensors raises its own SafetensorError (not an OSError)
+            raise UserError(f"{file}: corrupt safetensors file ({' '.join(str(error).split())}); restore it from the "
+                            "model's source") from None
+        if size < expected:
+            raise UserError(f"{file}: truncated ({size} of {expected} bytes); restore it from the model's source")
+
+
+def _safetensors_size(file: Path) -> int:
+    """The size a safetensors file must have: 8 + header length + the end of the last tensor's data."""
+    with open(file, "rb") as handle:
+        header_len = int.from_bytes(handle.read(8), "little")
+        header = json.loads(handle.read(header_len))
+    ends = [v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"]
+    return 8 + header_len + max(ends, default=0)
