@@ -139,3 +139,82 @@ def test_half_precision_checkpoint_is_scored_in_float32(tiny_model_dir, syntheti
     scores = [torch.tensor(d["scores"][:5]) for d in float_dets], [torch.tensor(d["scores"][:5]) for d in half_dets]
     for a, b in zip(*scores):
         torch.testing.assert_close(a, b, rtol=0, atol=2e-3)
+
+
+def _evaluate(argv_tail: list[str], synthetic_dataset_dir, out) -> dict:
+    from bafenet.cli import main
+
+    argv = ["evaluate", *argv_tail, "--dataset", str(synthetic_dataset_dir), "--split", "test", "--out", str(out),
+            "--score-threshold", "0.0"]
+    assert main(argv) == 0
+    return json.loads(out.read_text())
+
+
+def test_predictions_file_scores_exactly_like_the_model_it_was_dumped_from(tiny_model_dir, synthetic_dataset_dir,
+                                                                            tmp_path):
+    model = _evaluate(["--model", str(tiny_model_dir), "--device", "cpu", "--detection-threshold", "0.001"],
+                      synthetic_dataset_dir, tmp_path / "model.json")
+    dumped = tmp_path / "detections.json"  # what another detector would write: image_id, boxes, scores
+    dumped.write_text(json.dumps([{k: d[k] for k in ("image_id", "boxes", "scores")} for d in model["detections"]]))
+    peer = _evaluate(["--predictions", str(dumped)], synthetic_dataset_dir, tmp_path / "peer.json")
+    assert model["num_detections"] > 0
+    for key, value in model.items():
+        if key not in ("meta", "conventions", "detections") and not key.startswith("sky_"):
+            assert peer[key] == value, key
+    strip = [{k: d[k] for k in ("image_id", "boxes", "scores")} for d in model["detections"]]
+    assert peer["detections"] == strip
+    assert not [k for k in peer if k.startswith("sky_")]  # the sky metric needs the model
+    assert peer["meta"]["predictions"] == str(dumped) and peer["meta"]["model"] is None
+    assert str(dumped) in peer["conventions"]["detections"]
+    # a results JSON is accepted as is (its "detections"), and --detection-threshold filters like the model's
+    again = _evaluate(["--predictions", str(tmp_path / "model.json"), "--detection-threshold", "0.5"],
+                      synthetic_dataset_dir, tmp_path / "again.json")
+    kept = sum(s >= 0.5 for d in model["detections"] for s in d["scores"])
+    assert again["num_detections"] == kept
+
+
+def test_perfect_predictions_file_scores_one(synthetic_dataset_dir, ground_truths, tmp_path):
+    perfect = tmp_path / "perfect.json"
+    perfect.write_text(json.dumps([{"image_id": g["image_id"], "boxes": g["boxes"].tolist(),
+                                    "scores": [0.9] * len(g["boxes"])} for g in ground_truths]))
+    results = _evaluate(["--predictions", str(perfect)], synthetic_dataset_dir, tmp_path / "perfect_results.json")
+    assert results["mAP07"] == pytest.approx(1.0) and results["mAP12"] == pytest.approx(1.0)
+    assert results["recall"] == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize(("content", "message"), [
+    ("{not json", "not valid JSON"),
+    ('{"a": 1}', "expected a JSON list"),
+    ('[{"image_id": "x"}]', 'keys "image_id", "boxes" and "scores"'),
+    ("[{{\"image_id\": \"{first}\", \"boxes\": [[1, 2, 3]], \"scores\": [1]}}]", "shape (N, 4)"),
+    ("[{{\"image_id\": \"{first}\", \"boxes\": [[1, 2, 3, 4], [1, 2]], \"scores\": [1, 1]}}]", "entry 0"),
+    ("[{{\"image_id\": \"{first}\", \"boxes\": [[5, 2, 3, 4]], \"scores\": [1]}}]", "x2 < x1"),
+    ("[{{\"image_id\": \"{first}\", \"boxes\": [[1, 2, 3, 4]], \"scores\": [1, 2]}}]", "2 scores for 1 boxes"),
+    ("[{{\"image_id\": \"{first}\", \"boxes\": [[1, 2, 3, 4]], \"scores\": [NaN]}}]", "finite"),
+    ("[{{\"image_id\": \"{first}\", \"boxes\": [], \"scores\": []}}, {{\"image_id\": \"{first}\", \"boxes\": [], "
+     "\"scores\": []}}]", "more than once"),
+    ("[{{\"image_id\": \"{first}\", \"boxes\": [], \"scores\": []}}]", "image ids do not match the split"),
+    (None, "cannot read it"),
+])
+def test_malformed_predictions_file_is_one_line_naming_the_file(content, message, synthetic_dataset_dir, test_split,
+                                                                 tmp_path):
+    from bafenet.cli import main
+
+    path = tmp_path / "predictions.json"
+    if content is not None:
+        path.write_text(content.format(first=test_split[0]["image_id"]) if "{first}" in content else content)
+    argv = ["evaluate", "--predictions", str(path), "--dataset", str(synthetic_dataset_dir), "--split", "test",
+            "--out", str(tmp_path / "r.json")]
+    with pytest.raises(SystemExit) as error:
+        main(argv)
+    text = str(error.value.code)
+    assert "\n" not in text and f"--predictions {path}" in text and message in text, text
+    assert not (tmp_path / "r.json").exists()
+
+
+def test_model_and_predictions_are_exclusive(tmp_path, capsys):
+    from bafenet.cli import main
+
+    with pytest.raises(SystemExit) as error:
+        main(["evaluate", "--model", "m", "--predictions", "p.json", "--dataset", "d"])
+    assert error.value.code == 2 and "not allowed with argument" in capsys.readouterr().err

@@ -170,3 +170,54 @@ def test_sample_from_dataset_row(synthetic_dataset_dir):
     assert len(sample.boxes) == len(row["objects"]["bbox"]) == len(sample.points)
     for x1, y1, x2, y2 in sample.boxes.astype(int):
         assert sample.target_mask[y1:y2, x1:x2].any()
+
+
+def _mean_sizes_real_and_pasted(rows, size: int = 512, passes: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """Mean (w, h) of the dataset's boxes resized to ``size``² and of BAG-CP's pastes of them on an all-sky canvas.
+
+    Boxes whose resized side could reach ``large_object_size`` are left out: those are shrunk to 7x7 by design.
+    """
+    copy_paste = BagCopyPaste()
+    limit = copy_paste.large_object_size - 2  # truncation adds at most 1 px to a side
+    sources = []
+    for row in rows:
+        sample = resize(sample_from_row(row), size, size)
+        sides = sample.boxes[:, 2:] - sample.boxes[:, :2]
+        sources.append(DetectionSample(sample.image, sample.boxes[(sides < limit).all(axis=1)], np.zeros((0, 2)),
+                                       sample.target_mask, sample.sky_mask))
+    canvas = DetectionSample(np.zeros((size, size), np.uint8), np.zeros((0, 4)), np.zeros((0, 2)),
+                             np.zeros((size, size), bool), np.ones((size, size), bool))
+    real = np.concatenate([s.boxes for s in sources])
+    rng = np.random.default_rng(0)
+    pasted = np.concatenate([copy_paste(canvas, s, rng).boxes for _ in range(passes) for s in sources])
+    assert len(pasted) > 300, "too few pastes for a 0.2 px comparison"
+    return (real[:, 2:] - real[:, :2]).mean(axis=0), (pasted[:, 2:] - pasted[:, :2]).mean(axis=0)
+
+
+def test_bag_cp_crop_truncates_both_ends_like_the_original():
+    crop = BagCopyPaste.crop_extent
+    assert crop(np.array([10.7, 3.2, 14.1, 7.9]), 64, 64) == (10, 3, 14, 7)  # int() on both ends, as the original
+    assert crop(np.array([10.2, 3.0, 10.6, 3.5]), 64, 64) == (10, 3, 11, 4)  # at least one pixel
+    assert crop(np.array([62.5, 62.5, 64.0, 64.0]), 64, 64) == (62, 62, 64, 64)  # inside the image
+
+
+def test_bag_cp_pastes_targets_of_the_real_size_on_the_synthetic_devkit(synthetic_dataset_dir):
+    import datasets
+
+    rows = datasets.load_dataset(str(synthetic_dataset_dir), "default", split="train")
+    real, pasted = _mean_sizes_real_and_pasted(rows, passes=40)
+    np.testing.assert_allclose(pasted, real, atol=0.2)
+
+
+@pytest.mark.real_data
+def test_bag_cp_pastes_targets_of_the_real_size_on_the_real_devkit(real_devkit, tmp_path):
+    """Measured at 512²: real 3.52 x 4.43 px; pasted 4.41 x 4.86 before the fix (floor..ceil), 3.50 x 4.40 after."""
+    import datasets
+
+    from bafenet.data.build import build_dataset
+
+    built = build_dataset(real_devkit, tmp_path / "densesirst", skip_missing=True, configs=["default"],
+                          splits=["train"], stats=False)
+    rows = datasets.load_dataset(str(built), "default", split="train")
+    real, pasted = _mean_sizes_real_and_pasted(rows)
+    np.testing.assert_allclose(pasted, real, atol=0.2)

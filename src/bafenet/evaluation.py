@@ -13,7 +13,13 @@ The model runs once over the split; its detections (rescaled to original pixels)
 * sky IoU from ``post_process_sky_segmentation`` against ``sky_mask``.
 
 Everything (numbers, conventions, raw detections) goes into one JSON; a precision-recall curve PNG lands beside it.
-Reusable pieces: :func:`predict_split`, :func:`evaluate_predictions`, :func:`evaluate_model`.
+
+Any other detector is scored through exactly the same code: ``--predictions FILE`` instead of ``--model`` reads its
+detections (JSON: a list of ``{"image_id", "boxes" xyxy in original pixels, "scores"}``, one entry per image of the
+split, or the ``detections`` of an earlier results JSON); only the sky metric, which needs the model, is left out.
+
+Reusable pieces: :func:`predict_split`, :func:`load_predictions`, :func:`evaluate_predictions`,
+:func:`score_detections`, :func:`evaluate_model`.
 """
 
 from __future__ import annotations
@@ -30,13 +36,15 @@ from typing import Any
 import numpy as np
 
 from .data.transforms import to_grey
+from .metrics._checks import check_boxes, check_scores
 from .metrics.box import VOC_CONVENTIONS, coco_detection_metrics, match_detections, precision_recall_curve, voc_detection_metrics
 from .metrics.breakdown import localisation_quality, metrics_by_size
 from .metrics.pixel import PixelMetrics, SkyIoU
 from .metrics.points import point_metrics
 from .metrics.render import box_centers, boxes_to_mask
 
-__all__ = ["add_arguments", "evaluate_model", "evaluate_predictions", "predict_split", "run", "write_pr_curve"]
+__all__ = ["add_arguments", "evaluate_model", "evaluate_predictions", "load_predictions", "predict_split", "run",
+           "score_detections", "write_pr_curve"]
 
 
 def _binary_mask(image: Any, column: str, image_id: str, shape: tuple[int, int]) -> np.ndarray:
@@ -158,6 +166,55 @@ def _predict(model: Any, processor: Any, dataset: Any, batch_size: int, device: 
     return detections
 
 
+def load_predictions(path: Path, image_ids: Sequence[str]) -> list[dict[str, Any]]:
+    """Read and check a predictions JSON written by any detector; one entry per id of ``image_ids``, in that order.
+
+    The file holds a list of ``{"image_id": str, "boxes": [[x1, y1, x2, y2], ...], "scores": [...]}`` (boxes xyxy in
+    original pixels, the dataset's convention), or an object whose ``"detections"`` is such a list (a results JSON
+    of ``bafenet evaluate``). Each entry's detections come back sorted by decreasing score (stable). Anything
+    malformed is a ``ValueError`` naming the entry and the fix.
+    """
+    try:
+        data = json.loads(Path(path).read_text())
+    except OSError as error:
+        raise ValueError(f"cannot read it ({error.strerror or error})") from error
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ValueError(f"not valid JSON ({error})") from error
+    if isinstance(data, dict) and isinstance(data.get("detections"), list):
+        data = data["detections"]
+    if not isinstance(data, list):
+        raise ValueError('expected a JSON list of {"image_id", "boxes", "scores"} objects, one per image '
+                         f"(or a results JSON with a 'detections' list), got a JSON {type(data).__name__}")
+    by_id: dict[str, dict[str, Any]] = {}
+    for index, entry in enumerate(data):
+        where = f"entry {index}"
+        if not isinstance(entry, dict) or not {"image_id", "boxes", "scores"} <= set(entry):
+            raise ValueError(f'{where} must be an object with keys "image_id", "boxes" and "scores"')
+        image_id = str(entry["image_id"])
+        where = f"entry {index} (image_id {image_id!r})"
+        if image_id in by_id:
+            raise ValueError(f"{where}: image_id appears more than once; give one entry per image")
+        arrays = {}
+        for key in ("boxes", "scores"):
+            try:
+                arrays[key] = np.asarray(entry[key], dtype=np.float64)
+            except (TypeError, ValueError):  # ragged lists, strings, objects
+                raise ValueError(f"{where}: {key} is not a list of numbers; expected boxes as [[x1, y1, x2, y2], "
+                                 "...] and scores as [s1, ...], one per box") from None
+        boxes = check_boxes(arrays["boxes"], where)
+        scores = check_scores(arrays["scores"], len(boxes), where)
+        order = np.argsort(-scores, kind="stable")
+        by_id[image_id] = {"image_id": image_id, "boxes": boxes[order], "scores": scores[order]}
+    missing = [i for i in image_ids if i not in by_id]
+    extra = sorted(set(by_id) - set(image_ids))
+    if missing or extra:
+        parts = [f"{len(missing)} image(s) of the split have no entry (e.g. {missing[:3]})"] if missing else []
+        parts += [f"{len(extra)} entry image id(s) are not in the split (e.g. {extra[:3]})"] if extra else []
+        raise ValueError("image ids do not match the split: " + "; ".join(parts)
+                         + "; give one entry per image of the split (empty lists for images without detections)")
+    return [by_id[i] for i in image_ids]
+
+
 def evaluate_predictions(
     detections: Sequence[Mapping[str, Any]],
     dataset: Any,
@@ -204,15 +261,23 @@ def evaluate_predictions(
 
 
 def conventions(score_threshold: float, iou_threshold: float, legacy_plus_one: bool, point_radius: float,
-                pd_distance: float, pd_matching: str, detection_threshold: float | None) -> dict[str, str]:
-    """The exact conventions behind each number, written into the results JSON."""
+                pd_distance: float, pd_matching: str, detection_threshold: float | None,
+                predictions: str | None = None) -> dict[str, str]:
+    """The exact conventions behind each number, written into the results JSON (``predictions``: the file the
+    detections were read from, when they do not come from a model)."""
     plus_one = ("legacy +1: widths/heights x2 - x1 + 1 in areas and IoU (mmdet use_legacy_coordinate=True, as in "
                 "the BAFE-Net paper)" if legacy_plus_one else "exact: widths/heights x2 - x1 (no +1)")
+    box_convention = ("boxes xyxy, DenseSIRST XML convention (0-based, x_max/y_max exclusive), the same convention "
+                      "as the ground truth (no -1 shift on either side)")
+    if predictions is not None:
+        kept = f"score >= {detection_threshold}" if detection_threshold is not None else "all of them"
+        source = f"read from {predictions} (original pixels), {kept}, no further post-processing; {box_convention}"
+    else:
+        source = ("model post-processing, rescaled to original pixels: score >= "
+                  f"{detection_threshold if detection_threshold is not None else 'model config score_threshold'}, "
+                  f"NMS, at most max_detections per image; {box_convention}")
     return {
-        "detections": "model post-processing, rescaled to original pixels: score >= "
-        f"{detection_threshold if detection_threshold is not None else 'model config score_threshold'}, NMS, "
-        "at most max_detections per image; boxes xyxy, DenseSIRST XML convention (0-based, x_max/y_max exclusive), "
-        "the same convention as the ground truth (no -1 shift on either side)",
+        "detections": source,
         "voc": f"IoU >= {iou_threshold}; {plus_one}; " + VOC_CONVENTIONS["matching"],
         "mAP07": VOC_CONVENTIONS["mAP07"],
         "mAP12": VOC_CONVENTIONS["mAP12"],
@@ -319,6 +384,26 @@ def evaluate_model(
     """Predict and score a split in one call; returns ``{**metrics, "conventions", "detections"}``."""
     sky = SkyIoU() if "sky_mask" in dataset.column_names and hasattr(processor, "post_process_sky_segmentation") else None
     detections = predict_split(model, processor, dataset, batch_size, device, detection_threshold, sky, progress)
+    return score_detections(detections, dataset, score_threshold, iou_threshold, legacy_plus_one, point_radius,
+                            pd_distance, pd_matching, detection_threshold, progress, sky=sky)
+
+
+def score_detections(
+    detections: Sequence[Mapping[str, Any]],
+    dataset: Any,
+    score_threshold: float = 0.5,
+    iou_threshold: float = 0.5,
+    legacy_plus_one: bool = True,
+    point_radius: float = 3.0,
+    pd_distance: float = 3.0,
+    pd_matching: str = "greedy",
+    detection_threshold: float | None = None,
+    progress: bool = True,
+    sky: SkyIoU | None = None,
+    predictions: str | None = None,
+) -> dict[str, Any]:
+    """Score detections of a model or of a predictions file alike; returns ``{**metrics, "conventions",
+    "detections"}`` (``sky``: a filled :class:`SkyIoU` to report; ``predictions``: the file they came from)."""
     metrics = evaluate_predictions(detections, dataset, score_threshold, iou_threshold, legacy_plus_one,
                                    point_radius, pd_distance, pd_matching, progress)
     if sky is not None:
@@ -326,7 +411,7 @@ def evaluate_model(
     return {
         **{k: _clean(v) for k, v in metrics.items()},
         "conventions": conventions(score_threshold, iou_threshold, legacy_plus_one, point_radius, pd_distance,
-                                   pd_matching, detection_threshold),
+                                   pd_matching, detection_threshold, predictions),
         "detections": _json_detections(detections),
     }
 
@@ -366,7 +451,7 @@ def format_summary(results: Mapping[str, Any]) -> str:
     if "sky_IoU" in results:
         rows.append(("Sky segmentation", f"IoU {f('sky_IoU')}  mIoU {f('sky_mIoU')}"))
     lines = [
-        f"{meta.get('model', 'model')} on {meta.get('dataset', 'dataset')} [{meta.get('config', '?')}/"
+        f"{meta.get('model') or meta.get('predictions') or 'model'} on {meta.get('dataset', 'dataset')} [{meta.get('config', '?')}/"
         f"{meta.get('split', '?')}]: {results['num_images']} images, {results['num_targets']} targets, "
         f"{results['num_detections']} detections"
     ]
@@ -376,7 +461,11 @@ def format_summary(results: Mapping[str, Any]) -> str:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", required=True, help="model folder or Hub repo id (save_pretrained with remote code)")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--model", help="model folder or Hub repo id (save_pretrained with remote code)")
+    source.add_argument("--predictions", type=Path, default=None,
+                        help="score another detector's detections instead of a model: JSON list of {image_id, boxes "
+                        "(xyxy, original pixels), scores}, one entry per image of the split")
     parser.add_argument("--dataset", required=True, help="dataset folder (bafenet data build) or Hub repo id")
     parser.add_argument("--config", default="default", help="dataset config: default (v2 splits) or v1")
     parser.add_argument("--split", default="test", help="split to score, e.g. test, validation, train+validation")
@@ -387,7 +476,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--score-threshold", type=float, default=0.5,
                         help="operating point for precision/recall/F1, masks (IoU/nIoU/Pd/Fa) and points")
     parser.add_argument("--detection-threshold", type=float, default=None,
-                        help="post-processing score threshold (default: the model config's score_threshold, 0.05)")
+                        help="post-processing score threshold (default: the model config's score_threshold, 0.05; "
+                        "with --predictions: keep every detection)")
     parser.add_argument("--iou-threshold", type=float, default=0.5, help="VOC IoU threshold")
     parser.add_argument("--no-legacy-plus-one", dest="legacy_plus_one", action="store_false",
                         help="exact IoU instead of mmdet's legacy +1 widths (the paper's numbers use +1)")
@@ -407,32 +497,31 @@ def _earlier_results(path: Path) -> bool:
         return False
 
 
-def run(args: argparse.Namespace) -> int:
-    import datasets
+def _predictions_results(args: argparse.Namespace, dataset: Any) -> dict[str, Any]:
+    """``--predictions FILE``: check the file against the split and score it; a malformed file exits with one line."""
+    try:
+        detections = load_predictions(args.predictions, [str(i) for i in dataset["image_id"]])
+    except ValueError as error:
+        raise SystemExit(f"bafenet evaluate: error: --predictions {args.predictions}: {error}") from None
+    if args.detection_threshold is not None:
+        detections = [{**d, "boxes": d["boxes"][d["scores"] >= args.detection_threshold],
+                       "scores": d["scores"][d["scores"] >= args.detection_threshold]} for d in detections]
+    return score_detections(
+        detections, dataset, score_threshold=args.score_threshold, iou_threshold=args.iou_threshold,
+        legacy_plus_one=args.legacy_plus_one, point_radius=args.point_radius, pd_matching=args.pd_matching,
+        detection_threshold=args.detection_threshold, predictions=str(args.predictions),
+    )
+
+
+def _model_results(args: argparse.Namespace, dataset: Any) -> tuple[dict[str, Any], str]:
+    """``--model``: run the model over the split and score it; returns the results and the device used."""
     import torch
-    import transformers
     from transformers import AutoImageProcessor, AutoModelForObjectDetection
 
-    from . import __version__
-
-    from .inputs import check_model_path
-    from .outputs import UserError, check_output_file, written_file
-
-    out: Path = args.out
-    if out.suffix != ".json":
-        raise UserError(f"--out {out}: expected a .json file name, e.g. {out.with_suffix('.json')}")
-    pr_path = out.with_name(out.stem + "_pr_curve.png")
-    inputs = [p for p in (Path(str(args.model)), Path(str(args.dataset))) if p.exists()]
-    earlier = out.is_file() and _earlier_results(out)
-    check_output_file(out, inputs=inputs, overwrite=args.overwrite, ours=_earlier_results)
-    check_output_file(pr_path, inputs=inputs, overwrite=args.overwrite or earlier, option="--out (PR curve)")
-    check_model_path(args.model)
-    started = time.time()
     # float32 whatever the checkpoint's dtype (a Hub model may be stored in fp16/bf16): the scores are not rounded
     model = AutoModelForObjectDetection.from_pretrained(str(args.model), trust_remote_code=True, revision=args.revision,
                                                         dtype=torch.float32)
     processor = AutoImageProcessor.from_pretrained(str(args.model), trust_remote_code=True, revision=args.revision)
-    dataset = datasets.load_dataset(str(args.dataset), args.config, split=args.split)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     results = evaluate_model(
         model, processor, dataset, batch_size=args.batch_size, device=device,
@@ -440,20 +529,49 @@ def run(args: argparse.Namespace) -> int:
         legacy_plus_one=args.legacy_plus_one, point_radius=args.point_radius, pd_matching=args.pd_matching,
         detection_threshold=args.detection_threshold,
     )
+    return results, device
+
+
+def run(args: argparse.Namespace) -> int:
+    import datasets
+    import transformers
+
+    from . import __version__
+    from .inputs import check_model_path
+    from .outputs import UserError, check_output_file, written_file
+
+    out: Path = args.out
+    if out.suffix != ".json":
+        raise UserError(f"--out {out}: expected a .json file name, e.g. {out.with_suffix('.json')}")
+    pr_path = out.with_name(out.stem + "_pr_curve.png")
+    source_path = args.model if args.predictions is None else args.predictions
+    inputs = [p for p in (Path(str(source_path)), Path(str(args.dataset))) if p.exists()]
+    earlier = out.is_file() and _earlier_results(out)
+    check_output_file(out, inputs=inputs, overwrite=args.overwrite, ours=_earlier_results)
+    check_output_file(pr_path, inputs=inputs, overwrite=args.overwrite or earlier, option="--out (PR curve)")
+    if args.predictions is None:
+        check_model_path(args.model)
+    started = time.time()
+    dataset = datasets.load_dataset(str(args.dataset), args.config, split=args.split)
+    if args.predictions is not None:
+        results, device = _predictions_results(args, dataset), None
+        source = {"model": None, "predictions": str(args.predictions)}
+    else:
+        results, device = _model_results(args, dataset)
+        source = {"model": str(args.model), "revision": args.revision, "batch_size": args.batch_size}
     detections = results.pop("detections")
     conv = results.pop("conventions")
     results["meta"] = {
-        "model": str(args.model), "dataset": str(args.dataset), "config": args.config, "split": args.split,
-        "revision": args.revision, "batch_size": args.batch_size, "device": device, "seconds": round(time.time() - started, 1),
-        "bafenet": __version__, "transformers": transformers.__version__, "datasets": datasets.__version__,
-        "python": platform.python_version(),
+        **source, "dataset": str(args.dataset), "config": args.config, "split": args.split, "device": device,
+        "seconds": round(time.time() - started, 1), "bafenet": __version__, "transformers": transformers.__version__,
+        "datasets": datasets.__version__, "python": platform.python_version(),
     }
     results["conventions"] = conv
     results["detections"] = detections
     ground_truths = [_ground_truth(row) for row in dataset.select_columns(["image_id", "objects", "points"])]
     with written_file(pr_path) as tmp:
         write_pr_curve(detections, ground_truths, tmp, results, args.iou_threshold, args.legacy_plus_one,
-                       title=f"{Path(str(args.model)).name} on {args.config}/{args.split}")
+                       title=f"{Path(str(source_path)).name} on {args.config}/{args.split}")
     results["meta"]["pr_curve"] = pr_path.name
     with written_file(out) as tmp:
         tmp.write_text(results_to_json(results))

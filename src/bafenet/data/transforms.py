@@ -238,9 +238,10 @@ class BagCopyPaste:
     A random number (uniform in 0..``min(n_src, max_objects)``) of the source's boxes is pasted onto the sky of the
     destination, in clusters of ``cluster_size`` objects that share a ``window`` x ``window`` all-sky, target-free
     window (shrunk by ``window_shrink`` px up to ``max_window_shrinks`` times; if no window is found the cluster's
-    objects are placed one by one anywhere on the sky). Each paste keeps its source box size (boxes with a side
-    ``>= large_object_size`` are shrunk to ``shrunk_size`` squared) and adds ``gain * G * patch`` to the destination,
-    where ``G`` is a random rotated anisotropic Gaussian normalised to [0, 1] and ``patch`` the source pixels.
+    objects are placed one by one anywhere on the sky). Each paste keeps its source box size (cropped with both ends
+    truncated, :meth:`crop_extent`; boxes with a side ``>= large_object_size`` are shrunk to ``shrunk_size``
+    squared) and adds ``gain * G * patch`` to the destination, where ``G`` is a random rotated anisotropic Gaussian
+    normalised to [0, 1] and ``patch`` the source pixels.
 
     Guarantees (tested): a pasted box lies entirely on sky and keeps ``margin`` px away from every existing target,
     earlier pastes included; pixels change only inside the pasted boxes; each pasted box gets a point (its brightest
@@ -331,6 +332,18 @@ class BagCopyPaste:
                 return row, col
         return None
 
+    @staticmethod
+    def crop_extent(box: np.ndarray, height: int, width: int) -> tuple[int, int, int, int]:
+        """Integer pixel extent ``(x1, y1, x2, y2)`` of a source box (float ``xyxy`` at the resized scale).
+
+        Both ends are truncated, as the original's ``int()``: ``int(x2) - int(x1)`` equals the float width on
+        average, so pasted targets keep the size of the real ones (rounding the ends outwards, ``floor(x1)`` ..
+        ``ceil(x2)``, made them about 1 px larger). Every extent keeps at least one pixel and stays in the image.
+        """
+        x1, y1 = min(max(int(box[0]), 0), width - 1), min(max(int(box[1]), 0), height - 1)
+        x2, y2 = min(max(int(box[2]), x1 + 1), width), min(max(int(box[3]), y1 + 1), height)
+        return x1, y1, x2, y2
+
     # -- intensity ------------------------------------------------------------------------------------------------
     def gaussian(self, rng: np.random.Generator, height: int, width: int) -> np.ndarray:
         """A rotated anisotropic Gaussian on an ``height`` x ``width`` grid spanning [-1, 1]^2, min-max to [0, 1]."""
@@ -363,9 +376,7 @@ class BagCopyPaste:
         new_boxes, new_points = [], []
         window = None
         for k, index in enumerate(chosen):
-            x1, y1, x2, y2 = src.boxes[index]
-            x1, y1 = int(np.clip(np.floor(x1), 0, src.width - 1)), int(np.clip(np.floor(y1), 0, src.height - 1))
-            x2, y2 = int(np.clip(np.ceil(x2), x1 + 1, src.width)), int(np.clip(np.ceil(y2), y1 + 1, src.height))
+            x1, y1, x2, y2 = self.crop_extent(src.boxes[index], src.height, src.width)
             patch = src.image[y1:y2, x1:x2]
             if patch.shape[0] >= self.large_object_size or patch.shape[1] >= self.large_object_size:
                 patch = resize_bilinear(patch, self.shrunk_size, self.shrunk_size)
