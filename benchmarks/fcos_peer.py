@@ -130,7 +130,7 @@ def training_batches(rows: Any, image_size: int, batch_size: int, seed: int) -> 
 @torch.inference_mode()
 def predict(model: nn.Module, rows: Any, image_size: int, batch_size: int = 4) -> list[dict[str, Any]]:
     """Detections of every row in original pixels: ``{"image_id", "boxes" xyxy, "scores"}`` sorted by score."""
-    from bafenet.data.transforms import _to_grey, resize_bilinear
+    from bafenet.data.transforms import resize_bilinear, to_grey
 
     was_training = model.training
     model.eval()
@@ -138,7 +138,7 @@ def predict(model: nn.Module, rows: Any, image_size: int, batch_size: int = 4) -
     columns = rows.select_columns(["image_id", "image"])
     for start in range(0, len(rows), batch_size):
         batch = columns[start : start + batch_size]
-        greys = [_to_grey(image) for image in batch["image"]]
+        greys = [to_grey(image) for image in batch["image"]]
         results = model([_to_tensor(resize_bilinear(g, image_size, image_size)) for g in greys])
         for image_id, grey, result in zip(batch["image_id"], greys, results):
             height, width = grey.shape
