@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -46,12 +47,16 @@ def hub_api(hub, monkeypatch):
 
 
 def _linked_copy(src: Path, dst: Path, drop: tuple[str, ...] = ()) -> Path:
-    """A copy of a folder made of symlinks (cheap for the weights), without the files in ``drop``."""
+    """A copy of a folder made of hard links (cheap for the weights; symlinks leaving a folder are refused), without
+    the files in ``drop``. Tests replace a linked file with ``unlink`` + write, never write through it."""
     for path in src.rglob("*"):
         rel = path.relative_to(src).as_posix()
         if path.is_file() and rel not in drop:
             (dst / rel).parent.mkdir(parents=True, exist_ok=True)
-            (dst / rel).symlink_to(path)
+            try:
+                os.link(path, dst / rel)
+            except OSError:
+                shutil.copy2(path, dst / rel)
     return dst
 
 
@@ -266,6 +271,70 @@ def test_folder_holding_the_token_is_refused(hub_api, tiny_model_dir, tmp_path):
     assert FAKE_TOKEN not in str(info.value) and len(hub_api.state.requests) == before
 
 
+def test_push_without_flag_keeps_remote_files_and_dry_run_lists_deletions(hub_api, tiny_model_dir, tmp_path):
+    repo = "tester/bafenet-keep"
+    folder = _linked_copy(tiny_model_dir, tmp_path / "model")
+    (folder / "notes.txt").write_text("first run\n")
+    _push(hub_api, model_dir=folder, model_repo=repo)
+    (folder / "notes.txt").unlink()
+    (folder / "extra.txt").write_text("second run\n")
+    _push(hub_api, model_dir=folder, model_repo=repo)  # like upload_folder: adds and updates, deletes nothing
+    files = hub_api.files(repo)
+    assert "notes.txt" in files and "extra.txt" in files
+
+    before = len([r for r in hub_api.state.requests if r.method in ("POST", "PUT")])
+    _, out = _push(hub_api, model_dir=folder, model_repo=repo, dry_run=True)
+    assert "remote files not in this list are kept" in out and "notes.txt" not in out
+    _, out = _push(hub_api, model_dir=folder, model_repo=repo, dry_run=True, delete_remote_extras=True)
+    assert "(--delete-remote-extras): notes.txt" in out and "notes.txt" in hub_api.files(repo)
+    assert len([r for r in hub_api.state.requests if r.method in ("POST", "PUT")]) == before  # read-only
+    _push(hub_api, model_dir=folder, model_repo=repo, delete_remote_extras=True)
+    assert "notes.txt" not in hub_api.files(repo) and "extra.txt" in hub_api.files(repo)
+
+
+def test_token_found_in_large_binary_file_across_chunk_boundary(hub_api, tiny_model_dir, tmp_path):
+    from bafenet.hub import SCAN_CHUNK_BYTES, HubFolderError, file_contains
+
+    folder = _linked_copy(tiny_model_dir, tmp_path / "model")
+    blob = bytearray(os.urandom(3 * SCAN_CHUNK_BYTES))
+    at = 2 * SCAN_CHUNK_BYTES - len(FAKE_TOKEN) // 2  # straddles the second chunk boundary
+    blob[at : at + len(FAKE_TOKEN)] = FAKE_TOKEN.encode()
+    (folder / "extra_weights.bin").write_bytes(bytes(blob))
+    assert file_contains(folder / "extra_weights.bin", FAKE_TOKEN.encode())
+    assert not file_contains(folder / "config.json", FAKE_TOKEN.encode())
+    before = len(hub_api.state.requests)
+    with pytest.raises(HubFolderError, match="extra_weights.bin: contains your Hugging Face token"):
+        _push(hub_api, model_dir=folder, model_repo="tester/leaky-binary")
+    assert len(hub_api.state.requests) == before
+
+
+def test_symlink_leaving_the_folder_is_refused_in_one_line(tiny_model_dir, tmp_path, capsys, monkeypatch):
+    from bafenet.hub import main
+
+    monkeypatch.setenv("HF_TOKEN", FAKE_TOKEN)
+    folder = _linked_copy(tiny_model_dir, tmp_path / "model")
+    secret = tmp_path / "secret.txt"
+    secret.write_text("private\n")
+    (folder / "inside.txt").write_text("fine\n")
+    (folder / "alias.txt").symlink_to(folder / "inside.txt")  # stays inside: uploaded
+    assert main(["--model-dir", str(folder), "--model-repo", "tester/x", "--dry-run"]) == 0
+    assert "alias.txt" in capsys.readouterr().out
+    (folder / "leak.txt").symlink_to(secret)
+    assert main(["--model-dir", str(folder), "--model-repo", "tester/x", "--dry-run"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "leak.txt: symbolic link" in err and "outside the folder" in err
+
+
+def test_model_card_licence_defaults_to_other_pointing_to_the_data(tiny_model_dir):
+    from bafenet.model_card import DATA_URL, build_model_card
+
+    meta = parse_front_matter(card := build_model_card(tiny_model_dir, "tester/m"))
+    assert meta["license"] == "other" and meta["license_link"] == DATA_URL and meta["license_name"]
+    assert "no licence file upstream" in card and validate_card_metadata(card, "model") == []
+    meta = parse_front_matter(card := build_model_card(tiny_model_dir, "tester/m", license="mit"))
+    assert meta["license"] == "mit" and "license_link" not in meta and "(mit) was chosen" in card
+
+
 def test_push_again_updates_in_one_commit_and_deletes_stale_files(hub_api, tiny_model_dir, tmp_path):
     repo = "tester/bafenet-repush"
     folder = _linked_copy(tiny_model_dir, tmp_path / "model")
@@ -277,7 +346,7 @@ def test_push_again_updates_in_one_commit_and_deletes_stale_files(hub_api, tiny_
     results = {"split": "test", "iou_threshold": 0.5, "legacy_plus_one": True, "mAP07": 0.125, "mAP12": 0.1}
     (folder / "results.json").write_text(json.dumps(results))
     (commit,), out = _push(hub_api, model_dir=folder, model_repo=repo, dataset_repo=DATASET_REPO,
-                           commit_message="Second run")
+                           commit_message="Second run", delete_remote_extras=True)
     files = hub_api.files(repo)
     assert hub_api.commits(repo) == ["initial commit", "Upload BAFE-Net model with bafenet push", "Second run"]
     assert "notes.txt" not in files and "results.json" in files and commit.oid in out + commit.commit_url

@@ -296,9 +296,13 @@ def build_model_card(
     repo_id: str,
     *,
     dataset_repo: str | None = None,
-    license: str = "apache-2.0",
+    license: str | None = None,
 ) -> str:
-    """Return the README.md text (YAML metadata + Markdown) for the model folder ``model_dir``."""
+    """Return the README.md text (YAML metadata + Markdown) for the model folder ``model_dir``.
+
+    Without ``license`` the card says ``other`` and links to the data's situation: DenseSIRST has no licence upstream,
+    so nobody can grant a licence on weights trained on it on the user's behalf.
+    """
     folder = Path(model_dir)
     config = read_json(folder / "config.json")
     if not isinstance(config, dict):
@@ -311,8 +315,10 @@ def build_model_card(
     name = repo_id.split("/")[-1]
 
     eval_results = _eval_results(evaluations, dataset_repo) if dataset_repo else []
+    licence_fields = ({"license": license} if license else
+                      {"license": "other", "license_name": "densesirst-no-licence", "license_link": DATA_URL})
     card_data = ModelCardData(
-        license=license, library_name="transformers", pipeline_tag="object-detection", tags=TAGS,
+        **licence_fields, library_name="transformers", pipeline_tag="object-detection", tags=TAGS,
         datasets=[dataset_repo] if dataset_repo else None, model_name=name if eval_results else None,
         eval_results=eval_results or None,
     )
@@ -343,8 +349,11 @@ def build_model_card(
         "and the detections.",
         "- Scores are not calibrated probabilities; choose the threshold on a validation split.",
         "- The code runs from this repository (`trust_remote_code=True`): review it and pin a revision.",
-        "- DenseSIRST has no licence file upstream; the weights are for research use. The card's licence applies to "
-        "the code.", "",
+        "- DenseSIRST has no licence file upstream ([GrokCV/DenseSIRST](" + DATA_URL + ")); the weights are for "
+        "research use"
+        + (f". The card's licence ({license}) was chosen by the publisher." if license else
+           ", and the card's licence is `other` until the data's owners publish one (pass `--license` to "
+           "`bafenet push` to set another)."), "",
         "## Citation", "",
         f"Paper: [{PAPER_URL}]({PAPER_URL}); original code: [{CODE_URL}]({CODE_URL}).", "",
         "```bibtex", CITATION, "```", "",
