@@ -449,3 +449,47 @@ def test_cli_word_push_is_wired(capsys):
     out = capsys.readouterr().out
     assert "--model-dir" in out and "--dry-run" in out and "HF_TOKEN" in out
 
+
+
+FROM_CONFIG = textwrap.dedent("""
+    import json, sys
+    from transformers import AutoConfig, AutoModelForObjectDetection
+
+    config = AutoConfig.from_pretrained(sys.argv[1], trust_remote_code=True)
+    model = AutoModelForObjectDetection.from_config(config, trust_remote_code=True)
+    print("REPORT" + json.dumps({"class": type(model).__name__, "weights": config.backbone_weights,
+                                 "provenance": config.backbone_weights_provenance}))
+""")
+
+
+def test_pushed_config_with_backbone_weights_loads_from_config_in_a_fresh_process(hub_api, tmp_path):
+    """config.json travels: the local weights file is gone (another machine), `from_config` still builds the model."""
+    torchvision = pytest.importorskip("torchvision")
+    import hashlib
+
+    import torch
+    from conftest import TINY_MODEL_KWARGS
+
+    from bafenet.models.bafenet import BafeNetConfig, BafeNetForObjectDetection, BafeNetImageProcessor
+
+    weights = tmp_path / "weights" / "r18.pth"
+    weights.parent.mkdir()
+    torch.save(torchvision.models.resnet18(weights=None).state_dict(), weights)
+    digest = hashlib.sha256(weights.read_bytes()).hexdigest()
+    folder = tmp_path / "model"
+    config = BafeNetConfig(**TINY_MODEL_KWARGS, backbone_weights=str(weights))
+    BafeNetForObjectDetection(config).save_pretrained(folder)
+    BafeNetImageProcessor.from_model_config(config).save_pretrained(folder)
+    weights.unlink()
+    assert str(tmp_path) not in (folder / "config.json").read_text()
+    repo = "tester/bafenet-portable"
+    _push(hub_api, model_dir=folder, model_repo=repo)
+
+    home = tmp_path / "home"
+    env = {**os.environ, **hub_api.client_env(home, token=FAKE_TOKEN)}
+    result = subprocess.run([sys.executable, "-c", FROM_CONFIG, repo], env=env, capture_output=True, text=True,
+                            timeout=240, cwd=home.mkdir() or home)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(result.stdout.split("REPORT", 1)[1])
+    assert report == {"class": "BafeNetForObjectDetection", "weights": None,
+                      "provenance": {"name": "r18.pth", "source": "local file", "sha256": digest}}

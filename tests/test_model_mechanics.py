@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+
 import pytest
 import torch
 from conftest import TINY_MODEL_KWARGS
@@ -314,6 +316,11 @@ def test_backbone_weights_from_local_files(tmp_path):
     model = tiny(backbone_weights=str(tmp_path / "r18.pth"))
     assert torch.equal(model.backbone.layer3[1].conv2.weight, reference["layer3.1.conv2.weight"])
     assert torch.equal(model.backbone.bn1.running_mean, reference["bn1.running_mean"])
+    # consumed: config.json keeps the provenance (information only), never the local path
+    digest = hashlib.sha256((tmp_path / "r18.pth").read_bytes()).hexdigest()
+    assert model.config.backbone_weights is None
+    assert model.config.backbone_weights_provenance == {"name": "r18.pth", "source": "local file", "sha256": digest}
+    assert str(tmp_path) not in model.config.to_json_string()
     del reference["layer4.0.conv1.weight"]
     torch.save(reference, tmp_path / "broken.pth")
     with pytest.raises(ValueError, match="1 missing keys"):

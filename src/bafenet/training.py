@@ -514,7 +514,7 @@ class Trainer:
         )
         self.state = TrainerState()
         config = self.model.config
-        if not args.model_name_or_path and not config.backbone_weights:
+        if not args.model_name_or_path and not (config.backbone_weights or config.backbone_weights_provenance):
             if config.freeze_backbone_bn:
                 self._print("WARNING: a new backbone trained from scratch with frozen BatchNorm (mean 0, variance 1, "
                             "scale 1) has nothing that normalises its activations; pass --backbone-weights, or "

