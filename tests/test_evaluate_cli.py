@@ -139,3 +139,29 @@ def test_half_precision_checkpoint_is_scored_in_float32(tiny_model_dir, syntheti
     scores = [torch.tensor(d["scores"][:5]) for d in float_dets], [torch.tensor(d["scores"][:5]) for d in half_dets]
     for a, b in zip(*scores):
         torch.testing.assert_close(a, b, rtol=0, atol=2e-3)
+
+
+def test_stored_operating_point_is_the_default_of_evaluate_and_predict(tiny_model_dir, test_split, tmp_path):
+    """config.operating_threshold (the trainer's best-F1 score on validation) sets the at-a-score metrics of
+    `evaluate` and the `predict` threshold unless given; without one they fall back to 0.5 / 0.3."""
+    import shutil
+
+    from bafenet.evaluation import evaluate_model
+    from bafenet.models.bafenet import BafeNetForObjectDetection, BafeNetImageProcessor
+    from bafenet.predict import Predictor
+
+    folder = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, folder)
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, "operating_threshold": 0.004}))
+    model = BafeNetForObjectDetection.from_pretrained(folder).eval()
+    processor = BafeNetImageProcessor.from_pretrained(folder)
+    rows = test_split.select(range(2))
+    kwargs = dict(batch_size=2, device="cpu", detection_threshold=0.001, progress=False)
+    assert evaluate_model(model, processor, rows, **kwargs)["score_threshold"] == pytest.approx(0.004)
+    assert evaluate_model(model, processor, rows, score_threshold=0.2, **kwargs)["score_threshold"] == 0.2
+    model.config.operating_threshold = None
+    assert evaluate_model(model, processor, rows, **kwargs)["score_threshold"] == 0.5
+    assert Predictor(folder, device="cpu").threshold == pytest.approx(0.004)
+    assert Predictor(folder, threshold=0.1, device="cpu").threshold == 0.1
+    assert Predictor(tiny_model_dir, device="cpu").threshold == 0.3

@@ -283,13 +283,22 @@ def _clean(value: Any) -> Any:
     return None if isinstance(value, float) and math.isnan(value) else value
 
 
+FALLBACK_SCORE_THRESHOLD = 0.5  # at-a-score metrics of a model without a stored operating point
+
+
+def operating_threshold(model: Any, fallback: float = FALLBACK_SCORE_THRESHOLD) -> float:
+    """``model.config.operating_threshold`` (best-F1 score on validation, stored by the trainer), else ``fallback``."""
+    value = getattr(model.config, "operating_threshold", None)
+    return fallback if value is None else float(value)
+
+
 def evaluate_model(
     model: Any,
     processor: Any,
     dataset: Any,
     batch_size: int = 8,
     device: str | None = None,
-    score_threshold: float = 0.5,
+    score_threshold: float | None = None,
     iou_threshold: float = 0.5,
     legacy_plus_one: bool = True,
     point_radius: float = 3.0,
@@ -298,7 +307,10 @@ def evaluate_model(
     detection_threshold: float | None = None,
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Predict and score a split in one call; returns ``{**metrics, "conventions", "detections"}``."""
+    """Predict and score a split in one call; returns ``{**metrics, "conventions", "detections"}``.
+
+    ``score_threshold`` None: the model's stored operating point (:func:`operating_threshold`)."""
+    score_threshold = operating_threshold(model) if score_threshold is None else score_threshold
     sky = SkyIoU() if "sky_mask" in dataset.column_names and hasattr(processor, "post_process_sky_segmentation") else None
     detections = predict_split(model, processor, dataset, batch_size, device, detection_threshold, sky, progress)
     metrics = evaluate_predictions(detections, dataset, score_threshold, iou_threshold, legacy_plus_one,
@@ -358,8 +370,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="results JSON; the PR curve is written beside it as <stem>_pr_curve.png")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu)")
-    parser.add_argument("--score-threshold", type=float, default=0.5,
-                        help="operating point for precision/recall/F1, masks (IoU/nIoU/Pd/Fa) and points")
+    parser.add_argument("--score-threshold", type=float, default=None,
+                        help="operating point for precision/recall/F1, masks (IoU/nIoU/Pd/Fa) and points (default: "
+                        "the model's operating_threshold, the best-F1 score on validation stored by training; 0.5 "
+                        "for a model without one)")
     parser.add_argument("--detection-threshold", type=float, default=None,
                         help="post-processing score threshold (default: the model config's score_threshold, 0.05)")
     parser.add_argument("--iou-threshold", type=float, default=0.5, help="VOC IoU threshold")
@@ -399,6 +413,9 @@ def run(args: argparse.Namespace) -> int:
     conv = results.pop("conventions")
     results["meta"] = {
         "model": str(args.model), "dataset": str(args.dataset), "config": args.config, "split": args.split,
+        "score_threshold_source": "--score-threshold" if args.score_threshold is not None else
+        "model config operating_threshold" if getattr(model.config, "operating_threshold", None) is not None else
+        f"default {FALLBACK_SCORE_THRESHOLD} (the model stores no operating_threshold)",
         "revision": args.revision, "batch_size": args.batch_size, "device": device, "seconds": round(time.time() - started, 1),
         "bafenet": __version__, "transformers": transformers.__version__, "datasets": datasets.__version__,
         "python": platform.python_version(),

