@@ -19,7 +19,7 @@ def test_split(synthetic_dataset_dir):
 def ground_truths(test_split):
     from bafenet.evaluation import _ground_truth
 
-    return [_ground_truth(row) for row in test_split.select_columns(["image_id", "objects", "points"])]
+    return [_ground_truth(row) for row in test_split.select_columns(["image_id", "image_name", "objects", "points"])]
 
 
 def test_cli_writes_one_json_with_metrics_conventions_detections_and_a_pr_curve(
@@ -49,6 +49,7 @@ def test_cli_writes_one_json_with_metrics_conventions_detections_and_a_pr_curve(
 
     detections = results["detections"]
     assert [d["image_id"] for d in detections] == list(test_split["image_id"])
+    assert [d["image_name"] for d in detections] == list(test_split["image_name"])
     assert sum(len(d["scores"]) for d in detections) == results["num_detections"] > 0
     for det, width, height in zip(detections, test_split["width"], test_split["height"]):
         boxes = np.asarray(det["boxes"]).reshape(-1, 4)

@@ -20,6 +20,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from hub_server import USER, LocalHub, parse_front_matter, validate_card_metadata
@@ -172,9 +173,34 @@ def test_pushed_repos_hold_the_folders_and_the_cards(pushed, hub, tiny_model_dir
     dataset_files = hub.files(DATASET_REPO, "dataset")
     local = {p.relative_to(synthetic_dataset_dir).as_posix() for p in synthetic_dataset_dir.rglob("*") if p.is_file()}
     assert set(dataset_files) == local | {".gitattributes"}
-    assert all(dataset_files[rel] == (synthetic_dataset_dir / rel).read_bytes() for rel in local)
+    assert all(dataset_files[rel] == (synthetic_dataset_dir / rel).read_bytes() for rel in local - {"README.md"})
+    from bafenet.data.card import card_for_hub
+
+    local_card = (synthetic_dataset_dir / "README.md").read_text()
+    assert dataset_files["README.md"].decode() == card_for_hub(local_card, "densesirst", DATASET_REPO) != local_card
+    assert 'load_dataset("densesirst"' not in dataset_files["README.md"].decode()
     assert hub.commits(MODEL_REPO) == ["initial commit", "Upload BAFE-Net model with bafenet push"]
     assert hub.commits(DATASET_REPO, "dataset") == ["initial commit", "Upload DenseSIRST dataset with bafenet push"]
+
+
+def _python_blocks(card: str) -> list[str]:
+    return [block.split("\n", 1)[1] for block in card.split("```")[1::2] if block.startswith("python\n")]
+
+
+@pytest.mark.slow
+def test_pushed_cards_snippets_run_against_the_hub(pushed, hub, tmp_path):
+    """Every Python snippet of both pushed cards runs as written (repo ids) in a fresh process on the stand-in."""
+    from PIL import Image
+
+    blocks = [block for repo, kind in ((DATASET_REPO, "dataset"), (MODEL_REPO, "model"))
+              for block in _python_blocks(hub.files(repo, kind)["README.md"].decode())]
+    assert len(blocks) >= 5 and any(DATASET_REPO in b for b in blocks) and any(MODEL_REPO in b for b in blocks)
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (90, 120), dtype=np.uint8)).save(tmp_path / "frame.png")
+    env = {**os.environ, **hub.client_env(tmp_path / "home", token=FAKE_TOKEN), "OMP_NUM_THREADS": "1"}
+    script = "\n".join(f"exec(compile({block!r}, 'snippet {i}', 'exec'), {{}})" for i, block in enumerate(blocks))
+    result = subprocess.run([sys.executable, "-c", script + "\nprint('SNIPPETS OK')"], env=env, capture_output=True,
+                            text=True, timeout=300, cwd=tmp_path)
+    assert result.returncode == 0 and "SNIPPETS OK" in result.stdout, result.stderr[-3000:]
 
 
 @pytest.mark.slow

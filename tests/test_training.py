@@ -254,7 +254,7 @@ def _write_overfit_dataset(features, out: Path, num_images: int, size: int = 128
             image[y : y + side, x : x + side] = 220
             boxes.append([float(x), float(y), float(side), float(side)])
             points.append([x + side // 2, y + side // 2])
-        rows.append({"image": png(image), "image_id": f"overfit_{i}", "width": size, "height": size,
+        rows.append({"image": png(image), "image_id": i, "image_name": f"overfit_{i}", "width": size, "height": size,
                      "objects": {"bbox": boxes, "category": [0] * 4, "area": [b[2] * b[3] for b in boxes],
                                  "id": list(range(4 * i, 4 * i + 4))},
                      "points": points, "target_mask": png(target), "sky_mask": png(sky)})

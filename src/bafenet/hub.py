@@ -15,7 +15,8 @@ The dataset folder is uploaded as it is rather than through ``datasets.DatasetDi
 wrote the final Parquet shards (images embedded) and a card whose YAML lists *both* configs (``default`` and ``v1``)
 with their features, plus statistics under ``stats/``. ``push_to_hub`` pushes one config per call, re-encodes every
 shard and rewrites the YAML; uploading the folder keeps exactly what was built and tested locally, so
-``load_dataset("<ns>/densesirst")`` on the Hub equals ``load_dataset("<folder>")``.
+``load_dataset("<ns>/densesirst")`` on the Hub equals ``load_dataset("<folder>")``. Only the card's snippets change:
+they load the repo id instead of the local folder.
 
 The token comes from ``--token``, else ``HF_TOKEN``, else the credential store of ``hf auth login``
 (``huggingface_hub.get_token``). It is never printed, logged or written: files that contain it are refused (every file
@@ -249,10 +250,18 @@ def plan_model_upload(model_dir: str | Path, repo_id: str, *, dataset_repo: str 
 
 def plan_dataset_upload(dataset_dir: str | Path, repo_id: str, *, exclude: tuple[str, ...] = ()) -> UploadPlan:
     """Check the dataset folder and list its files (card and shards as built)."""
+    from bafenet.data.card import card_for_hub
+
     folder = Path(dataset_dir)
     check_dataset_folder(folder)
     files, skipped = collect_files(folder, exclude)
-    return UploadPlan(repo_id, "dataset", folder, dict(files), skipped=skipped)
+    plan = UploadPlan(repo_id, "dataset", folder, dict(files), skipped=skipped)
+    card = files["README.md"].read_text(encoding="utf-8")
+    hub_card = card_for_hub(card, folder.resolve().name, repo_id)
+    if hub_card != card:  # the card's snippets load the folder by name; on the Hub they load the repo
+        plan.files["README.md"] = hub_card.encode("utf-8")
+        plan.notes["README.md"] = f'dataset card, snippets rewritten to load_dataset("{repo_id}")'
+    return plan
 
 
 def file_contains(path: Path, needle: bytes, chunk_size: int = SCAN_CHUNK_BYTES) -> bool:

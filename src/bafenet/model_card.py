@@ -273,13 +273,17 @@ def _usage_lines(repo_id: str, auto_map: dict[str, Any], dataset_repo: str | Non
                   "", 'image = Image.open("frame.png")  # single-band infrared; L, RGB or RGBA are accepted',
                   'inputs = processor(images=image, return_tensors="pt")', "with torch.no_grad():",
                   "    outputs = model(**inputs)",
+                  "threshold = model.config.operating_threshold or 0.3  # the stored operating point (best F1 on "
+                  "validation)",
                   "result = processor.post_process_object_detection(",
-                  "    outputs, threshold=0.3, target_sizes=[(image.height, image.width)]", ")[0]",
+                  "    outputs, threshold=threshold, target_sizes=[(image.height, image.width)]", ")[0]",
+                  'result = {k: v[result["scores"] >= threshold] for k, v in result.items()}  # final scores',
                   'for score, box in zip(result["scores"], result["boxes"]):  # boxes: xyxy in original pixels',
                   '    print(f"{score:.2f}", [round(v, 1) for v in box.tolist()])', "```", "",
                   "With the pipeline:", "", "```python", "from transformers import pipeline", "",
                   f'detector = pipeline("object-detection", model="{repo_id}", trust_remote_code=True)',
-                  'print(detector("frame.png", threshold=0.3))', "```", ""]
+                  'print(detector("frame.png"))  # default threshold: the operating point; boxes rounded to pixels',
+                  "```", ""]
     if "AutoModel" in auto_map:
         lines += ["The bare model (same class, outputs with `logits`, `pred_boxes`, `centerness`, `sky_logits`):", "",
                   "```python", "from transformers import AutoModel", "",
