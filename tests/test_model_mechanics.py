@@ -369,3 +369,32 @@ def test_every_process_joins_the_loss_all_reduces_without_positives(monkeypatch)
     losses = modeling.detection_losses(logits, distances, centerness, torch.full((1, 5), BG), torch.ones(1, 5, 4))
     assert len(calls) == 2
     assert float(losses["loss_bbox"]) == 0.0 and float(losses["loss_centerness"]) == 0.0
+
+
+@pytest.mark.parametrize("mode", ["faithful", "improved"])
+def test_gradient_checkpointing_gives_the_same_loss_and_gradients(mode):
+    """`activation_checkpointing_enable()` (formerly `gradient_checkpointing_enable()`) recomputes the backbone stages and each level's head towers: same loss and
+    gradients as without it (frozen backbone BN, the paper's set-up; the improved mode's learned selector too)."""
+    pixels, labels = synthetic_batch()
+    results = []
+    for checkpointing in (False, True):
+        model = tiny(mode=mode).train()
+        assert model.supports_gradient_checkpointing
+        if checkpointing:
+            model.activation_checkpointing_enable()  # transformers 5 name of gradient_checkpointing_enable
+            assert model.gradient_checkpointing and model.is_activation_checkpointing
+        out = model(pixel_values=pixels, labels=labels)
+        out.loss.backward()
+        results.append((out.loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters()
+                                            if p.grad is not None}))
+        if checkpointing:
+            assert model.backbone.grad_checkpointing  # timm's own stage recomputation was switched on
+            model.eval()
+            with torch.no_grad():
+                model(pixel_values=pixels)  # inference never checkpoints
+            assert not model.backbone.grad_checkpointing
+    (loss_a, grads_a), (loss_b, grads_b) = results
+    torch.testing.assert_close(loss_a, loss_b)
+    assert grads_a.keys() == grads_b.keys() and len(grads_a) > 50
+    for name in grads_a:
+        torch.testing.assert_close(grads_a[name], grads_b[name], rtol=1e-4, atol=1e-6, msg=name)

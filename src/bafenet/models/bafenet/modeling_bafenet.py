@@ -19,6 +19,7 @@ from __future__ import annotations
 import math
 from collections import OrderedDict
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import timm
@@ -539,6 +540,11 @@ def sky_loss(sky_logits: tuple[torch.Tensor, ...], sky_masks: torch.Tensor) -> t
 # ---------------------------------------------------------------------------------------------------------- model
 class BafeNetPreTrainedModel(PreTrainedModel):
     config_class = BafeNetConfig
+    # `model.gradient_checkpointing_enable()`: the timm backbone recomputes its stages and the head towers recompute
+    # each FPN level in the backward pass instead of keeping their activations (the towers at full FPN width over
+    # every level dominate training memory). Same gradients; with trainable backbone BatchNorm the running statistics
+    # are updated twice per step (PyTorch recomputation), so the paper's frozen BN is the exact case.
+    supports_gradient_checkpointing = True
     config: BafeNetConfig
     base_model_prefix = "bafenet"
     main_input_name = "pixel_values"
@@ -592,6 +598,7 @@ class BafeNetForObjectDetection(BafeNetPreTrainedModel):
                 if isinstance(sub, nn.Conv2d):
                     sub._bafenet_init = role
         self.head.conv_cls._bafenet_init = "head_cls"
+        self.gradient_checkpointing = False  # set by `gradient_checkpointing_enable()`
         # `register_for_auto_class` stores one auto class; also map AutoModel so both Auto classes load the folder.
         auto_map = dict(getattr(config, "auto_map", None) or {})
         auto_map.setdefault("AutoModel", "modeling_bafenet.BafeNetForObjectDetection")
@@ -624,10 +631,14 @@ class BafeNetForObjectDetection(BafeNetPreTrainedModel):
         height, width = pixel_values.shape[-2:]
         if height % self.config.strides[-1] or width % self.config.strides[-1]:
             raise ValueError(f"input {height}x{width} must be a multiple of the largest stride {self.config.strides[-1]}")
+        checkpointing = self.gradient_checkpointing and self.training and torch.is_grad_enabled()
+        if hasattr(self.backbone, "set_grad_checkpointing"):
+            self.backbone.set_grad_checkpointing(checkpointing)
         features = self.backbone(self._backbone_layout(pixel_values))
         pyramid = self.fpn(OrderedDict((str(i), f) for i, f in enumerate(features))).values()
         pyramid = [level.contiguous() for level in pyramid]  # the head runs in NCHW
-        cls_maps, dist_maps, ctr_maps, sky_maps = zip(*(self.head(x, s) for x, s in zip(pyramid, self.scales)))
+        head = partial(self._gradient_checkpointing_func, self.head) if checkpointing else self.head
+        cls_maps, dist_maps, ctr_maps, sky_maps = zip(*(head(x, s) for x, s in zip(pyramid, self.scales)))
 
         batch, num_classes = pixel_values.shape[0], self.config.num_labels
         logits = torch.cat([m.permute(0, 2, 3, 1).reshape(batch, -1, num_classes) for m in cls_maps], dim=1)
