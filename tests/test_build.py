@@ -47,12 +47,15 @@ def test_load_dataset_both_configs_and_trainval(synthetic_devkit, synthetic_data
     assert set(default) == {"train", "validation", "test"}
     assert default["train"].features == FEATURES
     for split, split_file in (("train", "train_v2"), ("validation", "val_v2"), ("test", "test_v2")):
-        assert default[split]["image_id"] == devkit.split_ids(split_file)
+        assert default[split]["image_name"] == devkit.split_ids(split_file)
     v1 = load(synthetic_dataset_dir, "v1", tmp_path=tmp_path)
     for split, split_file in (("train", "train_v1"), ("validation", "val_v1"), ("test", "test_v1")):
-        assert v1[split]["image_id"] == devkit.split_ids(split_file)
+        assert v1[split]["image_name"] == devkit.split_ids(split_file)
     trainval = load(synthetic_dataset_dir, split="train+validation", tmp_path=tmp_path)
-    assert trainval["image_id"] == devkit.split_ids("trainval_v2")
+    assert trainval["image_name"] == devkit.split_ids("trainval_v2")
+    # integer image_id (HF object-detection schema): the rank of the file stem among all devkit ids, stable
+    all_ids = sorted({i for name in devkit.split_names() for i in devkit.split_ids(name)})
+    assert trainval["image_id"] == [all_ids.index(name) for name in trainval["image_name"]]
 
 
 def test_load_dataset_by_name_from_the_parent_folder(synthetic_dataset_dir, tmp_path, monkeypatch):
@@ -69,7 +72,7 @@ def test_rows_equal_the_devkit_files(synthetic_devkit, synthetic_dataset_dir, tm
     object_ids = []
     for split in ds:
         for row, raw_row in zip(ds[split], raw[split]):
-            image_id = row["image_id"]
+            image_id = row["image_name"]
             sample = devkit.read(image_id)
             assert raw_row["image"]["bytes"] == devkit.image_path(image_id).read_bytes()  # embedded, not re-encoded
             assert (row["width"], row["height"]) == row["image"].size == (sample.width, sample.height)
@@ -84,6 +87,7 @@ def test_rows_equal_the_devkit_files(synthetic_devkit, synthetic_dataset_dir, tm
                 assert mask.mode == "L" and set(np.unique(mask).tolist()) <= {0, 255}
                 assert np.array_equal(np.asarray(mask) > 0, expected)
             object_ids += row["objects"]["id"]
+            assert [i // 1000 for i in row["objects"]["id"]] == [row["image_id"]] * len(bbox)
     assert len(object_ids) == len(set(object_ids))
     assert ds["train"].features["objects"]["category"].feature.names == ["target"]
 
@@ -104,7 +108,8 @@ def test_card_documents_configs_columns_counts_source_and_licence(synthetic_devk
     num_targets = sum(len(devkit.read_encoded(i).boxes) for i in test_ids)
     assert f"| `default` | `test` | `test_v2` | {len(test_ids)} | {num_targets} |" in body
     for needle in ("objects.bbox", "exclusive", "points", "target_mask", "sky_mask", "2407.20078", "6f538c5",
-                   "no licence file", "@article", 'load_dataset("densesirst")'):
+                   "no licence file", "@article", 'load_dataset("densesirst")', "run from the folder that contains",
+                   "`image_name`", "## Changes", "**2.0.0**"):
         assert needle in body, needle
 
 
@@ -137,7 +142,7 @@ def test_missing_images_fail_with_a_list_or_are_skipped_and_reported(synthetic_d
     card = (out / "README.md").read_text()
     assert "## Skipped images" in card and f"`train_v2` (2): {', '.join(gone)}" in card
     train = load(out, split="train", tmp_path=tmp_path)
-    assert train["image_id"] == [i for i in devkit.split_ids("train_v2") if i not in gone]
+    assert train["image_name"] == [i for i in devkit.split_ids("train_v2") if i not in gone]
 
 
 def test_parallel_build_is_identical_and_reports_bad_files(synthetic_devkit, synthetic_dataset_dir, tmp_path):
@@ -187,7 +192,7 @@ def test_real_test_split_is_complete_and_equal_to_the_xml(real_devkit, tmp_path)
     out = build_dataset(real_devkit, tmp_path / "densesirst", configs=["default"], splits=["test"], stats=False)
     test = load(out, split="test", tmp_path=tmp_path)
     assert test.num_rows == 256
-    assert test["image_id"] == SirstDevkit(real_devkit).split_ids("test_v2")
+    assert test["image_name"] == SirstDevkit(real_devkit).split_ids("test_v2")
     raw = test.cast_column("target_mask", datasets.Image(decode=False)).cast_column(
         "sky_mask", datasets.Image(decode=False)
     ).remove_columns("image")
@@ -195,7 +200,7 @@ def test_real_test_split_is_complete_and_equal_to_the_xml(real_devkit, tmp_path)
     for row in raw:
         bbox = np.array(row["objects"]["bbox"], dtype=np.float32).reshape(-1, 4)
         xyxy = np.concatenate([bbox[:, :2], bbox[:, :2] + bbox[:, 2:]], axis=1)
-        assert xyxy.tolist() == xml_boxes(real_devkit / "SIRST" / "BBox" / f"{row['image_id']}.xml")
+        assert xyxy.tolist() == xml_boxes(real_devkit / "SIRST" / "BBox" / f"{row['image_name']}.xml")
         assert len(row["points"]) == len(bbox) >= 1
         for column in ("target_mask", "sky_mask"):
             assert Image.open(io.BytesIO(row[column]["bytes"])).size == (row["width"], row["height"])

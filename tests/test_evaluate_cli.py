@@ -19,7 +19,7 @@ def test_split(synthetic_dataset_dir):
 def ground_truths(test_split):
     from bafenet.evaluation import _ground_truth
 
-    return [_ground_truth(row) for row in test_split.select_columns(["image_id", "objects", "points"])]
+    return [_ground_truth(row) for row in test_split.select_columns(["image_id", "image_name", "objects", "points"])]
 
 
 def test_cli_writes_one_json_with_metrics_conventions_detections_and_a_pr_curve(
@@ -49,6 +49,7 @@ def test_cli_writes_one_json_with_metrics_conventions_detections_and_a_pr_curve(
 
     detections = results["detections"]
     assert [d["image_id"] for d in detections] == list(test_split["image_id"])
+    assert [d["image_name"] for d in detections] == list(test_split["image_name"])
     assert sum(len(d["scores"]) for d in detections) == results["num_detections"] > 0
     for det, width, height in zip(detections, test_split["width"], test_split["height"]):
         boxes = np.asarray(det["boxes"]).reshape(-1, 4)
@@ -218,3 +219,29 @@ def test_model_and_predictions_are_exclusive(tmp_path, capsys):
     with pytest.raises(SystemExit) as error:
         main(["evaluate", "--model", "m", "--predictions", "p.json", "--dataset", "d"])
     assert error.value.code == 2 and "not allowed with argument" in capsys.readouterr().err
+
+
+def test_stored_operating_point_is_the_default_of_evaluate_and_predict(tiny_model_dir, test_split, tmp_path):
+    """config.operating_threshold (the trainer's best-F1 score on validation) sets the at-a-score metrics of
+    `evaluate` and the `predict` threshold unless given; without one they fall back to 0.5 / 0.3."""
+    import shutil
+
+    from bafenet.evaluation import evaluate_model
+    from bafenet.models.bafenet import BafeNetForObjectDetection, BafeNetImageProcessor
+    from bafenet.predict import Predictor
+
+    folder = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, folder)
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, "operating_threshold": 0.004}))
+    model = BafeNetForObjectDetection.from_pretrained(folder).eval()
+    processor = BafeNetImageProcessor.from_pretrained(folder)
+    rows = test_split.select(range(2))
+    kwargs = dict(batch_size=2, device="cpu", detection_threshold=0.001, progress=False)
+    assert evaluate_model(model, processor, rows, **kwargs)["score_threshold"] == pytest.approx(0.004)
+    assert evaluate_model(model, processor, rows, score_threshold=0.2, **kwargs)["score_threshold"] == 0.2
+    model.config.operating_threshold = None
+    assert evaluate_model(model, processor, rows, **kwargs)["score_threshold"] == 0.5
+    assert Predictor(folder, device="cpu").threshold == pytest.approx(0.004)
+    assert Predictor(folder, threshold=0.1, device="cpu").threshold == 0.1
+    assert Predictor(tiny_model_dir, device="cpu").threshold == 0.3

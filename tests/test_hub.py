@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -19,6 +20,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from hub_server import USER, LocalHub, parse_front_matter, validate_card_metadata
@@ -46,12 +48,16 @@ def hub_api(hub, monkeypatch):
 
 
 def _linked_copy(src: Path, dst: Path, drop: tuple[str, ...] = ()) -> Path:
-    """A copy of a folder made of symlinks (cheap for the weights), without the files in ``drop``."""
+    """A copy of a folder made of hard links (cheap for the weights; symlinks leaving a folder are refused), without
+    the files in ``drop``. Tests replace a linked file with ``unlink`` + write, never write through it."""
     for path in src.rglob("*"):
         rel = path.relative_to(src).as_posix()
         if path.is_file() and rel not in drop:
             (dst / rel).parent.mkdir(parents=True, exist_ok=True)
-            (dst / rel).symlink_to(path)
+            try:
+                os.link(path, dst / rel)
+            except OSError:
+                shutil.copy2(path, dst / rel)
     return dst
 
 
@@ -167,9 +173,34 @@ def test_pushed_repos_hold_the_folders_and_the_cards(pushed, hub, tiny_model_dir
     dataset_files = hub.files(DATASET_REPO, "dataset")
     local = {p.relative_to(synthetic_dataset_dir).as_posix() for p in synthetic_dataset_dir.rglob("*") if p.is_file()}
     assert set(dataset_files) == local | {".gitattributes"}
-    assert all(dataset_files[rel] == (synthetic_dataset_dir / rel).read_bytes() for rel in local)
+    assert all(dataset_files[rel] == (synthetic_dataset_dir / rel).read_bytes() for rel in local - {"README.md"})
+    from bafenet.data.card import card_for_hub
+
+    local_card = (synthetic_dataset_dir / "README.md").read_text()
+    assert dataset_files["README.md"].decode() == card_for_hub(local_card, "densesirst", DATASET_REPO) != local_card
+    assert 'load_dataset("densesirst"' not in dataset_files["README.md"].decode()
     assert hub.commits(MODEL_REPO) == ["initial commit", "Upload BAFE-Net model with bafenet push"]
     assert hub.commits(DATASET_REPO, "dataset") == ["initial commit", "Upload DenseSIRST dataset with bafenet push"]
+
+
+def _python_blocks(card: str) -> list[str]:
+    return [block.split("\n", 1)[1] for block in card.split("```")[1::2] if block.startswith("python\n")]
+
+
+@pytest.mark.slow
+def test_pushed_cards_snippets_run_against_the_hub(pushed, hub, tmp_path):
+    """Every Python snippet of both pushed cards runs as written (repo ids) in a fresh process on the stand-in."""
+    from PIL import Image
+
+    blocks = [block for repo, kind in ((DATASET_REPO, "dataset"), (MODEL_REPO, "model"))
+              for block in _python_blocks(hub.files(repo, kind)["README.md"].decode())]
+    assert len(blocks) >= 5 and any(DATASET_REPO in b for b in blocks) and any(MODEL_REPO in b for b in blocks)
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (90, 120), dtype=np.uint8)).save(tmp_path / "frame.png")
+    env = {**os.environ, **hub.client_env(tmp_path / "home", token=FAKE_TOKEN), "OMP_NUM_THREADS": "1"}
+    script = "\n".join(f"exec(compile({block!r}, 'snippet {i}', 'exec'), {{}})" for i, block in enumerate(blocks))
+    result = subprocess.run([sys.executable, "-c", script + "\nprint('SNIPPETS OK')"], env=env, capture_output=True,
+                            text=True, timeout=300, cwd=tmp_path)
+    assert result.returncode == 0 and "SNIPPETS OK" in result.stdout, result.stderr[-3000:]
 
 
 @pytest.mark.slow
@@ -266,6 +297,70 @@ def test_folder_holding_the_token_is_refused(hub_api, tiny_model_dir, tmp_path):
     assert FAKE_TOKEN not in str(info.value) and len(hub_api.state.requests) == before
 
 
+def test_push_without_flag_keeps_remote_files_and_dry_run_lists_deletions(hub_api, tiny_model_dir, tmp_path):
+    repo = "tester/bafenet-keep"
+    folder = _linked_copy(tiny_model_dir, tmp_path / "model")
+    (folder / "notes.txt").write_text("first run\n")
+    _push(hub_api, model_dir=folder, model_repo=repo)
+    (folder / "notes.txt").unlink()
+    (folder / "extra.txt").write_text("second run\n")
+    _push(hub_api, model_dir=folder, model_repo=repo)  # like upload_folder: adds and updates, deletes nothing
+    files = hub_api.files(repo)
+    assert "notes.txt" in files and "extra.txt" in files
+
+    before = len([r for r in hub_api.state.requests if r.method in ("POST", "PUT")])
+    _, out = _push(hub_api, model_dir=folder, model_repo=repo, dry_run=True)
+    assert "remote files not in this list are kept" in out and "notes.txt" not in out
+    _, out = _push(hub_api, model_dir=folder, model_repo=repo, dry_run=True, delete_remote_extras=True)
+    assert "(--delete-remote-extras): notes.txt" in out and "notes.txt" in hub_api.files(repo)
+    assert len([r for r in hub_api.state.requests if r.method in ("POST", "PUT")]) == before  # read-only
+    _push(hub_api, model_dir=folder, model_repo=repo, delete_remote_extras=True)
+    assert "notes.txt" not in hub_api.files(repo) and "extra.txt" in hub_api.files(repo)
+
+
+def test_token_found_in_large_binary_file_across_chunk_boundary(hub_api, tiny_model_dir, tmp_path):
+    from bafenet.hub import SCAN_CHUNK_BYTES, HubFolderError, file_contains
+
+    folder = _linked_copy(tiny_model_dir, tmp_path / "model")
+    blob = bytearray(os.urandom(3 * SCAN_CHUNK_BYTES))
+    at = 2 * SCAN_CHUNK_BYTES - len(FAKE_TOKEN) // 2  # straddles the second chunk boundary
+    blob[at : at + len(FAKE_TOKEN)] = FAKE_TOKEN.encode()
+    (folder / "extra_weights.bin").write_bytes(bytes(blob))
+    assert file_contains(folder / "extra_weights.bin", FAKE_TOKEN.encode())
+    assert not file_contains(folder / "config.json", FAKE_TOKEN.encode())
+    before = len(hub_api.state.requests)
+    with pytest.raises(HubFolderError, match="extra_weights.bin: contains your Hugging Face token"):
+        _push(hub_api, model_dir=folder, model_repo="tester/leaky-binary")
+    assert len(hub_api.state.requests) == before
+
+
+def test_symlink_leaving_the_folder_is_refused_in_one_line(tiny_model_dir, tmp_path, capsys, monkeypatch):
+    from bafenet.hub import main
+
+    monkeypatch.setenv("HF_TOKEN", FAKE_TOKEN)
+    folder = _linked_copy(tiny_model_dir, tmp_path / "model")
+    secret = tmp_path / "secret.txt"
+    secret.write_text("private\n")
+    (folder / "inside.txt").write_text("fine\n")
+    (folder / "alias.txt").symlink_to(folder / "inside.txt")  # stays inside: uploaded
+    assert main(["--model-dir", str(folder), "--model-repo", "tester/x", "--dry-run"]) == 0
+    assert "alias.txt" in capsys.readouterr().out
+    (folder / "leak.txt").symlink_to(secret)
+    assert main(["--model-dir", str(folder), "--model-repo", "tester/x", "--dry-run"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "leak.txt: symbolic link" in err and "outside the folder" in err
+
+
+def test_model_card_licence_defaults_to_other_pointing_to_the_data(tiny_model_dir):
+    from bafenet.model_card import DATA_URL, build_model_card
+
+    meta = parse_front_matter(card := build_model_card(tiny_model_dir, "tester/m"))
+    assert meta["license"] == "other" and meta["license_link"] == DATA_URL and meta["license_name"]
+    assert "no licence file upstream" in card and validate_card_metadata(card, "model") == []
+    meta = parse_front_matter(card := build_model_card(tiny_model_dir, "tester/m", license="mit"))
+    assert meta["license"] == "mit" and "license_link" not in meta and "(mit) was chosen" in card
+
+
 def test_push_again_updates_in_one_commit_and_deletes_stale_files(hub_api, tiny_model_dir, tmp_path):
     repo = "tester/bafenet-repush"
     folder = _linked_copy(tiny_model_dir, tmp_path / "model")
@@ -277,7 +372,7 @@ def test_push_again_updates_in_one_commit_and_deletes_stale_files(hub_api, tiny_
     results = {"split": "test", "iou_threshold": 0.5, "legacy_plus_one": True, "mAP07": 0.125, "mAP12": 0.1}
     (folder / "results.json").write_text(json.dumps(results))
     (commit,), out = _push(hub_api, model_dir=folder, model_repo=repo, dataset_repo=DATASET_REPO,
-                           commit_message="Second run")
+                           commit_message="Second run", delete_remote_extras=True)
     files = hub_api.files(repo)
     assert hub_api.commits(repo) == ["initial commit", "Upload BAFE-Net model with bafenet push", "Second run"]
     assert "notes.txt" not in files and "results.json" in files and commit.oid in out + commit.commit_url
@@ -380,3 +475,47 @@ def test_cli_word_push_is_wired(capsys):
     out = capsys.readouterr().out
     assert "--model-dir" in out and "--dry-run" in out and "HF_TOKEN" in out
 
+
+
+FROM_CONFIG = textwrap.dedent("""
+    import json, sys
+    from transformers import AutoConfig, AutoModelForObjectDetection
+
+    config = AutoConfig.from_pretrained(sys.argv[1], trust_remote_code=True)
+    model = AutoModelForObjectDetection.from_config(config, trust_remote_code=True)
+    print("REPORT" + json.dumps({"class": type(model).__name__, "weights": config.backbone_weights,
+                                 "provenance": config.backbone_weights_provenance}))
+""")
+
+
+def test_pushed_config_with_backbone_weights_loads_from_config_in_a_fresh_process(hub_api, tmp_path):
+    """config.json travels: the local weights file is gone (another machine), `from_config` still builds the model."""
+    torchvision = pytest.importorskip("torchvision")
+    import hashlib
+
+    import torch
+    from conftest import TINY_MODEL_KWARGS
+
+    from bafenet.models.bafenet import BafeNetConfig, BafeNetForObjectDetection, BafeNetImageProcessor
+
+    weights = tmp_path / "weights" / "r18.pth"
+    weights.parent.mkdir()
+    torch.save(torchvision.models.resnet18(weights=None).state_dict(), weights)
+    digest = hashlib.sha256(weights.read_bytes()).hexdigest()
+    folder = tmp_path / "model"
+    config = BafeNetConfig(**TINY_MODEL_KWARGS, backbone_weights=str(weights))
+    BafeNetForObjectDetection(config).save_pretrained(folder)
+    BafeNetImageProcessor.from_model_config(config).save_pretrained(folder)
+    weights.unlink()
+    assert str(tmp_path) not in (folder / "config.json").read_text()
+    repo = "tester/bafenet-portable"
+    _push(hub_api, model_dir=folder, model_repo=repo)
+
+    home = tmp_path / "home"
+    env = {**os.environ, **hub_api.client_env(home, token=FAKE_TOKEN)}
+    result = subprocess.run([sys.executable, "-c", FROM_CONFIG, repo], env=env, capture_output=True, text=True,
+                            timeout=240, cwd=home.mkdir() or home)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(result.stdout.split("REPORT", 1)[1])
+    assert report == {"class": "BafeNetForObjectDetection", "weights": None,
+                      "provenance": {"name": "r18.pth", "source": "local file", "sha256": digest}}

@@ -83,6 +83,44 @@ def test_bad_input_is_refused_with_a_clear_message(call, message):
         call(BafeNetImageProcessor(size={"height": 8, "width": 8}))
 
 
+def test_standard_transformers_arguments(tmp_path, caplog):
+    """do_resize, do_rescale, do_normalize, size, image_mean/std, format, return_tensors "pt"/"np"/None as in
+    transformers' image processors; meaningless ones ignored with a warning; use_fast/backend accepted."""
+    from transformers import AutoImageProcessor
+
+    processor = BafeNetImageProcessor(size={"height": 8, "width": 8}, normalization="imagenet")
+    image = np.full((6, 10), 51, np.uint8)
+    annotation = {"image_id": 3, "annotations": [{"bbox": [1.0, 2.0, 3.0, 2.0], "category_id": 0, "area": 6.0}]}
+    pt = processor(image, annotations=annotation, format="coco_detection", return_tensors="pt")
+    np_out = processor(image, annotations=annotation, return_tensors="np")
+    listed = processor([image, image], return_tensors=None)["pixel_values"]
+    assert isinstance(np_out["pixel_values"], np.ndarray) and np.array_equal(np_out["pixel_values"],
+                                                                             pt["pixel_values"].numpy())
+    assert isinstance(np_out["labels"][0]["boxes"], np.ndarray)
+    assert isinstance(listed, list) and len(listed) == 2 and listed[0].shape == (3, 8, 8)
+    raw = processor(image, do_rescale=False, do_normalize=False, do_resize=False)["pixel_values"]
+    assert raw.shape == (1, 3, 6, 10) and torch.all(raw == 51)  # the 0..255 values as they came
+    assert torch.allclose(processor(image, do_normalize=False)["pixel_values"], torch.tensor(0.2))
+    same = processor(image, image_mean=[0.0] * 3, image_std=[1.0] * 3, size={"height": 4, "width": 4})
+    assert same["pixel_values"].shape == (1, 3, 4, 4) and torch.allclose(same["pixel_values"], torch.tensor(0.2))
+    with caplog.at_level("WARNING"):
+        ignored = processor(image, do_pad=True, input_data_format="channels_last")["pixel_values"]
+    assert torch.equal(ignored, processor(image)["pixel_values"])
+    with pytest.raises(ValueError, match="coco_detection"):
+        processor(image, annotations=annotation, format="coco_panoptic")
+    with pytest.raises(ValueError, match="return_tensors"):
+        processor(image, return_tensors="tf")
+    with pytest.raises(TypeError, match="do_magic"):
+        processor(image, do_magic=True)
+
+    processor.save_pretrained(tmp_path)
+    for kwargs in ({"use_fast": True}, {"use_fast": False}, {"backend": "torchvision"}, {"backend": "pil"}):
+        loaded = AutoImageProcessor.from_pretrained(tmp_path, trust_remote_code=True, **kwargs)
+        assert type(loaded).__name__ == "BafeNetImageProcessor", kwargs
+        assert torch.equal(loaded(image)["pixel_values"], processor(image)["pixel_values"])
+    assert BafeNetImageProcessor(use_fast=True, backend="pil").to_dict().keys().isdisjoint({"use_fast", "backend"})
+
+
 # -------------------------------------------------------------------------------------------------- post-processing
 def _outputs(scores, centerness, boxes, strides, input_size=(64, 64)) -> BafeNetObjectDetectionOutput:
     """Hand-made dense outputs for one image (logits from probabilities)."""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+
 import pytest
 import torch
 from conftest import TINY_MODEL_KWARGS
@@ -314,6 +316,11 @@ def test_backbone_weights_from_local_files(tmp_path):
     model = tiny(backbone_weights=str(tmp_path / "r18.pth"))
     assert torch.equal(model.backbone.layer3[1].conv2.weight, reference["layer3.1.conv2.weight"])
     assert torch.equal(model.backbone.bn1.running_mean, reference["bn1.running_mean"])
+    # consumed: config.json keeps the provenance (information only), never the local path
+    digest = hashlib.sha256((tmp_path / "r18.pth").read_bytes()).hexdigest()
+    assert model.config.backbone_weights is None
+    assert model.config.backbone_weights_provenance == {"name": "r18.pth", "source": "local file", "sha256": digest}
+    assert str(tmp_path) not in model.config.to_json_string()
     del reference["layer4.0.conv1.weight"]
     torch.save(reference, tmp_path / "broken.pth")
     with pytest.raises(ValueError, match="1 missing keys"):
@@ -362,3 +369,32 @@ def test_every_process_joins_the_loss_all_reduces_without_positives(monkeypatch)
     losses = modeling.detection_losses(logits, distances, centerness, torch.full((1, 5), BG), torch.ones(1, 5, 4))
     assert len(calls) == 2
     assert float(losses["loss_bbox"]) == 0.0 and float(losses["loss_centerness"]) == 0.0
+
+
+@pytest.mark.parametrize("mode", ["faithful", "improved"])
+def test_gradient_checkpointing_gives_the_same_loss_and_gradients(mode):
+    """`activation_checkpointing_enable()` (formerly `gradient_checkpointing_enable()`) recomputes the backbone stages and each level's head towers: same loss and
+    gradients as without it (frozen backbone BN, the paper's set-up; the improved mode's learned selector too)."""
+    pixels, labels = synthetic_batch()
+    results = []
+    for checkpointing in (False, True):
+        model = tiny(mode=mode).train()
+        assert model.supports_gradient_checkpointing
+        if checkpointing:
+            model.activation_checkpointing_enable()  # transformers 5 name of gradient_checkpointing_enable
+            assert model.gradient_checkpointing and model.is_activation_checkpointing
+        out = model(pixel_values=pixels, labels=labels)
+        out.loss.backward()
+        results.append((out.loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters()
+                                            if p.grad is not None}))
+        if checkpointing:
+            assert model.backbone.grad_checkpointing  # timm's own stage recomputation was switched on
+            model.eval()
+            with torch.no_grad():
+                model(pixel_values=pixels)  # inference never checkpoints
+            assert not model.backbone.grad_checkpointing
+    (loss_a, grads_a), (loss_b, grads_b) = results
+    torch.testing.assert_close(loss_a, loss_b)
+    assert grads_a.keys() == grads_b.keys() and len(grads_a) > 50
+    for name in grads_a:
+        torch.testing.assert_close(grads_a[name], grads_b[name], rtol=1e-4, atol=1e-6, msg=name)

@@ -46,6 +46,7 @@ FRESH_PROCESS = textwrap.dedent(
     detector = pipeline("object-detection", model=folder, trust_remote_code=True)
     image = Image.fromarray(np.random.default_rng(0).integers(0, 255, (90, 120), dtype=np.uint8))
     results["pipeline"] = detector(image, threshold=0.0)
+    results["pipeline_class"] = type(detector).__name__
     results["bafenet_imported"] = sorted(m for m in sys.modules if m.split(".")[0] == "bafenet")
     torch.save(results, out_file)
     """
@@ -69,7 +70,7 @@ def test_fresh_process_without_bafenet_loads_bit_identical(tmp_path):
 
     files = sorted(p.name for p in folder.iterdir())
     assert files == ["config.json", "configuration_bafenet.py", "image_processing_bafenet.py", "model.safetensors",
-                     "modeling_bafenet.py", "preprocessor_config.json"]
+                     "modeling_bafenet.py", "pipeline_bafenet.py", "preprocessor_config.json"]
     auto_map = json.loads((folder / "config.json").read_text())["auto_map"]
     assert set(auto_map) == {"AutoConfig", "AutoModel", "AutoModelForObjectDetection"}
     assert "AutoImageProcessor" in json.loads((folder / "preprocessor_config.json").read_text())["auto_map"]
@@ -88,6 +89,7 @@ def test_fresh_process_without_bafenet_loads_bit_identical(tmp_path):
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "not supported" not in proc.stderr  # the model ships its pipeline class (config.custom_pipelines)
     results = torch.load(tmp_path / "out.pt", weights_only=False)
     assert results["bafenet_imported"] == []
     for key in ("auto_model_class", "auto_detection_class", "processor_class"):
@@ -95,6 +97,7 @@ def test_fresh_process_without_bafenet_loads_bit_identical(tmp_path):
     for name in ("auto_model", "auto_detection"):
         for got, want in zip(results[name], expected, strict=True):
             assert torch.equal(got, want), name
+    assert results["pipeline_class"] == "BafeNetObjectDetectionPipeline"
     detections = results["pipeline"]
     assert detections and all(set(d) == {"score", "label", "box"} for d in detections)
     assert {d["label"] for d in detections} == {"target"}

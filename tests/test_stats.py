@@ -88,7 +88,8 @@ def _dataset(samples, rgb_ids=()):
         xywh = np.concatenate([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]], 1)
         image = np.repeat(s.image[..., None], 3, -1) if s.image_id in rgb_ids else s.image
         rows["image"].append(image)
-        rows["image_id"].append(s.image_id)
+        rows["image_id"].append(len(rows["image_id"]))
+        rows["image_name"].append(s.image_id)
         rows["width"].append(s.image.shape[1])
         rows["height"].append(s.image.shape[0])
         rows["objects"].append({"bbox": xywh.tolist(), "category": [0] * len(xywh),

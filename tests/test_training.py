@@ -254,7 +254,7 @@ def _write_overfit_dataset(features, out: Path, num_images: int, size: int = 128
             image[y : y + side, x : x + side] = 220
             boxes.append([float(x), float(y), float(side), float(side)])
             points.append([x + side // 2, y + side // 2])
-        rows.append({"image": png(image), "image_id": f"overfit_{i}", "width": size, "height": size,
+        rows.append({"image": png(image), "image_id": i, "image_name": f"overfit_{i}", "width": size, "height": size,
                      "objects": {"bbox": boxes, "category": [0] * 4, "area": [b[2] * b[3] for b in boxes],
                                  "id": list(range(4 * i, 4 * i + 4))},
                      "points": points, "target_mask": png(target), "sky_mask": png(sky)})
@@ -284,3 +284,16 @@ def test_small_model_overfits_a_few_synthetic_images(bright_dataset_dir, tmp_pat
     assert metrics["last"]["test"]["recall"] == 1.0, history
     # no --backbone-weights: the backbone's BatchNorm was trained, not frozen at mean 0 / variance 1
     assert json.loads((out / "config.json").read_text())["freeze_backbone_bn"] is False
+    # the operating point: the selected model's best-F1 score on validation, stored in config.json, is the pipeline's
+    # default threshold, which returns this trained model's detections (transformers' 0.5 would drop most of them)
+    config = json.loads((out / "config.json").read_text())
+    assert config["operating_threshold"] == metrics["operating_threshold"]
+    assert config["operating_threshold"] == pytest.approx(metrics["selected"]["validation"]["best_f1_score"])
+    import datasets
+    from transformers import pipeline
+
+    image = datasets.load_dataset(str(dataset), split="test")[0]["image"]
+    detector = pipeline("object-detection", model=str(out), trust_remote_code=True)
+    detections = detector(image)
+    assert detections and min(d["score"] for d in detections) >= config["operating_threshold"]
+    assert all(isinstance(v, int) for d in detections for v in d["box"].values())  # the pipeline rounds boxes

@@ -64,12 +64,22 @@ def _binary_mask(image: Any, column: str, image_id: str, shape: tuple[int, int])
     return array > 0
 
 
+def _row_name(row: Mapping[str, Any]) -> str:
+    """The file stem of a row (``image_name``; a dataset built before 2.0.0 had it in ``image_id``)."""
+    return str(row["image_name"] if "image_name" in row else row["image_id"])
+
+
+def _id_columns(dataset: Any) -> list[str]:
+    """``image_id`` and, when the dataset has it, ``image_name`` (the name shown in messages and the JSON)."""
+    return ["image_id"] + (["image_name"] if "image_name" in dataset.column_names else [])
+
+
 def _ground_truth(example: Mapping[str, Any]) -> dict[str, Any]:
-    """One dataset row -> {"image_id", "boxes" xyxy (XML convention), "points"}."""
+    """One dataset row -> {"image_id", "image_name", "boxes" xyxy (XML convention), "points"}."""
     bbox = np.asarray(example["objects"]["bbox"], dtype=np.float64).reshape(-1, 4)
     boxes = np.concatenate([bbox[:, :2], bbox[:, :2] + bbox[:, 2:]], axis=1)  # COCO xywh -> xyxy = XML values
     points = np.asarray(example.get("points") or [], dtype=np.float64).reshape(-1, 2)
-    return {"image_id": str(example["image_id"]), "boxes": boxes, "points": points}
+    return {"image_id": example["image_id"], "image_name": _row_name(example), "boxes": boxes, "points": points}
 
 
 def model_inputs(inputs: Mapping[str, Any], device: Any, dtype: Any) -> dict[str, Any]:
@@ -100,7 +110,8 @@ def predict_split(
 ) -> list[dict[str, Any]]:
     """Run ``model`` over every row of a ``datasets.Dataset`` split and return its detections in original pixels.
 
-    Returns one ``{"image_id", "width", "height", "boxes" (N, 4) float32 xyxy, "scores" (N,) float32}`` per row (in
+    Returns one ``{"image_id", "image_name", "width", "height", "boxes" (N, 4) float32 xyxy, "scores" (N,) float32}``
+    per row (in
     dataset order, sorted by decreasing score), after the processor's post-processing (score >= ``threshold``, by
     default the model config's ``score_threshold`` (0.05), NMS, at most ``max_detections``). When ``sky_metric`` is
     given, each predicted sky mask is scored against the row's ``sky_mask`` on the fly (nothing is kept in memory).
@@ -132,15 +143,16 @@ def _predict(model: Any, processor: Any, dataset: Any, batch_size: int, device: 
     dtype = next(model.parameters()).dtype  # a half-precision model gets half-precision inputs
     detections: list[dict[str, Any]] = []
     bar = tqdm(total=len(dataset), desc="Evaluating", unit="img", disable=not progress)
-    needed = ["image", "image_id", "width", "height"] + (["sky_mask"] if sky_metric else [])
+    needed = ["image", *_id_columns(dataset), "width", "height"] + (["sky_mask"] if sky_metric else [])
     inputs_only = dataset.select_columns(needed)  # do not decode the other image columns
     for start in range(0, len(dataset), batch_size):
         rows = inputs_only[start : start + batch_size]  # columnar dict of lists
         images = rows["image"]
         sizes = [(int(h), int(w)) for h, w in zip(rows["height"], rows["width"])]
-        for image_id, image, (h, w) in zip(rows["image_id"], images, sizes):
+        names = rows["image_name"] if "image_name" in rows else [str(i) for i in rows["image_id"]]
+        for name, image, (h, w) in zip(names, images, sizes):
             if (image.height, image.width) != (h, w):
-                raise ValueError(f"image {image_id!r}: decoded size {image.width}x{image.height} != the row's "
+                raise ValueError(f"image {name!r}: decoded size {image.width}x{image.height} != the row's "
                                  f"width x height {w}x{h}")
         inputs = processor(images=[to_grey(image) for image in images], return_tensors="pt")  # as training sees them
         with torch.inference_mode():
@@ -150,9 +162,10 @@ def _predict(model: Any, processor: Any, dataset: Any, batch_size: int, device: 
         for i, result in enumerate(results):
             scores = result["scores"].detach().float().cpu().numpy().reshape(-1)
             order = np.argsort(-scores, kind="stable")
-            image_id = str(rows["image_id"][i])
+            image_id = names[i]
             detections.append({
-                "image_id": image_id,
+                "image_id": rows["image_id"][i],
+                "image_name": image_id,
                 "width": sizes[i][1],
                 "height": sizes[i][0],
                 "boxes": result["boxes"].detach().float().cpu().numpy().reshape(-1, 4)[order],
@@ -235,7 +248,7 @@ def evaluate_predictions(
     from tqdm.auto import tqdm
 
     _check_columns(dataset, ("image_id", "width", "height", "objects", "points", "target_mask"))
-    ground_truths = [_ground_truth(row) for row in dataset.select_columns(["image_id", "objects", "points"])]
+    ground_truths = [_ground_truth(row) for row in dataset.select_columns([*_id_columns(dataset), "objects", "points"])]
 
     metrics: dict[str, Any] = voc_detection_metrics(detections, ground_truths, iou_threshold, legacy_plus_one, score_threshold)
     metrics.update(coco_detection_metrics(detections, ground_truths))
@@ -246,15 +259,15 @@ def evaluate_predictions(
     by_id = {str(d["image_id"]): d for d in detections}  # ids already checked to match one-to-one
     pixel = PixelMetrics(distance_threshold=pd_distance, matching=pd_matching)  # type: ignore[arg-type]
     predicted_points = []
-    for row in tqdm(dataset.select_columns(["image_id", "width", "height", "target_mask"]), total=len(dataset),
-                    desc="Scoring masks", unit="img", disable=not progress):
-        image_id, shape = str(row["image_id"]), (int(row["height"]), int(row["width"]))
-        det = by_id[image_id]
+    for row in tqdm(dataset.select_columns([*_id_columns(dataset), "width", "height", "target_mask"]),
+                    total=len(dataset), desc="Scoring masks", unit="img", disable=not progress):
+        image_id, shape = _row_name(row), (int(row["height"]), int(row["width"]))
+        det = by_id[str(row["image_id"])]
         boxes = np.asarray(det["boxes"], dtype=np.float64).reshape(-1, 4)
         keep = np.asarray(det["scores"], dtype=np.float32).reshape(-1) >= np.float32(score_threshold)
         pixel.update(boxes_to_mask(boxes[keep], *shape), _binary_mask(row["target_mask"], "target_mask", image_id, shape),
                      image_id=image_id)
-        predicted_points.append({"image_id": image_id, "points": box_centers(boxes[keep])})
+        predicted_points.append({"image_id": row["image_id"], "points": box_centers(boxes[keep])})
     metrics.update(pixel.compute())
     metrics.update(point_metrics(predicted_points, ground_truths, radius=point_radius))
     return metrics
@@ -341,7 +354,9 @@ def _json_detections(detections: Sequence[Mapping[str, Any]]) -> list[dict[str, 
     """Exact float values (float32 -> float64 is lossless), so any tool re-scoring the JSON gets the same numbers."""
     out = []
     for det in detections:
-        record = {"image_id": str(det["image_id"])}
+        record = {"image_id": det["image_id"]}
+        if "image_name" in det:
+            record["image_name"] = str(det["image_name"])
         for key in ("width", "height"):
             if key in det:
                 record[key] = int(det[key])
@@ -366,13 +381,22 @@ def _clean(value: Any) -> Any:
     return None if isinstance(value, float) and math.isnan(value) else value
 
 
+FALLBACK_SCORE_THRESHOLD = 0.5  # at-a-score metrics of a model without a stored operating point
+
+
+def operating_threshold(model: Any, fallback: float = FALLBACK_SCORE_THRESHOLD) -> float:
+    """``model.config.operating_threshold`` (best-F1 score on validation, stored by the trainer), else ``fallback``."""
+    value = getattr(model.config, "operating_threshold", None)
+    return fallback if value is None else float(value)
+
+
 def evaluate_model(
     model: Any,
     processor: Any,
     dataset: Any,
     batch_size: int = 8,
     device: str | None = None,
-    score_threshold: float = 0.5,
+    score_threshold: float | None = None,
     iou_threshold: float = 0.5,
     legacy_plus_one: bool = True,
     point_radius: float = 3.0,
@@ -381,7 +405,10 @@ def evaluate_model(
     detection_threshold: float | None = None,
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Predict and score a split in one call; returns ``{**metrics, "conventions", "detections"}``."""
+    """Predict and score a split in one call; returns ``{**metrics, "conventions", "detections"}``.
+
+    ``score_threshold`` None: the model's stored operating point (:func:`operating_threshold`)."""
+    score_threshold = operating_threshold(model) if score_threshold is None else score_threshold
     sky = SkyIoU() if "sky_mask" in dataset.column_names and hasattr(processor, "post_process_sky_segmentation") else None
     detections = predict_split(model, processor, dataset, batch_size, device, detection_threshold, sky, progress)
     return score_detections(detections, dataset, score_threshold, iou_threshold, legacy_plus_one, point_radius,
@@ -473,8 +500,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="results JSON; the PR curve is written beside it as <stem>_pr_curve.png")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu)")
-    parser.add_argument("--score-threshold", type=float, default=0.5,
-                        help="operating point for precision/recall/F1, masks (IoU/nIoU/Pd/Fa) and points")
+    parser.add_argument("--score-threshold", type=float, default=None,
+                        help="operating point for precision/recall/F1, masks (IoU/nIoU/Pd/Fa) and points (default: "
+                        "the model's operating_threshold, the best-F1 score on validation stored by training; 0.5 "
+                        "for a model without one)")
     parser.add_argument("--detection-threshold", type=float, default=None,
                         help="post-processing score threshold (default: the model config's score_threshold, 0.05; "
                         "with --predictions: keep every detection)")
@@ -507,7 +536,8 @@ def _predictions_results(args: argparse.Namespace, dataset: Any) -> dict[str, An
         detections = [{**d, "boxes": d["boxes"][d["scores"] >= args.detection_threshold],
                        "scores": d["scores"][d["scores"] >= args.detection_threshold]} for d in detections]
     return score_detections(
-        detections, dataset, score_threshold=args.score_threshold, iou_threshold=args.iou_threshold,
+        detections, dataset, iou_threshold=args.iou_threshold,
+        score_threshold=FALLBACK_SCORE_THRESHOLD if args.score_threshold is None else args.score_threshold,
         legacy_plus_one=args.legacy_plus_one, point_radius=args.point_radius, pd_matching=args.pd_matching,
         detection_threshold=args.detection_threshold, predictions=str(args.predictions),
     )
@@ -523,6 +553,10 @@ def _model_results(args: argparse.Namespace, dataset: Any) -> tuple[dict[str, An
                                                         dtype=torch.float32)
     processor = AutoImageProcessor.from_pretrained(str(args.model), trust_remote_code=True, revision=args.revision)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    args.score_threshold_source = (
+        "--score-threshold" if args.score_threshold is not None else "model config operating_threshold"
+        if getattr(model.config, "operating_threshold", None) is not None else
+        f"default {FALLBACK_SCORE_THRESHOLD} (the model stores no operating_threshold)")
     results = evaluate_model(
         model, processor, dataset, batch_size=args.batch_size, device=device,
         score_threshold=args.score_threshold, iou_threshold=args.iou_threshold,
@@ -558,7 +592,8 @@ def run(args: argparse.Namespace) -> int:
         source = {"model": None, "predictions": str(args.predictions)}
     else:
         results, device = _model_results(args, dataset)
-        source = {"model": str(args.model), "revision": args.revision, "batch_size": args.batch_size}
+        source = {"model": str(args.model), "revision": args.revision, "batch_size": args.batch_size,
+                  "score_threshold_source": args.score_threshold_source}
     detections = results.pop("detections")
     conv = results.pop("conventions")
     results["meta"] = {
@@ -568,7 +603,7 @@ def run(args: argparse.Namespace) -> int:
     }
     results["conventions"] = conv
     results["detections"] = detections
-    ground_truths = [_ground_truth(row) for row in dataset.select_columns(["image_id", "objects", "points"])]
+    ground_truths = [_ground_truth(row) for row in dataset.select_columns([*_id_columns(dataset), "objects", "points"])]
     with written_file(pr_path) as tmp:
         write_pr_curve(detections, ground_truths, tmp, results, args.iou_threshold, args.legacy_plus_one,
                        title=f"{Path(str(source_path)).name} on {args.config}/{args.split}")

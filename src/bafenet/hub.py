@@ -1,8 +1,10 @@
 """``bafenet push`` / ``push_to_hub.py``: publish a model folder and/or a built dataset folder to the Hub.
 
-Each folder goes up as **one commit** (``HfApi.create_commit``): every file of the folder is added, files that are on
-the Hub but no longer in the folder are deleted, unchanged files are skipped by ``huggingface_hub``. Both folders are
-checked before anything is sent:
+Each folder goes up as **one commit** (``HfApi.create_commit``), like ``upload_folder``: every file of the folder is
+added or updated, unchanged files are skipped by ``huggingface_hub``, and files that are on the Hub but not in the
+folder are kept unless ``--delete-remote-extras`` asks to delete them (``--dry-run`` lists them). Only regular files
+inside the folder are uploaded: a symbolic link that leads out of it is refused. Both folders are checked before
+anything is sent:
 
 - a model folder needs ``config.json``, the weights (``model.safetensors`` or a complete sharded index), every code
   file that ``auto_map`` names (and the files those import relatively) and ``preprocessor_config.json``; its README.md
@@ -13,10 +15,12 @@ The dataset folder is uploaded as it is rather than through ``datasets.DatasetDi
 wrote the final Parquet shards (images embedded) and a card whose YAML lists *both* configs (``default`` and ``v1``)
 with their features, plus statistics under ``stats/``. ``push_to_hub`` pushes one config per call, re-encodes every
 shard and rewrites the YAML; uploading the folder keeps exactly what was built and tested locally, so
-``load_dataset("<ns>/densesirst")`` on the Hub equals ``load_dataset("<folder>")``.
+``load_dataset("<ns>/densesirst")`` on the Hub equals ``load_dataset("<folder>")``. Only the card's snippets change:
+they load the repo id instead of the local folder.
 
 The token comes from ``--token``, else ``HF_TOKEN``, else the credential store of ``hf auth login``
-(``huggingface_hub.get_token``). It is never printed, logged or written: files that contain it are refused.
+(``huggingface_hub.get_token``). It is never printed, logged or written: files that contain it are refused (every file
+is scanned, whatever its size, in overlapping chunks).
 """
 
 from __future__ import annotations
@@ -44,7 +48,7 @@ IGNORED_DIRS = {".git", "__pycache__", ".cache", ".ipynb_checkpoints", ".hugging
 IGNORED_DIR_PATTERNS = ("checkpoint-*", "checkpoint_*", "epoch_*")
 IGNORED_FILES = ("*.pyc", ".DS_Store", "*.lock", "events.out.tfevents*", "optimizer.*", "scheduler.*",
                  "rng_state*", "random_states*", "scaler.pt", ".gitattributes")
-TEXT_SUFFIXES = {".json", ".md", ".py", ".txt", ".yaml", ".yml", ".cfg", ".toml", ".csv", ".log", ".ini", ".jsonl"}
+SCAN_CHUNK_BYTES = 1 << 20
 _RELATIVE_IMPORT = re.compile(r"^\s*(?:from\s+\.(\w*)\s+import|import\s+\.(\w+))", re.MULTILINE)
 REPO_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
 
@@ -98,6 +102,9 @@ def collect_files(folder: Path, exclude: list[str] | tuple[str, ...] = (),
             skipped.append(rel)
         elif not path.is_file():
             raise HubFolderError(f"{path}: broken symbolic link in the folder to upload")
+        elif path.is_symlink() and not path.resolve().is_relative_to(folder.resolve()):
+            raise HubFolderError(f"{path}: symbolic link to {path.resolve()}, outside the folder; replace it with a "
+                                 "copy of the file or --exclude it (nothing was uploaded)")
         else:
             files[rel] = path
     return files, skipped
@@ -226,7 +233,7 @@ def check_dataset_folder(folder: str | Path) -> None:
 
 # -- plans -------------------------------------------------------------------------------------------------------------
 def plan_model_upload(model_dir: str | Path, repo_id: str, *, dataset_repo: str | None = None,
-                      license: str = "apache-2.0", exclude: tuple[str, ...] = ()) -> UploadPlan:
+                      license: str | None = None, exclude: tuple[str, ...] = ()) -> UploadPlan:
     """Check the model folder and list its files plus the generated model card."""
     folder = Path(model_dir)
     check_model_folder(folder)
@@ -243,26 +250,40 @@ def plan_model_upload(model_dir: str | Path, repo_id: str, *, dataset_repo: str 
 
 def plan_dataset_upload(dataset_dir: str | Path, repo_id: str, *, exclude: tuple[str, ...] = ()) -> UploadPlan:
     """Check the dataset folder and list its files (card and shards as built)."""
+    from bafenet.data.card import card_for_hub
+
     folder = Path(dataset_dir)
     check_dataset_folder(folder)
     files, skipped = collect_files(folder, exclude)
-    return UploadPlan(repo_id, "dataset", folder, dict(files), skipped=skipped)
+    plan = UploadPlan(repo_id, "dataset", folder, dict(files), skipped=skipped)
+    card = files["README.md"].read_text(encoding="utf-8")
+    hub_card = card_for_hub(card, folder.resolve().name, repo_id)
+    if hub_card != card:  # the card's snippets load the folder by name; on the Hub they load the repo
+        plan.files["README.md"] = hub_card.encode("utf-8")
+        plan.notes["README.md"] = f'dataset card, snippets rewritten to load_dataset("{repo_id}")'
+    return plan
+
+
+def file_contains(path: Path, needle: bytes, chunk_size: int = SCAN_CHUNK_BYTES) -> bool:
+    """Whether ``needle`` occurs in the file, read in chunks that overlap by ``len(needle) - 1`` bytes."""
+    overlap = max(len(needle) - 1, 0)
+    tail = b""
+    with path.open("rb") as handle:
+        while chunk := handle.read(max(chunk_size, len(needle))):
+            if needle in tail + chunk:
+                return True
+            tail = (tail + chunk)[-overlap:] if overlap else b""
+    return False
 
 
 def check_no_token(plans: list[UploadPlan], token: str | None) -> None:
-    """Refuse to upload any text file (or generated card) that contains the token."""
+    """Refuse to upload any file (or generated card), whatever its size, that contains the token."""
     if not token:
         return
     needle = token.encode()
     for plan in plans:
         for path_in_repo, item in plan.files.items():
-            if isinstance(item, bytes):
-                data = item
-            elif item.suffix.lower() in TEXT_SUFFIXES or item.stat().st_size < 1_000_000:
-                data = item.read_bytes()
-            else:
-                continue
-            if needle in data:
+            if needle in item if isinstance(item, bytes) else file_contains(item, needle):
                 raise HubFolderError(f"{plan.folder / path_in_repo}: contains your Hugging Face token; remove it "
                                      "before publishing (nothing was uploaded)")
 
@@ -275,8 +296,12 @@ def _human(size: int) -> str:
     raise AssertionError
 
 
-def format_plan(plan: UploadPlan, *, revision: str | None, create_pr: bool, private: bool) -> str:
-    """The listing ``--dry-run`` prints: repo, revision, every file with its size."""
+def format_plan(plan: UploadPlan, *, revision: str | None, create_pr: bool, private: bool,
+                delete_remote: list[str] | None = None) -> str:
+    """The listing ``--dry-run`` prints: repo, revision, every file with its size, the remote files to delete.
+
+    ``delete_remote`` is None without ``--delete-remote-extras`` (remote files are kept), else the paths to delete.
+    """
     target = f"pull request against {revision or 'main'}" if create_pr else f"revision {revision or 'main'}"
     header = (f"{plan.repo_type} {plan.repo_id} ({target}{', private' if private else ''}) "
               f"<- {plan.folder}")
@@ -285,8 +310,12 @@ def format_plan(plan: UploadPlan, *, revision: str | None, create_pr: bool, priv
     for path, item in sorted(plan.files.items()):
         note = f"  ({plan.notes[path]})" if path in plan.notes else ""
         lines.append(f"  {path:<{width}}  {_human(plan.size_of(item)):>9}{note}")
-    lines.append(f"  {len(plan.files)} files, {_human(plan.total_bytes)}; remote files not in this list are deleted "
-                 "in the same commit")
+    if delete_remote is None:
+        lines.append(f"  {len(plan.files)} files, {_human(plan.total_bytes)}; remote files not in this list are kept "
+                     "(--delete-remote-extras deletes them)")
+    else:
+        lines.append(f"  {len(plan.files)} files, {_human(plan.total_bytes)}; deleted from the repo in the same commit "
+                     f"(--delete-remote-extras): {', '.join(delete_remote) if delete_remote else 'none'}")
     if plan.skipped:
         groups: dict[str, int] = {}
         for rel in plan.skipped:
@@ -298,9 +327,22 @@ def format_plan(plan: UploadPlan, *, revision: str | None, create_pr: bool, priv
 
 
 # -- upload ------------------------------------------------------------------------------------------------------------
+def remote_extras(api: "HfApi", plan: UploadPlan, revision: str | None) -> list[str]:
+    """Files of the repo (at ``revision``) that the plan does not hold; empty when the repo or branch is missing."""
+    from huggingface_hub.errors import RepositoryNotFoundError, RevisionNotFoundError
+
+    try:
+        remote = set(api.list_repo_files(plan.repo_id, repo_type=plan.repo_type, revision=revision))
+    except (RepositoryNotFoundError, RevisionNotFoundError):
+        return []
+    return sorted(remote - set(plan.files) - {".gitattributes"})
+
+
 def upload_plan(api: "HfApi", plan: UploadPlan, *, private: bool = False, revision: str | None = None,
-                create_pr: bool = False, commit_message: str | None = None) -> "CommitInfo":
-    """Create the repo (and branch) if needed, then send the plan as one commit that also deletes stale files."""
+                create_pr: bool = False, commit_message: str | None = None,
+                delete_remote_extras: bool = False) -> "CommitInfo":
+    """Create the repo (and branch) if needed, then send the plan as one commit (adds and updates; deletes the remote
+    files that are not in the plan only with ``delete_remote_extras``)."""
     from huggingface_hub import CommitOperationAdd, CommitOperationDelete
 
     repo_url = api.create_repo(plan.repo_id, repo_type=plan.repo_type, private=private or None, exist_ok=True)
@@ -310,10 +352,9 @@ def upload_plan(api: "HfApi", plan: UploadPlan, *, private: bool = False, revisi
                        "repo (change it in the repo settings).", repo_id)
     if revision and not create_pr and not api.revision_exists(repo_id, revision, repo_type=plan.repo_type):
         api.create_branch(repo_id, branch=revision, repo_type=plan.repo_type)
-    remote = set(api.list_repo_files(repo_id, repo_type=plan.repo_type, revision=revision))
     operations: list[Any] = [CommitOperationAdd(path_in_repo=path, path_or_fileobj=item if isinstance(item, bytes)
                                                 else str(item)) for path, item in sorted(plan.files.items())]
-    stale = sorted(remote - set(plan.files) - {".gitattributes"})
+    stale = remote_extras(api, plan, revision) if delete_remote_extras else []
     operations += [CommitOperationDelete(path_in_repo=path) for path in stale]
     what = "BAFE-Net model" if plan.repo_type == "model" else "DenseSIRST dataset"
     return api.create_commit(
@@ -344,15 +385,18 @@ def push(
     revision: str | None = None,
     create_pr: bool = False,
     commit_message: str | None = None,
-    license: str = "apache-2.0",
+    license: str | None = None,
     exclude: tuple[str, ...] = (),
+    delete_remote_extras: bool = False,
     dry_run: bool = False,
     endpoint: str | None = None,
     out: TextIO | None = None,
 ) -> list["CommitInfo"]:
     """Check both folders, then push the dataset and the model (each in one commit) and return the commits.
 
-    ``endpoint`` defaults to ``HF_ENDPOINT`` (https://huggingface.co); progress lines go to ``out`` (stdout).
+    ``endpoint`` defaults to ``HF_ENDPOINT`` (https://huggingface.co); progress lines go to ``out`` (stdout). Remote
+    files absent from a folder are kept unless ``delete_remote_extras``; ``license`` None gives the model card "other"
+    with a pointer to the data's situation (DenseSIRST carries no licence).
     """
     out = out or sys.stdout
     if (model_dir is None) != (model_repo is None):
@@ -372,22 +416,24 @@ def push(
                                        exclude=exclude))
     token = resolve_token(token)
     check_no_token(plans, token)
-    if dry_run:
+    from huggingface_hub import HfApi
+
+    api = HfApi(endpoint=endpoint, token=token)
+    if dry_run:  # read-only: the remote listing is asked for only when deletions were requested
         for plan in plans:
-            print("[dry-run] " + format_plan(plan, revision=revision, create_pr=create_pr, private=private), file=out)
+            extras = remote_extras(api, plan, revision) if delete_remote_extras else None
+            print("[dry-run] " + format_plan(plan, revision=revision, create_pr=create_pr, private=private,
+                                             delete_remote=extras), file=out)
         print("[dry-run] nothing was sent.", file=out)
         return []
     if not token:
         raise HubFolderError("no Hugging Face token: set HF_TOKEN, run `hf auth login`, or pass --token")
-    from huggingface_hub import HfApi
-
-    api = HfApi(endpoint=endpoint, token=token)
     commits = []
     for plan in plans:
         print(f"Pushing {plan.repo_type} folder {plan.folder} to {plan.repo_id}: {len(plan.files)} files, "
               f"{_human(plan.total_bytes)}", file=out, flush=True)
         info = upload_plan(api, plan, private=private, revision=revision, create_pr=create_pr,
-                           commit_message=commit_message)
+                           commit_message=commit_message, delete_remote_extras=delete_remote_extras)
         print(f"  done: {info.pr_url or info.commit_url}", file=out, flush=True)
         commits.append(info)
     return commits
@@ -407,7 +453,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--revision", help="branch to commit to (created from main if missing; default: main)")
     parser.add_argument("--create-pr", action="store_true", help="open a pull request instead of committing")
     parser.add_argument("--commit-message", help="commit title (default: 'Upload ... with bafenet push')")
-    parser.add_argument("--license", default="apache-2.0", help="licence in the model card (default: apache-2.0)")
+    parser.add_argument("--license", help="licence of the model card (default: 'other', pointing to the training "
+                        "data, which carry no licence upstream)")
+    parser.add_argument("--delete-remote-extras", action="store_true", help="delete the repo files that are not in "
+                        "the folder, in the same commit (default: keep them; --dry-run lists them)")
     parser.add_argument("--exclude", action="append", default=[], metavar="GLOB",
                         help="do not upload files whose relative path matches GLOB (repeatable)")
     parser.add_argument("--token", help="Hugging Face token (default: HF_TOKEN or the `hf auth login` store)")
@@ -421,7 +470,7 @@ def run(args: argparse.Namespace) -> int:
         push(model_dir=args.model_dir, model_repo=args.model_repo, dataset_dir=args.dataset_dir,
              dataset_repo=args.dataset_repo, token=token, private=args.private, revision=args.revision,
              create_pr=args.create_pr, commit_message=args.commit_message, license=args.license,
-             exclude=tuple(args.exclude), dry_run=args.dry_run)
+             exclude=tuple(args.exclude), delete_remote_extras=args.delete_remote_extras, dry_run=args.dry_run)
     except (ValueError, OSError, RuntimeError) as err:  # folder/card errors, huggingface_hub HTTP/upload errors
         message = str(err) + (f" ({err.__cause__})" if err.__cause__ else "")
         for secret in {token, resolve_token(None)} - {None, ""}:

@@ -273,13 +273,17 @@ def _usage_lines(repo_id: str, auto_map: dict[str, Any], dataset_repo: str | Non
                   "", 'image = Image.open("frame.png")  # single-band infrared; L, RGB or RGBA are accepted',
                   'inputs = processor(images=image, return_tensors="pt")', "with torch.no_grad():",
                   "    outputs = model(**inputs)",
+                  "threshold = model.config.operating_threshold or 0.3  # the stored operating point (best F1 on "
+                  "validation)",
                   "result = processor.post_process_object_detection(",
-                  "    outputs, threshold=0.3, target_sizes=[(image.height, image.width)]", ")[0]",
+                  "    outputs, threshold=threshold, target_sizes=[(image.height, image.width)]", ")[0]",
+                  'result = {k: v[result["scores"] >= threshold] for k, v in result.items()}  # final scores',
                   'for score, box in zip(result["scores"], result["boxes"]):  # boxes: xyxy in original pixels',
                   '    print(f"{score:.2f}", [round(v, 1) for v in box.tolist()])', "```", "",
                   "With the pipeline:", "", "```python", "from transformers import pipeline", "",
                   f'detector = pipeline("object-detection", model="{repo_id}", trust_remote_code=True)',
-                  'print(detector("frame.png", threshold=0.3))', "```", ""]
+                  'print(detector("frame.png"))  # default threshold: the operating point; boxes rounded to pixels',
+                  "```", ""]
     if "AutoModel" in auto_map:
         lines += ["The bare model (same class, outputs with `logits`, `pred_boxes`, `centerness`, `sky_logits`):", "",
                   "```python", "from transformers import AutoModel", "",
@@ -296,9 +300,13 @@ def build_model_card(
     repo_id: str,
     *,
     dataset_repo: str | None = None,
-    license: str = "apache-2.0",
+    license: str | None = None,
 ) -> str:
-    """Return the README.md text (YAML metadata + Markdown) for the model folder ``model_dir``."""
+    """Return the README.md text (YAML metadata + Markdown) for the model folder ``model_dir``.
+
+    Without ``license`` the card says ``other`` and links to the data's situation: DenseSIRST has no licence upstream,
+    so nobody can grant a licence on weights trained on it on the user's behalf.
+    """
     folder = Path(model_dir)
     config = read_json(folder / "config.json")
     if not isinstance(config, dict):
@@ -311,8 +319,10 @@ def build_model_card(
     name = repo_id.split("/")[-1]
 
     eval_results = _eval_results(evaluations, dataset_repo) if dataset_repo else []
+    licence_fields = ({"license": license} if license else
+                      {"license": "other", "license_name": "densesirst-no-licence", "license_link": DATA_URL})
     card_data = ModelCardData(
-        license=license, library_name="transformers", pipeline_tag="object-detection", tags=TAGS,
+        **licence_fields, library_name="transformers", pipeline_tag="object-detection", tags=TAGS,
         datasets=[dataset_repo] if dataset_repo else None, model_name=name if eval_results else None,
         eval_results=eval_results or None,
     )
@@ -343,8 +353,11 @@ def build_model_card(
         "and the detections.",
         "- Scores are not calibrated probabilities; choose the threshold on a validation split.",
         "- The code runs from this repository (`trust_remote_code=True`): review it and pin a revision.",
-        "- DenseSIRST has no licence file upstream; the weights are for research use. The card's licence applies to "
-        "the code.", "",
+        "- DenseSIRST has no licence file upstream ([GrokCV/DenseSIRST](" + DATA_URL + ")); the weights are for "
+        "research use"
+        + (f". The card's licence ({license}) was chosen by the publisher." if license else
+           ", and the card's licence is `other` until the data's owners publish one (pass `--license` to "
+           "`bafenet push` to set another)."), "",
         "## Citation", "",
         f"Paper: [{PAPER_URL}]({PAPER_URL}); original code: [{CODE_URL}]({CODE_URL}).", "",
         "```bibtex", CITATION, "```", "",

@@ -126,6 +126,9 @@ class Detections:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+FALLBACK_THRESHOLD = 0.3  # for a model without a stored operating point
+
+
 class Predictor:
     """Image processor + BAFE-Net (PyTorch, or the dense network in onnxruntime) + post-processing.
 
@@ -133,15 +136,20 @@ class Predictor:
         model: a model folder or Hub repo id saved with ``save_pretrained`` (remote code, image processor).
         onnx: optional path of an ONNX file from ``bafenet export onnx``; the dense network then runs in
             onnxruntime and only the image processor is loaded from ``model``.
-        threshold: keep detections whose score (sigmoid(cls) x sigmoid(centerness)) is at least this.
+        threshold: keep detections whose score (sigmoid(cls) x sigmoid(centerness)) is at least this; None: the
+            model's stored operating point (``config.operating_threshold``, the best-F1 score on validation), else
+            0.3.
         device: torch device for the PyTorch path (default: CUDA when available, else CPU).
     """
 
-    def __init__(self, model: str | Path, onnx: str | Path | None = None, threshold: float = 0.3,
+    def __init__(self, model: str | Path, onnx: str | Path | None = None, threshold: float | None = None,
                  device: str | None = None) -> None:
         import torch
         from transformers import AutoConfig, AutoImageProcessor
 
+        if threshold is None:
+            stored = getattr(AutoConfig.from_pretrained(str(model), trust_remote_code=True), "operating_threshold", None)
+            threshold = FALLBACK_THRESHOLD if stored is None else stored
         self.threshold = float(threshold)
         self.processor = AutoImageProcessor.from_pretrained(str(model), trust_remote_code=True)
         self.config = AutoConfig.from_pretrained(str(model), trust_remote_code=True)
@@ -186,7 +194,10 @@ class Predictor:
         skies = self.processor.post_process_sky_segmentation(outputs, target_sizes=target_sizes) if sky else None
         detections = []
         for i, result in enumerate(results):
+            # the processor's threshold acts on sigmoid(cls) before the centerness factor: keep final scores >= it too
+            # (the operating point is a final score, as in `bafenet evaluate`)
             order = result["scores"].argsort(descending=True)
+            order = order[result["scores"][order] >= self.threshold]
             detections.append(Detections(
                 boxes=result["boxes"][order].detach().cpu().float().numpy().reshape(-1, 4),
                 scores=result["scores"][order].detach().cpu().float().numpy().reshape(-1),
@@ -292,7 +303,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("inputs", nargs="+", metavar="INPUT", help="image files and/or folders of images")
     parser.add_argument("--model", required=True, help="model folder or Hub repo id (loaded with trust_remote_code)")
     parser.add_argument("--out", required=True, type=Path, help="output folder (predictions.json, overlays/, sky/)")
-    parser.add_argument("--threshold", type=float, default=0.3, help="minimum detection score (default 0.3)")
+    parser.add_argument("--threshold", type=float, default=None, help="minimum detection score (default: the model's "
+                        "operating_threshold, the best-F1 score on validation stored by training; 0.3 without one)")
     parser.add_argument("--onnx", type=Path, default=None,
                         help="run the dense network from this ONNX file in onnxruntime (from `bafenet export onnx`)")
     parser.add_argument("--sky", action="store_true", help="also write the predicted sky mask and tint it in overlays")
@@ -311,7 +323,7 @@ def run(args: argparse.Namespace) -> int:
     from .inputs import check_model_path
     from .outputs import claim_dir, replaced_dir
 
-    if not 0.0 <= args.threshold <= 1.0:
+    if args.threshold is not None and not 0.0 <= args.threshold <= 1.0:
         print(f"error: --threshold must be in [0, 1], got {args.threshold}", file=sys.stderr)
         return 2
     if args.max_pixels < 1:
@@ -331,7 +343,7 @@ def run(args: argparse.Namespace) -> int:
         report["errors"] = problems + report["errors"]
         (tmp / "predictions.json").write_text(json.dumps(report, indent=1))
     num_boxes = sum(len(r["boxes"]) for r in report["images"])
-    print(f"{len(report['images'])} images, {num_boxes} detections (score >= {args.threshold:g}) -> "
+    print(f"{len(report['images'])} images, {num_boxes} detections (score >= {predictor.threshold:g}) -> "
           f"{out / 'predictions.json'}")
     if not args.no_draw and report["images"]:
         print(f"overlays -> {out / 'overlays'}")

@@ -52,7 +52,7 @@ class QuickstartSettings:
     copy_paste_probability: float = 0.0  # BAG-CP off: plain images give more updates per second
     max_train_minutes: float = 3.0
     num_predict_images: int = 4
-    predict_threshold: float = 0.3
+    predict_threshold: float | None = None  # None: the model's operating point (best-F1 score on validation)
     max_steps: int | None = None
     max_eval_images: int | None = None
     seed: int = 0
@@ -189,13 +189,12 @@ def _run_steps(out: Path, settings: QuickstartSettings, overwrite: bool) -> dict
     # 5. predictions drawn ---------------------------------------------------------------------------------------
     t = _step(5, total, "draw predictions on test images (bafenet predict)")
     images = [str(devkit.read(image_id).image_path) for image_id in test_ids[: settings.num_predict_images]]
-    threshold = settings.predict_threshold
-    if isinstance(results.get("best_f1_score"), float) and results.get("best_f1"):
-        threshold = min(threshold, round(results["best_f1_score"], 3))  # a short run's scores are low
-        print(f"drawing threshold {threshold:g} (the best-F1 score of step 4, capped at "
-              f"{settings.predict_threshold:g})")
-    predict_args = ["predict", "--model", str(model_dir), *images, "--out", str(predictions_dir), "--sky",
-                    "--threshold", str(threshold)]
+    predict_args = ["predict", "--model", str(model_dir), *images, "--out", str(predictions_dir), "--sky"]
+    if settings.predict_threshold is not None:
+        predict_args += ["--threshold", str(settings.predict_threshold)]
+    else:
+        print(f"drawing threshold {train_metrics.get('operating_threshold')} (the model's operating point: the "
+              "best-F1 score on validation, stored in config.json by training)")
     commands["predict"] = "bafenet " + _quote(predict_args)
     code = bafenet(predict_args)
     if code != 0:

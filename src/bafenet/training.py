@@ -626,7 +626,7 @@ class Trainer:
         )
         self.state = TrainerState()
         config = self.model.config
-        if not args.model_name_or_path and not config.backbone_weights:
+        if not args.model_name_or_path and not (config.backbone_weights or config.backbone_weights_provenance):
             if config.freeze_backbone_bn:
                 self._print("WARNING: a new backbone trained from scratch with frozen BatchNorm (mean 0, variance 1, "
                             "scale 1) has nothing that normalises its activations; pass --backbone-weights, or "
@@ -901,9 +901,17 @@ class Trainer:
                              step=state.global_step)
         self._print(f"epoch {epoch} step {state.global_step}: validation mAP07 {metrics['mAP07']:.4f} "
                     f"mAP12 {metrics['mAP12']:.4f} recall {metrics['recall']:.4f}")
+        self._set_operating_threshold(metrics)
         if state.best_metric is None or metrics["mAP07"] > state.best_metric:
             state.best_metric, state.best_epoch, state.best_step = metrics["mAP07"], epoch, state.global_step
             self.save_model(self.output_dir / "best_model")
+
+    def _set_operating_threshold(self, validation: dict[str, Any] | None) -> None:
+        """Store the best-F1 score of this validation result as the model's operating point (``config.
+        operating_threshold``: default threshold of the pipeline, ``bafenet predict`` and ``bafenet evaluate``)."""
+        score = (validation or {}).get("best_f1_score")
+        if score is not None and math.isfinite(score):
+            self._unwrapped().config.operating_threshold = float(score)
 
     # -- main ------------------------------------------------------------------------------------------------------
     def train(self) -> dict[str, Any]:
@@ -1108,6 +1116,7 @@ class Trainer:
             "validation_history": state.history,
         }
         last_dir = self.output_dir if args.paper_protocol else self.output_dir / "last_model"
+        self._set_operating_threshold(last_val)
         self.save_model(last_dir)
         metrics["replica_weight_hashes"] = self._replica_hashes()  # of the last weights, before any reload
         if len(set(metrics["replica_weight_hashes"])) > 1:
@@ -1123,14 +1132,16 @@ class Trainer:
             if unexpected or [m for m in missing if m in dict(self._unwrapped().named_parameters())]:
                 raise RuntimeError(f"{best_dir}: weights do not fit the model (missing {missing}, unexpected "
                                    f"{unexpected})")
-            selected = {"epoch": state.best_epoch, "step": state.best_step,
-                        "validation": next(h["validation"] for h in state.history if h["step"] == state.best_step),
+            best_val = next(h["validation"] for h in state.history if h["step"] == state.best_step)
+            self._set_operating_threshold(best_val)
+            selected = {"epoch": state.best_epoch, "step": state.best_step, "validation": best_val,
                         "test": self._test(f"selected model (epoch {state.best_epoch})")}
             metrics["selected"] = selected
             self.save_model(self.output_dir)
             metrics["output_dir_model"] = "selected"
         else:
             metrics["output_dir_model"] = "last"
+        metrics["operating_threshold"] = self._unwrapped().config.operating_threshold  # of the output_dir model
         for which in ("last", "selected"):
             if metrics.get(which) and metrics[which]["test"]:
                 acc.log({f"test_{which}/{k}": v for k, v in metrics[which]["test"].items()

@@ -169,10 +169,10 @@ def build_dataset(
                 num_targets=sum(len(rows[i]["objects"]["bbox"]) for i in unique_ids),
                 synthetic=devkit.synthetic_info(),
             )
-            (tmp / "README.md").write_text(render_card(summary))  # a loadable folder before the statistics
+            (tmp / "README.md").write_text(render_card(summary, folder_name=out.name))  # a loadable folder before the statistics
             stats_md = _card_stats(default_tables, tmp) if stats else None
             if stats_md:
-                (tmp / "README.md").write_text(render_card(summary, stats_md))
+                (tmp / "README.md").write_text(render_card(summary, stats_md, folder_name=out.name))
 
     for config, config_splits in summary.configs.items():
         for s in config_splits:

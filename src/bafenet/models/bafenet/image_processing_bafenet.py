@@ -15,9 +15,17 @@ import torch.nn.functional as F
 from torchvision.ops import batched_nms
 from transformers.feature_extraction_utils import BatchFeature
 from transformers.image_processing_utils import BaseImageProcessor
+from transformers.utils import logging
 
 from .configuration_bafenet import INPUT_MODES, NORMALIZATION_PRESETS, scaled_size, window_starts
 
+logger = logging.get_logger(__name__)
+
+# Standard arguments of transformers image processors that mean nothing here (no padding, no masks, images are read
+# as they come): accepted and ignored with a warning, so code written for DETR-style processors runs unchanged.
+IGNORED_ARGUMENTS = ("do_pad", "pad_size", "do_convert_annotations", "do_convert_rgb", "data_format",
+                     "input_data_format", "resample", "masks_path", "return_segmentation_masks", "device",
+                     "do_center_crop", "crop_size", "disable_grouping")
 ImageLike = Any  # PIL.Image.Image | np.ndarray (H, W) / (H, W, 3|4) | torch.Tensor (H, W) / (3|4, H, W)
 
 
@@ -70,6 +78,10 @@ class BafeNetImageProcessor(BaseImageProcessor):
         input_mode: `"resize"` (the paper) or `"tiles"`: each image is scaled by `tile_scale` with its aspect ratio
             kept and padded (raw value 0, bottom/right) to the batch's sliding-window grid (`tile_window`,
             `tile_overlap`); `image_sizes` (B, 2) gives each scaled image's extent, and the model runs the windows.
+        do_rescale: multiply by `rescale_factor`; `False` for inputs already on the rescaled scale.
+        do_normalize: subtract `image_mean`, divide by `image_std`.
+        use_fast, backend: accepted for `AutoImageProcessor.from_pretrained(..., use_fast=/backend=)`; there is one
+            implementation (torch), used whatever they say.
         normalization: preset (`"caffe"`, `"imagenet"`, `"lite"`, see `BafeNetConfig`); `image_mean`, `image_std`,
             `rescale_factor`, `channel_order` override it. Pixel = (x * rescale_factor - mean) / std, x in 0..255,
             channels in `channel_order` (grey input is replicated to 3 channels, alpha dropped).
@@ -84,6 +96,7 @@ class BafeNetImageProcessor(BaseImageProcessor):
         do_resize: bool = True,
         do_normalize: bool = True,
         normalization: str = "caffe",
+        do_rescale: bool = True,
         image_mean: Sequence[float] | None = None,
         image_std: Sequence[float] | None = None,
         rescale_factor: float | None = None,
@@ -97,6 +110,7 @@ class BafeNetImageProcessor(BaseImageProcessor):
         tile_overlap: int = 64,
         **kwargs: Any,
     ) -> None:
+        kwargs.pop("use_fast", None), kwargs.pop("backend", None)  # one implementation (torch): nothing to choose
         super().__init__(**kwargs)
         if input_mode not in INPUT_MODES:
             raise ValueError(f"input_mode must be one of {INPUT_MODES}, got {input_mode!r}")
@@ -104,6 +118,7 @@ class BafeNetImageProcessor(BaseImageProcessor):
         self.tile_scale = float(tile_scale)
         self.tile_window = int(tile_window)
         self.tile_overlap = int(tile_overlap)
+        self.do_rescale = bool(do_rescale)
         if normalization not in NORMALIZATION_PRESETS:
             raise ValueError(f"unknown normalization {normalization!r}; choose one of {sorted(NORMALIZATION_PRESETS)}")
         mean, std, factor, order = NORMALIZATION_PRESETS[normalization]
@@ -145,15 +160,19 @@ class BafeNetImageProcessor(BaseImageProcessor):
         return cls(**params)
 
     # ---------------------------------------------------------------------------------------------- preprocessing
-    def normalize_pixels(self, pixels: torch.Tensor) -> torch.Tensor:
-        """(B, 3, H, W) RGB on 0..255 -> model input (channel order, rescale, mean/std of this processor)."""
+    def normalize_pixels(self, pixels: torch.Tensor, **overrides: Any) -> torch.Tensor:
+        """(B, 3, H, W) RGB on 0..255 -> model input (channel order, rescale, mean/std of this processor, or the
+        `do_rescale`, `rescale_factor`, `do_normalize`, `image_mean`, `image_std` given, None = this processor's)."""
+        get = lambda name: getattr(self, name) if overrides.get(name) is None else overrides[name]  # noqa: E731
         if self.channel_order == "bgr":
             pixels = pixels.flip(-3)
-        if not self.do_normalize:
+        if get("do_rescale"):
+            pixels = pixels * float(get("rescale_factor"))
+        if not get("do_normalize"):
             return pixels
-        mean = torch.tensor(self.image_mean, dtype=pixels.dtype, device=pixels.device)[:, None, None]
-        std = torch.tensor(self.image_std, dtype=pixels.dtype, device=pixels.device)[:, None, None]
-        return (pixels * self.rescale_factor - mean) / std
+        mean = torch.tensor(get("image_mean"), dtype=pixels.dtype, device=pixels.device).reshape(-1, 1, 1)
+        std = torch.tensor(get("image_std"), dtype=pixels.dtype, device=pixels.device).reshape(-1, 1, 1)
+        return (pixels - mean) / std
 
     def preprocess(
         self,
@@ -163,14 +182,33 @@ class BafeNetImageProcessor(BaseImageProcessor):
         return_tensors: str | None = "pt",
         do_resize: bool | None = None,
         size: dict[str, int] | None = None,
+        do_rescale: bool | None = None,
+        rescale_factor: float | None = None,
+        do_normalize: bool | None = None,
+        image_mean: Sequence[float] | None = None,
+        image_std: Sequence[float] | None = None,
+        format: str | None = None,  # noqa: A002 - the transformers argument name
         **kwargs: Any,
     ) -> BatchFeature:
         """Images -> `pixel_values` (B, 3, H, W); COCO `annotations` (+ `sky_masks`) -> `labels` (list of dicts with
-        `class_labels`, normalised cxcywh `boxes`, `sky_mask` (H, W) 0/1 at the model size, `orig_size` (h, w))."""
-        if kwargs:
-            raise TypeError(f"BafeNetImageProcessor.preprocess got unexpected arguments {sorted(kwargs)}")
-        if return_tensors not in ("pt", None):
-            raise ValueError(f"return_tensors must be 'pt', got {return_tensors!r}")
+        `class_labels`, normalised cxcywh `boxes`, `sky_mask` (H, W) 0/1 at the model size, `orig_size` (h, w)).
+
+        The standard arguments of transformers image processors override this processor's settings for one call
+        (None: the processor's). `return_tensors`: "pt" (torch), "np" (numpy), None (lists: one (3, H, W) array per
+        image). `format` must be "coco_detection" (the only format). Arguments meaningless here (`do_pad`,
+        `data_format`, ...: `IGNORED_ARGUMENTS`) are ignored with a warning; any other is a TypeError."""
+        ignored = sorted(k for k in kwargs if k in IGNORED_ARGUMENTS)
+        if ignored:
+            logger.warning_once(f"BafeNetImageProcessor ignores {ignored}: no meaning for this model's input")
+        unknown = sorted(set(kwargs) - set(IGNORED_ARGUMENTS))
+        if unknown:
+            raise TypeError(f"BafeNetImageProcessor.preprocess got unexpected arguments {unknown}")
+        if return_tensors not in ("pt", "np", None):
+            raise ValueError(f"return_tensors must be 'pt', 'np' or None, got {return_tensors!r}")
+        if format not in (None, "coco_detection") and str(getattr(format, "value", format)) != "coco_detection":
+            raise ValueError(f"format must be 'coco_detection' (COCO xywh annotations), got {format!r}")
+        pixel_options = dict(do_rescale=do_rescale, rescale_factor=rescale_factor, do_normalize=do_normalize,
+                             image_mean=image_mean, image_std=image_std)
         single = not isinstance(images, (list, tuple))
         images = [images] if single else list(images)
         if annotations is not None:
@@ -214,14 +252,25 @@ class BafeNetImageProcessor(BaseImageProcessor):
             image_sizes = torch.tensor([tuple(p.shape[-2:]) for p in pixels], dtype=torch.long)
             canvas = self.window_canvas(image_sizes.tolist())
             pixels = [F.pad(p, (0, canvas[1] - p.shape[-1], 0, canvas[0] - p.shape[-2])) for p in pixels]
-        data: dict[str, Any] = {"pixel_values": self.normalize_pixels(torch.stack(pixels))}
+        data: dict[str, Any] = {"pixel_values": self.normalize_pixels(torch.stack(pixels), **pixel_options)}
         if tiles:
             data["image_sizes"] = image_sizes
         if annotations is not None:
             data["labels"] = labels
         elif sky_masks is not None:
             raise ValueError("sky_masks need annotations (the labels carry them); pass annotations too")
-        return BatchFeature(data=data)
+        return self._as_tensor_type(data, return_tensors)
+
+    @staticmethod
+    def _as_tensor_type(data: dict[str, Any], return_tensors: str | None) -> BatchFeature:
+        """torch tensors as they are ("pt"), as numpy arrays ("np"), or per-image numpy lists (None)."""
+        if return_tensors == "pt":
+            return BatchFeature(data=data)
+        pixels = data["pixel_values"].numpy()
+        out: dict[str, Any] = {"pixel_values": pixels if return_tensors == "np" else list(pixels)}
+        if "labels" in data:
+            out["labels"] = [{k: v.numpy() for k, v in label.items()} for label in data["labels"]]
+        return BatchFeature(data=out)
 
     def window_canvas(self, image_sizes: Sequence[Sequence[int]]) -> tuple[int, int]:
         """(height, width) covering every image's sliding-window grid (tiles mode): the padded input size."""

