@@ -40,7 +40,6 @@ FALLBACK_OURS_ARGS = ("--backbone tf_efficientnet_lite0 --backbone-weights effic
 SMOKE_OURS_SIZE = "--image-size 128 --config-overrides fpn_channels=32,num_head_convs=1,adapter_channels=16"
 SMOKE_PEER_ARGS = "--image-size 128 --fpn-channels 32 --num-convs 1"
 # image-size groups by original area: the 1280x1024 / 1918x1080 / 1280x720 frames, the 640x512-like ones, the small
-SIZE_GROUPS = (("large (>= 1280x720)", 1280 * 720), ("medium (>= 640x512)", 640 * 512), ("small (< 640x512)", 0))
 
 
 def default_ours_args() -> str:
@@ -134,25 +133,6 @@ def evaluate_in_process(commands: dict[str, list[str]], out: Path) -> None:
             raise SystemExit(f"bafenet evaluate of {name} failed (exit {code}); see {log}")
 
 
-def size_group_scores(results: dict[str, Any], test_rows: Any) -> dict[str, dict[str, float]]:
-    """mAP07 / mAP12 / recall per image-size group, with the metric code of ``bafenet evaluate``."""
-    from bafenet.evaluation import _ground_truth
-    from bafenet.metrics.box import voc_detection_metrics
-
-    by_id = {d["image_id"]: d for d in results["detections"]}
-    groups: dict[str, tuple[list, list]] = {name: ([], []) for name, _ in SIZE_GROUPS}
-    for row in test_rows.select_columns(["image_id", "width", "height", "objects", "points"]):
-        name = next(n for n, area in SIZE_GROUPS if row["width"] * row["height"] >= area)
-        groups[name][0].append(by_id[str(row["image_id"])])
-        groups[name][1].append(_ground_truth(row))
-    scores = {}
-    for name, (detections, truths) in groups.items():
-        if truths:
-            m = voc_detection_metrics(detections, truths)
-            scores[name] = {"images": len(truths), "mAP07": m["mAP07"], "mAP12": m["mAP12"], "recall": m["recall"]}
-    return scores
-
-
 def training_figures(out: Path) -> dict[str, dict[str, Any]]:
     """Updates, training seconds, s/update and the selected validation mAP07 of each run."""
     ours = json.loads((out / "ours" / "metrics.json").read_text())
@@ -171,10 +151,12 @@ def training_figures(out: Path) -> dict[str, dict[str, Any]]:
 
 def format_table(summary: dict[str, Any]) -> str:
     """Side-by-side table: test metrics (overall, per size group), training figures, ours/peer ratios."""
+    from bafenet.metrics.breakdown import SIZE_GROUPS
+
     rows: list[tuple[str, Any, Any]] = []
     for key in ("mAP07", "mAP12", "recall"):
         rows.append((f"test {key}", summary["ours"]["test"][key], summary["peer"]["test"][key]))
-    for name, _ in SIZE_GROUPS:
+    for name, _ in SIZE_GROUPS:  # bafenet.metrics.breakdown: the groups `bafenet evaluate` reports
         ours, peer = summary["ours"]["size_groups"].get(name), summary["peer"]["size_groups"].get(name)
         if ours and peer:
             for key in ("mAP07", "mAP12"):
@@ -262,7 +244,7 @@ def main(argv: list[str] | None = None) -> int:
     for name in ("ours", "peer"):
         results = json.loads((out / f"{name}_test.json").read_text())
         summary[name] = {"test": {k: results[k] for k in ("mAP07", "mAP12", "recall", "num_detections")},
-                         "size_groups": size_group_scores(results, test_rows), "training": figures[name]}
+                         "size_groups": results["by_size"], "training": figures[name]}
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     print(f"\nequal wall time: {args.minutes} min of training each ({mode}); test split ({len(test_rows)} images) "
           f"scored by `bafenet evaluate`; {time.perf_counter() - start:.0f} s in all")
