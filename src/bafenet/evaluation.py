@@ -179,8 +179,9 @@ def _predict(model: Any, processor: Any, dataset: Any, batch_size: int, device: 
     return detections
 
 
-def load_predictions(path: Path, image_ids: Sequence[str]) -> list[dict[str, Any]]:
-    """Read and check a predictions JSON written by any detector; one entry per id of ``image_ids``, in that order.
+def load_predictions(path: Path, image_ids: Sequence[Any]) -> list[dict[str, Any]]:
+    """Read and check a predictions JSON written by any detector; one entry per id of ``image_ids``, in that order
+    (ids match as text: ``7`` and ``"7"`` are the same image; the entries carry the split's own id values).
 
     The file holds a list of ``{"image_id": str, "boxes": [[x1, y1, x2, y2], ...], "scores": [...]}`` (boxes xyxy in
     original pixels, the dataset's convention), or an object whose ``"detections"`` is such a list (a results JSON
@@ -218,14 +219,15 @@ def load_predictions(path: Path, image_ids: Sequence[str]) -> list[dict[str, Any
         scores = check_scores(arrays["scores"], len(boxes), where)
         order = np.argsort(-scores, kind="stable")
         by_id[image_id] = {"image_id": image_id, "boxes": boxes[order], "scores": scores[order]}
-    missing = [i for i in image_ids if i not in by_id]
-    extra = sorted(set(by_id) - set(image_ids))
+    canonical = {str(i): i for i in image_ids}
+    missing = [i for i in canonical if i not in by_id]
+    extra = sorted(set(by_id) - set(canonical))
     if missing or extra:
         parts = [f"{len(missing)} image(s) of the split have no entry (e.g. {missing[:3]})"] if missing else []
         parts += [f"{len(extra)} entry image id(s) are not in the split (e.g. {extra[:3]})"] if extra else []
         raise ValueError("image ids do not match the split: " + "; ".join(parts)
                          + "; give one entry per image of the split (empty lists for images without detections)")
-    return [by_id[i] for i in image_ids]
+    return [{**by_id[text], "image_id": value} for text, value in canonical.items()]
 
 
 def evaluate_predictions(
@@ -529,7 +531,7 @@ def _earlier_results(path: Path) -> bool:
 def _predictions_results(args: argparse.Namespace, dataset: Any) -> dict[str, Any]:
     """``--predictions FILE``: check the file against the split and score it; a malformed file exits with one line."""
     try:
-        detections = load_predictions(args.predictions, [str(i) for i in dataset["image_id"]])
+        detections = load_predictions(args.predictions, dataset["image_id"])
     except ValueError as error:
         raise SystemExit(f"bafenet evaluate: error: --predictions {args.predictions}: {error}") from None
     if args.detection_threshold is not None:

@@ -136,7 +136,8 @@ class TrainingArguments:
     num_train_epochs: int = _arg("training epochs", "optimisation", default=20)
     max_steps: int | None = _arg("stop after this many optimizer updates (the schedule still follows the epochs)",
                                  "optimisation", default=None)
-    max_train_minutes: float | None = _arg("stop training after this many minutes of training time", "optimisation",
+    max_train_minutes: float | None = _arg("stop training after this many minutes of training time (validation "
+                                           "passes excluded)", "optimisation",
                                            default=None)
     per_device_train_batch_size: int = _arg("training images per process and step", "optimisation", default=2)
     per_device_eval_batch_size: int = _arg("evaluation images per process and step", "optimisation", default=4)
@@ -1016,7 +1017,9 @@ class Trainer:
                 state.epoch, state.batch_in_epoch = epoch + 1, 0
                 last = state.epoch == args.num_train_epochs or stop_reason is not None
                 if self.val_rows is not None and (state.epoch % args.eval_every_epochs == 0 or last):
+                    paused = time.perf_counter()
                     self._select(self.evaluate("validation"), epoch=state.epoch)
+                    start += time.perf_counter() - paused  # training time (--max-train-minutes) excludes validation
                 self.save_checkpoint()
         progress.close()
         if stop_reason is not None:
