@@ -52,7 +52,7 @@ class QuickstartSettings:
     copy_paste_probability: float = 0.0  # BAG-CP off: plain images give more updates per second
     max_train_minutes: float = 3.0
     num_predict_images: int = 4
-    predict_threshold: float | None = None  # None: the model's operating point (best-F1 score on validation)
+    predict_operating_threshold: float | None = None  # None: the model's operating point (best-F1 score on validation)
     max_steps: int | None = None
     max_eval_images: int | None = None
     seed: int = 0
@@ -61,7 +61,7 @@ class QuickstartSettings:
     def fast(cls) -> "QuickstartSettings":
         """A smoke-test size: 12 images, a tiny 128x128 model, 2 updates (used by the test suite)."""
         return cls(num_images=12, image_size=128, epochs=1, batch_size=4, max_train_minutes=1.0,
-                   num_predict_images=2, predict_threshold=0.0, max_steps=2, max_eval_images=2)
+                   num_predict_images=2, predict_operating_threshold=0.0, max_steps=2, max_eval_images=2)
 
 
 def _set_threads() -> None:
@@ -190,8 +190,8 @@ def _run_steps(out: Path, settings: QuickstartSettings, overwrite: bool) -> dict
     t = _step(5, total, "draw predictions on test images (bafenet predict)")
     images = [str(devkit.read(image_id).image_path) for image_id in test_ids[: settings.num_predict_images]]
     predict_args = ["predict", "--model", str(model_dir), *images, "--out", str(predictions_dir), "--sky"]
-    if settings.predict_threshold is not None:
-        predict_args += ["--threshold", str(settings.predict_threshold)]
+    if settings.predict_operating_threshold is not None:
+        predict_args += ["--operating-threshold", str(settings.predict_operating_threshold)]
     else:
         print(f"drawing threshold {train_metrics.get('operating_threshold')} (the model's operating point: the "
               "best-F1 score on validation, stored in config.json by training)")

@@ -169,8 +169,9 @@ class TrainingArguments:
                                   default=1)
     eval_before_training: bool = _arg("evaluate the validation split once before the first update", "output",
                                       default=False)
-    score_threshold: float = _arg("detections below this score are dropped before scoring (mmdet: 0.05)",
-                                  "output", default=0.05)
+    detection_threshold: float | None = _arg("detection cut of the post-processing in validation and test (on "
+                                             "sigmoid(cls) before NMS); default: the image processor's "
+                                             "detection_threshold, 0.05 (mmdet's score_thr)", "output", default=None)
     report_to: str = _arg("experiment tracker for accelerate (`tensorboard`, `none`, ...)", "output",
                           default="tensorboard")
     logging_steps: int = _arg("log losses and lr every N optimizer updates", "output", default=10)
@@ -297,6 +298,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
             shown = " ".join(map(str, default)) if isinstance(default, tuple) else default
             help_text += f" (default: {shown})"
         group.add_argument(*names, help=help_text, **kwargs)
+    from bafenet.inputs import add_deprecated_alias
+
+    add_deprecated_alias(groups["output"], "--score-threshold", "--detection-threshold", "detection_threshold",
+                         type=float)
 
 
 def arguments_from_namespace(namespace: argparse.Namespace) -> TrainingArguments:
@@ -872,7 +877,7 @@ class Trainer:
         for batch in tqdm(loader, desc=f"eval {split}", leave=False, disable=not acc.is_main_process):
             outputs = model(**model_inputs(batch, batch["pixel_values"].device, batch["pixel_values"].dtype))
             results = self.processor.post_process_object_detection(
-                outputs, threshold=self.args.score_threshold, target_sizes=batch["target_sizes"]
+                outputs, threshold=self.args.detection_threshold, target_sizes=batch["target_sizes"]
             )
             items = [{"index": int(i), "boxes": r["boxes"].float().cpu().numpy(), "scores": r["scores"].float().cpu()
                       .numpy()} for i, r in zip(batch["indices"].tolist(), results)]

@@ -90,8 +90,10 @@ class BafeNetConfig(PreTrainedConfig):
         prior_prob: initial foreground probability of the classifier bias (0.01 -> bias -4.595).
         focal_alpha, focal_gamma: sigmoid focal loss parameters (0.25, 2).
         loss_weights: weights of `loss_cls`, `loss_bbox`, `loss_centerness`, `loss_seg` (all 1 in the original).
-        score_threshold, pre_nms_top_k, nms_iou_threshold, max_detections: post-processing (0.05, 1000 per level,
-            0.5, 100), as mmdet's `test_cfg`.
+        detection_threshold, pre_nms_top_k, nms_iou_threshold, max_detections: post-processing (0.05, 1000 per
+            level, 0.5, 100), as mmdet's `test_cfg`; copied into the image processor, which owns them at inference.
+            `detection_threshold` is the cut on sigmoid(cls) before NMS (the key `score_threshold` of older config
+            files is read as it).
         operating_threshold: the model's operating point, a detection score in [0, 1]: the trainer stores the best-F1
             score on validation. The default threshold of the `object-detection` pipeline, of `bafenet predict` and of
             the at-a-score metrics of `bafenet evaluate` (`None`: not chosen; they fall back to 0.5, 0.3, 0.5).
@@ -136,7 +138,7 @@ class BafeNetConfig(PreTrainedConfig):
         focal_alpha: float = 0.25,
         focal_gamma: float = 2.0,
         loss_weights: dict[str, float] | None = None,
-        score_threshold: float = 0.05,
+        detection_threshold: float = 0.05,
         pre_nms_top_k: int = 1000,
         nms_iou_threshold: float = 0.5,
         max_detections: int = 100,
@@ -151,6 +153,8 @@ class BafeNetConfig(PreTrainedConfig):
         tile_batch_size: int = 8,
         **kwargs: Any,
     ) -> None:
+        if "score_threshold" in kwargs:  # the name of `detection_threshold` in older config files
+            detection_threshold = kwargs.pop("score_threshold")
         if "id2label" not in kwargs and "num_labels" not in kwargs:
             kwargs["id2label"] = {0: "target"}
             kwargs["label2id"] = {"target": 0}
@@ -195,7 +199,7 @@ class BafeNetConfig(PreTrainedConfig):
             if unknown:
                 raise ValueError(f"BafeNetConfig: unknown loss_weights keys {sorted(unknown)}")
             self.loss_weights.update({k: float(v) for k, v in loss_weights.items()})
-        self.score_threshold = float(score_threshold)
+        self.detection_threshold = float(detection_threshold)
         self.pre_nms_top_k = int(pre_nms_top_k)
         self.nms_iou_threshold = float(nms_iou_threshold)
         self.max_detections = int(max_detections)
@@ -302,5 +306,5 @@ class BafeNetConfig(PreTrainedConfig):
             raise ValueError(f"{err}tile_batch_size must be >= 1, got {self.tile_batch_size}")
         if self.operating_threshold is not None and not 0 <= self.operating_threshold <= 1:
             raise ValueError(f"{err}operating_threshold must be in [0, 1] or None, got {self.operating_threshold}")
-        if not 0 <= self.score_threshold < 1 or not 0 < self.nms_iou_threshold <= 1:
-            raise ValueError(f"{err}score_threshold must be in [0, 1) and nms_iou_threshold in (0, 1]")
+        if not 0 <= self.detection_threshold < 1 or not 0 < self.nms_iou_threshold <= 1:
+            raise ValueError(f"{err}detection_threshold must be in [0, 1) and nms_iou_threshold in (0, 1]")
