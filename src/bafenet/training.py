@@ -1099,6 +1099,17 @@ class Trainer:
             f"without applying it. {advice}"
         )
 
+    def _load_best_weights(self) -> None:
+        """Put the weights saved in ``best_model/`` back into the model."""
+        from safetensors.torch import load_file
+
+        best_dir = self.output_dir / "best_model"
+        weights = load_file(str(best_dir / "model.safetensors"))
+        missing, unexpected = self._unwrapped().load_state_dict(weights, strict=False)
+        if unexpected or [m for m in missing if m in dict(self._unwrapped().named_parameters())]:
+            raise RuntimeError(f"{best_dir}: weights do not fit the model (missing {missing}, unexpected "
+                               f"{unexpected})")
+
     def _finish(self, stop_reason: str | None) -> dict[str, Any]:
         """Save the last (and selected) model, evaluate test on both, write metrics.json and train_args.json."""
         args, acc, state = self.args, self.accelerator, self.state
@@ -1129,18 +1140,17 @@ class Trainer:
         last_info.update(validation=last_val, test=self._test("last model"))
         metrics["last"] = last_info
         if not args.paper_protocol:
-            from safetensors.torch import load_file
-
-            best_dir = self.output_dir / "best_model"
-            weights = load_file(str(best_dir / "model.safetensors"))
-            missing, unexpected = self._unwrapped().load_state_dict(weights, strict=False)
-            if unexpected or [m for m in missing if m in dict(self._unwrapped().named_parameters())]:
-                raise RuntimeError(f"{best_dir}: weights do not fit the model (missing {missing}, unexpected "
-                                   f"{unexpected})")
             best_val = next(h["validation"] for h in state.history if h["step"] == state.best_step)
+            if state.best_step == state.global_step:  # the selected model is the last one: its test is scored
+                if self.test_rows is not None:
+                    self._print(f"the selected model is the last one: {args.test_split} is scored once")
+                selected_test = last_info["test"]
+            else:
+                self._load_best_weights()
+                selected_test = self._test(f"selected model (epoch {state.best_epoch})")
             self._set_operating_threshold(best_val)
             selected = {"epoch": state.best_epoch, "step": state.best_step, "validation": best_val,
-                        "test": self._test(f"selected model (epoch {state.best_epoch})")}
+                        "test": selected_test}
             metrics["selected"] = selected
             self.save_model(self.output_dir)
             metrics["output_dir_model"] = "selected"
