@@ -639,6 +639,9 @@ class Trainer:
             else:
                 self._print("no --backbone-weights: the backbone trains from scratch with trainable BatchNorm (the "
                             "paper freezes the BN of its ImageNet ResNet; --config-overrides freeze_backbone_bn=true)")
+        labels = self._backbone_labels()
+        self._print(f"paper-faithful run: {'yes' if labels['paper_faithful'] else 'no'}"
+                    + (f" ({'; '.join(labels['deviations'])})" if labels["deviations"] else ""))
         self._load_data()
 
     # -- set-up ----------------------------------------------------------------------------------------------------
@@ -1099,6 +1102,14 @@ class Trainer:
             f"without applying it. {advice}"
         )
 
+    def _backbone_labels(self) -> dict[str, Any]:
+        """How the backbone was initialised and trained, and whether the run is the paper's (for metrics.json)."""
+        config = self._unwrapped().config
+        provenance = config.backbone_weights_provenance or {}
+        return {"mode": config.mode, "backbone": config.backbone, "backbone_init": config.backbone_init,
+                "backbone_weights": provenance.get("name"), "backbone_bn_frozen": config.freeze_backbone_bn,
+                "paper_faithful": config.paper_faithful, "deviations": config.paper_deviations}
+
     def _load_best_weights(self) -> None:
         """Put the weights saved in ``best_model/`` back into the model."""
         from safetensors.torch import load_file
@@ -1129,6 +1140,7 @@ class Trainer:
             "num_processes": acc.num_processes,
             "mixed_precision": acc.mixed_precision,
             "frozen_parameters": self.frozen,
+            **self._backbone_labels(),
             "validation_history": state.history,
         }
         last_dir = self.output_dir if args.paper_protocol else self.output_dir / "last_model"
