@@ -149,29 +149,25 @@ def _run_steps(out: Path, settings: QuickstartSettings, overwrite: bool) -> dict
 
     # 3. training ------------------------------------------------------------------------------------------------
     t = _step(3, total, "train a small BAFE-Net (bafenet train = train_accelerate.py)")
-    from . import training
+    from .training import (AugmentationArguments, DataArguments, ModelArguments, OptimizationArguments, RunArguments,
+                           TrainingArguments, command_line, train)
 
     _set_threads()
-    train_args = [
-        "--dataset", str(dataset_dir), "--output-dir", str(model_dir), "--overwrite-output-dir",
-        "--image-size", str(settings.image_size), "--config-overrides", settings.config_overrides,
-        "--mode", settings.mode,
-        "--optimizer", "adamw", "--learning-rate", str(settings.learning_rate), "--warmup-steps", "10",
-        "--max-grad-norm", "35", "--num-train-epochs", str(settings.epochs),
-        "--lr-milestones", str(max(1, settings.epochs - 2)), "--train-repeats", "1",
-        "--copy-paste-probability", str(settings.copy_paste_probability),
-        "--per-device-train-batch-size", str(settings.batch_size), "--dataloader-num-workers", "0",
-        "--eval-every-epochs", str(settings.epochs), "--test-split", "", "--checkpointing-steps", "0",
-        "--max-train-minutes", str(settings.max_train_minutes), "--report-to", "none", "--seed", str(settings.seed),
-    ]
-    if settings.max_steps is not None:
-        train_args += ["--max-steps", str(settings.max_steps)]
-    if settings.max_eval_images is not None:
-        train_args += ["--max-eval-images", str(settings.max_eval_images)]
-    commands["train"] = "accelerate launch train_accelerate.py " + _quote(train_args)
-    code = training.main(train_args)
-    if code != 0:
-        raise RuntimeError(f"training failed with exit code {code}; see the messages above")
+    train_args = TrainingArguments.from_groups(
+        ModelArguments(image_size=settings.image_size, config_overrides=settings.config_overrides, mode=settings.mode),
+        DataArguments(dataset=str(dataset_dir), train_repeats=1, dataloader_num_workers=0, test_split="",
+                      max_eval_images=settings.max_eval_images),
+        AugmentationArguments(copy_paste_probability=settings.copy_paste_probability),
+        OptimizationArguments(optimizer="adamw", learning_rate=settings.learning_rate, warmup_steps=10,
+                              max_grad_norm=35, num_train_epochs=settings.epochs,
+                              lr_milestones=(max(1, settings.epochs - 2),),
+                              per_device_train_batch_size=settings.batch_size, max_steps=settings.max_steps,
+                              max_train_minutes=settings.max_train_minutes, seed=settings.seed),
+        RunArguments(output_dir=str(model_dir), overwrite_output_dir=True, eval_every_epochs=settings.epochs,
+                     checkpointing_steps=0, report_to="none"),
+    )
+    commands["train"] = "accelerate launch train_accelerate.py " + _quote(command_line(train_args))
+    train(train_args)
     train_metrics = json.loads((model_dir / "metrics.json").read_text())
     _done(t, f"model saved to {model_dir}")
 
