@@ -1,5 +1,6 @@
-"""Nothing imports from a layer above it: the data, metrics and model packages never import the stages built on them
-(drawing, evaluation, prediction, training, publishing, the command line)."""
+"""Nothing imports from a layer above it: each stage of the README's architecture table imports only from the rows
+above it (the data, metrics and model packages never import drawing, evaluation, prediction, training, publishing or
+the command line)."""
 
 from __future__ import annotations
 
@@ -41,3 +42,32 @@ def test_the_scan_sees_relative_and_absolute_imports(tmp_path):
     stats = SRC / "data" / "stats" / "measure.py"
     assert "data" in _imported_modules(stats)  # `from bafenet.data.drawing import densest_cluster`
     assert "visualize" in _imported_modules(SRC / "predict.py")  # `from .visualize import draw_detections`
+
+
+# The README's architecture table, top to bottom: a module may import from its own row and the rows above.
+STAGES = [
+    {"outputs", "inputs", "__init__", "__main__"},
+    {"data"},
+    {"models"},
+    {"metrics"},
+    {"evaluation"},
+    {"training", "checkpoints"},
+    {"predict", "visualize", "export_onnx"},
+    {"hub", "model_card"},
+    {"cli", "quickstart"},
+]
+
+
+def _stage(module: str) -> int:
+    """The row of a top-level module; names of the package itself (`from bafenet import CITATION`) are row 0."""
+    return next((i for i, names in enumerate(STAGES) if module in names), 0)
+
+
+def test_every_stage_imports_only_from_the_rows_above_it():
+    wrong = {}
+    for path in sorted(SRC.rglob("*.py")):
+        own = path.relative_to(SRC).parts[0].removesuffix(".py")
+        above = sorted(m for m in _imported_modules(path) if _stage(m) > _stage(own))
+        if above and own != "__main__":
+            wrong[str(path.relative_to(SRC))] = above
+    assert wrong == {}

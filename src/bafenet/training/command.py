@@ -30,8 +30,7 @@ def run(namespace: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``train_accelerate.py``: user errors end in one line on stderr and exit status 1."""
-    from bafenet.cli import error_line
-    from bafenet.outputs import UserError
+    from bafenet.outputs import UserError, error_line
 
     parser = build_parser()
     try:
