@@ -31,6 +31,10 @@ def test_parser_is_an_hf_argument_parser_and_takes_snake_and_kebab_flags():
     for flag in ("--output-dir", "--output_dir"):
         assert _parse([flag, "runs/x"]).output_dir == "runs/x"
     assert _parse(["--per_device_train_batch_size", "3", "--learning-rate", "0.5"]).per_device_train_batch_size == 3
+    from bafenet.cli import _build_parser  # `bafenet train` adds the same options to its sub-command parser
+
+    namespace = _build_parser(("train",)).parse_args(["train", "--output_dir", "runs/c", "--recipe", "cpu"])
+    assert arguments_from_namespace(namespace).output_dir == "runs/c"
 
 
 def test_groups_hold_every_option_once_and_rebuild_the_flat_arguments():

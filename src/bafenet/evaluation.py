@@ -292,8 +292,8 @@ def conventions(operating_threshold: float, iou_threshold: float, legacy_plus_on
         kept = f"score >= {detection_threshold}" if detection_threshold is not None else "all of them"
         source = f"read from {predictions} (original pixels), {kept}, no further post-processing; {box_convention}"
     else:
-        source = ("model post-processing, rescaled to original pixels: score >= "
-                  f"{detection_threshold if detection_threshold is not None else 'the processor detection_threshold'}, "
+        cut = detection_threshold if detection_threshold is not None else "the processor's detection_threshold"
+        source = (f"model post-processing, rescaled to original pixels: sigmoid(cls) > {cut} (detection_threshold), "
                   f"NMS, at most max_detections per image; {box_convention}")
     return {
         "detections": source,
