@@ -32,7 +32,7 @@ def test_cli_writes_one_json_with_metrics_conventions_detections_and_a_pr_curve(
     argv = ["evaluate", "--model", str(tiny_model_dir), "--dataset", str(synthetic_dataset_dir), "--split", "test",
             "--out", str(out), "--batch-size", "2", "--device", "cpu",
             # a random tiny model scores ~0.005: keep its boxes so every metric path sees detections
-            "--detection-threshold", "0.001", "--score-threshold", "0.0"]
+            "--detection-threshold", "0.001", "--operating-threshold", "0.0"]
     assert main(argv) == 0
     printed = capsys.readouterr().out
     for word in ("mAP07", "mAP12", "recall", "COCO", "nIoU", "Pd", "Fa", "Points", "Sky", "wrote"):
@@ -56,7 +56,7 @@ def test_cli_writes_one_json_with_metrics_conventions_detections_and_a_pr_curve(
         assert (boxes[:, 0] >= 0).all() and (boxes[:, 2] <= width).all() and (boxes[:, 3] <= height).all()
         assert np.all(np.diff(det["scores"]) <= 0)
     # the raw detections re-score to exactly the same numbers
-    again = voc_detection_metrics(detections, ground_truths, score_threshold=0.0)
+    again = voc_detection_metrics(detections, ground_truths, operating_threshold=0.0)
     for key in ("mAP07", "mAP12", "recall", "num_detections"):
         assert again[key] == results[key], key
 
@@ -108,7 +108,7 @@ def test_predict_split_restores_training_mode_and_stays_on_the_model_device(tiny
 
     model = BafeNetForObjectDetection.from_pretrained(tiny_model_dir).train()
     processor = BafeNetImageProcessor.from_pretrained(tiny_model_dir)
-    detections = predict_split(model, processor, test_split, batch_size=3, threshold=0.001, progress=False)
+    detections = predict_split(model, processor, test_split, batch_size=3, detection_threshold=0.001, progress=False)
     assert model.training
     assert [d["image_id"] for d in detections] == list(test_split["image_id"])
     assert all(d["boxes"].shape == (len(d["scores"]), 4) for d in detections)
@@ -132,7 +132,7 @@ def test_half_precision_checkpoint_is_scored_in_float32(tiny_model_dir, syntheti
     for name, model in (("float", tiny_model_dir), ("half", half)):
         out = tmp_path / f"{name}.json"
         argv = ["evaluate", "--model", str(model), "--dataset", str(synthetic_dataset_dir), "--split", "test",
-                "--out", str(out), "--device", "cpu", "--detection-threshold", "0.001", "--score-threshold", "0.0"]
+                "--out", str(out), "--device", "cpu", "--detection-threshold", "0.001", "--operating-threshold", "0.0"]
         assert main(argv) == 0
         results[name] = json.loads(out.read_text())
     float_dets, half_dets = (results[k]["detections"] for k in ("float", "half"))
@@ -146,7 +146,7 @@ def _evaluate(argv_tail: list[str], synthetic_dataset_dir, out) -> dict:
     from bafenet.cli import main
 
     argv = ["evaluate", *argv_tail, "--dataset", str(synthetic_dataset_dir), "--split", "test", "--out", str(out),
-            "--score-threshold", "0.0"]
+            "--operating-threshold", "0.0"]
     assert main(argv) == 0
     return json.loads(out.read_text())
 
@@ -238,10 +238,10 @@ def test_stored_operating_point_is_the_default_of_evaluate_and_predict(tiny_mode
     processor = BafeNetImageProcessor.from_pretrained(folder)
     rows = test_split.select(range(2))
     kwargs = dict(batch_size=2, device="cpu", detection_threshold=0.001, progress=False)
-    assert evaluate_model(model, processor, rows, **kwargs)["score_threshold"] == pytest.approx(0.004)
-    assert evaluate_model(model, processor, rows, score_threshold=0.2, **kwargs)["score_threshold"] == 0.2
+    assert evaluate_model(model, processor, rows, **kwargs)["operating_threshold"] == pytest.approx(0.004)
+    assert evaluate_model(model, processor, rows, operating_threshold=0.2, **kwargs)["operating_threshold"] == 0.2
     model.config.operating_threshold = None
-    assert evaluate_model(model, processor, rows, **kwargs)["score_threshold"] == 0.5
-    assert Predictor(folder, device="cpu").threshold == pytest.approx(0.004)
-    assert Predictor(folder, threshold=0.1, device="cpu").threshold == 0.1
-    assert Predictor(tiny_model_dir, device="cpu").threshold == 0.3
+    assert evaluate_model(model, processor, rows, **kwargs)["operating_threshold"] == 0.5
+    assert Predictor(folder, device="cpu").operating_threshold == pytest.approx(0.004)
+    assert Predictor(folder, operating_threshold=0.1, device="cpu").operating_threshold == 0.1
+    assert Predictor(tiny_model_dir, device="cpu").operating_threshold == 0.3

@@ -416,11 +416,11 @@ def test_model_card_shows_only_measured_metrics_with_conventions(tiny_model_dir,
     (folder / "train_args.json").write_text(json.dumps({"epochs": 12, "lr": 0.01, "hub_token": "hf_x"}))
     (folder / "metrics.json").write_text(json.dumps({"epoch": 12, "train_loss": 0.75, "history": [{}] * 20}))
     (folder / "results.json").write_text(json.dumps({"split": "test", "box": {"mAP07": 0.2825, "recall": 0.33},
-                                                     "score_threshold": 0.05, "legacy_plus_one": True}))
+                                                     "operating_threshold": 0.5, "legacy_plus_one": True}))
     card = build_model_card(folder, "tester/m", dataset_repo=DATASET_REPO)
     assert "Not evaluated" not in card and "| `epochs` | 12 |" in card and "hf_x" not in card
     assert "| `box.mAP07` | 0.2825 | VOC AP, 11-point" in card and "| `train_loss` | 0.75 |" in card
-    assert "- `score_threshold`: 0.05" in card and "- `legacy_plus_one`: True" in card and "- `split`: test" in card
+    assert "- `operating_threshold`: 0.5" in card and "- `legacy_plus_one`: True" in card and "- `split`: test" in card
     assert "`history` (list of 20 entries)" in card
     meta = parse_front_matter(card)
     metrics = [m for r in meta["model-index"][0]["results"] for m in r["metrics"]]

@@ -55,7 +55,7 @@ def test_interleaved_false_positives_hand_computed():
     assert m["f1"] == pytest.approx(2 * 0.75 * 0.6 / 1.35)
     assert (m["tp_at_score"], m["fp_at_score"], m["fn_at_score"]) == (3, 2, 1)  # default 0.5 keeps all five
     # operating point at score >= 0.7 (float32 scores: compared in float32): TP, FP, TP
-    m7 = voc_detection_metrics(dets, gts, score_threshold=0.7)
+    m7 = voc_detection_metrics(dets, gts, operating_threshold=0.7)
     assert m7["precision_at_score"] == pytest.approx(2 / 3) and m7["recall_at_score"] == pytest.approx(0.5)
     assert m7["f1_at_score"] == pytest.approx(2 * (2 / 3) * 0.5 / (2 / 3 + 0.5))
     assert (m7["tp_at_score"], m7["fp_at_score"], m7["fn_at_score"]) == (2, 1, 2)

@@ -72,7 +72,7 @@ def test_module_is_self_contained_and_equals_the_library_on_random_splits():
             scores = np.round(rng.uniform(0, 1, len(det)), 2)  # ties included
             references.append({"image_id": f"im{i}", "boxes": gt.tolist()})
             predictions.append({"image_id": f"im{i}", "boxes": det.tolist(), "scores": scores.tolist()})
-        for kwargs in ({}, {"legacy_plus_one": False, "iou_threshold": 0.3, "score_threshold": 0.25}):
+        for kwargs in ({}, {"legacy_plus_one": False, "iou_threshold": 0.3, "operating_threshold": 0.25}):
             got = module.voc_detection_metrics(predictions, references, **kwargs)
             assert got == pytest.approx(voc_detection_metrics(predictions, references, **kwargs), nan_ok=True), trial
 

@@ -104,7 +104,7 @@ def test_predict_with_onnx_gives_the_pytorch_detections(varied_model_dir, onnx_f
     for name, extra in (("torch", []), ("onnx", ["--onnx", str(onnx_file)])):
         out = tmp_path / name
         args = ["predict", "--model", str(varied_model_dir), str(tmp_path / "img0.png"), str(tmp_path / "img1.png"),
-                "--out", str(out), "--threshold", "0.05", "--sky", "--no-draw", *extra]
+                "--out", str(out), "--operating-threshold", "0.05", "--sky", "--no-draw", *extra]
         assert main(args) == 0
         reports[name] = json.loads((out / "predictions.json").read_text())["images"]
     assert reports["onnx"][0]["sky_fraction"] == pytest.approx(reports["torch"][0]["sky_fraction"], abs=1e-3)

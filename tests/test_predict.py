@@ -78,7 +78,8 @@ def _predict(argv: list[str]) -> int:
 
 def test_predict_writes_json_overlays_and_sky_and_reports_unreadable(tiny_model_dir, image_folder, tmp_path, capsys):
     out = tmp_path / "out"
-    rc = _predict(["--model", str(tiny_model_dir), str(image_folder), "--out", str(out), "--sky", "--threshold", "0"])
+    rc = _predict(["--model", str(tiny_model_dir), str(image_folder), "--out", str(out), "--sky",
+                   "--operating-threshold", "0", "--detection-threshold", "0"])
     captured = capsys.readouterr()
     assert rc == 1, "an unreadable image must give a non-zero exit code"
     assert "corrupt.png" in captured.err
@@ -103,11 +104,13 @@ def test_predict_writes_json_overlays_and_sky_and_reports_unreadable(tiny_model_
 def test_predict_single_files_exit_zero_and_threshold_filters(tiny_model_dir, image_folder, tmp_path):
     out = tmp_path / "out"
     files = [str(image_folder / "grey.png"), str(image_folder / "colour.jpg")]
-    assert _predict(["--model", str(tiny_model_dir), *files, "--out", str(out), "--threshold", "0", "--no-draw"]) == 0
+    assert _predict(["--model", str(tiny_model_dir), *files, "--out", str(out), "--operating-threshold", "0",
+                     "--detection-threshold", "0", "--no-draw"]) == 0
     report = json.loads((out / "predictions.json").read_text())
     assert report["errors"] == [] and len(report["images"]) == 2 and not (out / "overlays").exists()
     assert "exclusive max" in report["box_format"]
-    assert _predict(["--model", str(tiny_model_dir), *files, "--out", str(out), "--threshold", "1", "--no-draw"]) == 0
+    assert _predict(["--model", str(tiny_model_dir), *files, "--out", str(out), "--operating-threshold", "1",
+                     "--no-draw"]) == 0
     assert all(r["boxes"] == [] for r in json.loads((out / "predictions.json").read_text())["images"])
 
 
@@ -125,6 +128,6 @@ def test_same_stem_in_two_folders_gets_two_overlays(tiny_model_dir, tmp_path):
         Image.new("L", (40, 40), 100).save(tmp_path / sub / "img.png")
     out = tmp_path / "out"
     assert _predict(["--model", str(tiny_model_dir), str(tmp_path / "a"), str(tmp_path / "b"), "--out", str(out),
-                     "--threshold", "0"]) == 0
+                     "--operating-threshold", "0", "--detection-threshold", "0"]) == 0
     overlays = sorted(p.name for p in (out / "overlays").iterdir())
     assert overlays == ["img-2.png", "img.png"]

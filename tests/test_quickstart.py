@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 from PIL import Image
@@ -30,7 +31,20 @@ def test_quickstart_fast_writes_every_artefact(tmp_path, capsys):
     for record in predictions["images"]:
         assert Image.open(out / "predictions" / record["overlay"]).height == record["height"]
         assert (out / "predictions" / record["sky_mask"]).is_file()
-    assert art["model"] in printed or "model" in printed
+    # metrics.json of the training and test_results.json of `bafenet evaluate` hold what the summary reports
+    metrics = json.loads((out / "model" / "metrics.json").read_text())
+    assert {"selected", "last", "validation_history", "operating_threshold", "backbone_init", "backbone_bn_frozen",
+            "paper_faithful", "deviations"} <= set(metrics)
+    assert metrics["global_step"] == 2 and metrics["selected"]["validation"]["num_images"] == 2
+    assert summary["training"]["global_step"] == 2 and metrics["paper_faithful"] is False  # random backbone
+    assert {"mAP07", "recall", "operating_threshold", "IoU", "Pd", "point_f1", "meta", "conventions",
+            "detections"} <= set(results)
+    assert results["meta"]["model"] == art["model"] and len(results["detections"]) == results["num_images"]
+    assert summary["test_metrics"]["mAP07"] == results["mAP07"]
+    assert (out / "evaluation" / "test_results_pr_curve.png").is_file()
+    assert len(list((out / "predictions" / "overlays").glob("*.png"))) == 2
+    model_row = next(line for line in printed.splitlines() if line.strip().startswith("trained model"))
+    assert str(Path(art["model"]).name) in model_row
     assert "Quickstart finished" in printed and "mAP07" in printed
     assert all(summary["commands"][k] for k in ("devkit", "dataset", "train", "evaluate", "predict"))
 

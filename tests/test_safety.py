@@ -193,8 +193,8 @@ def test_predict_unique_names_pixel_limit_and_no_lost_run(tiny_model_dir, tmp_pa
         Image.fromarray(np.full((40, width), 90, np.uint8)).save(folder / name)
     _fake_png(folder / "huge.png", 20000, 20000)
     out = tmp_path / "predictions"
-    code = main(["predict", "--model", str(tiny_model_dir), str(folder), "--out", str(out), "--threshold", "0",
-                 "--max-pixels", "1900"])
+    code = main(["predict", "--model", str(tiny_model_dir), str(folder), "--out", str(out),
+                 "--operating-threshold", "0", "--max-pixels", "1900"])
     assert code == 1  # some inputs were skipped, the others predicted
     report = json.loads((out / "predictions.json").read_text())
     overlays = [r["overlay"] for r in report["images"]]

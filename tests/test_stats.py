@@ -140,7 +140,7 @@ def test_summary_and_claims(hand_stats):
 
 
 def test_chunked_measurement_gives_the_same_numbers(hand_stats, monkeypatch):
-    monkeypatch.setattr(S, "_MAX_CHUNK_PIXELS", 1)  # one target per chunk
+    monkeypatch.setattr(S.measure, "_MAX_CHUNK_PIXELS", 1)  # one target per chunk
     stats = S.compute_target_stats([_hand_a(), _hand_b()], progress=False, num_workers=1)
     for column in EXPECTED:
         np.testing.assert_array_equal(stats.targets[column], hand_stats.targets[column])

@@ -187,8 +187,8 @@ def test_detections_identical_through_every_entry_point(synthetic_dataset_dir, t
         assert_same_detections(got["scores"], got["boxes"], reference, atol=1e-4)
 
     images = [image.convert("L") for image in validation["image"]]
-    torch_predictor = Predictor(out, threshold=0.05, device="cpu")
-    onnx_predictor = Predictor(out, onnx=export_onnx(out, tmp_path / "model.onnx"), threshold=0.05)
+    torch_predictor = Predictor(out, operating_threshold=0.05, device="cpu")
+    onnx_predictor = Predictor(out, onnx=export_onnx(out, tmp_path / "model.onnx"), operating_threshold=0.05)
     detector = pipeline("object-detection", model=str(out), trust_remote_code=True)
     straddling = 0
     for reference, image in zip(evaluated, images):

@@ -240,7 +240,7 @@ def voc_detection_metrics(
     ground_truths: Sequence[Mapping[str, Any]],
     iou_threshold: float = 0.5,
     legacy_plus_one: bool = True,
-    score_threshold: float = 0.5,
+    operating_threshold: float = 0.5,
 ) -> dict[str, float | int]:
     """VOC detection metrics of one split (single class), mmdet-exact. All values are plain floats/ints.
 
@@ -249,11 +249,11 @@ def voc_detection_metrics(
         ``recall`` / ``precision`` / ``f1``: at the end of the curve, i.e. over *all* scored detections
         (``recall`` is mmdet's printed recall, the paper's recall07 / recall12).
         ``precision_at_score`` / ``recall_at_score`` / ``f1_at_score`` and ``tp_at_score`` / ``fp_at_score`` /
-        ``fn_at_score``: operating point keeping detections with score >= ``score_threshold``.
+        ``fn_at_score``: operating point keeping detections with score >= ``operating_threshold``.
         ``best_f1`` / ``best_f1_score``: the highest F1 along the curve and the score threshold achieving it
         (tuned on the data being scored: an oracle, not a fair operating point for the test split; NaN without
         any true positive).
-        ``num_images``, ``num_targets``, ``num_detections``, ``iou_threshold``, ``score_threshold``,
+        ``num_images``, ``num_targets``, ``num_detections``, ``iou_threshold``, ``operating_threshold``,
         ``legacy_plus_one`` (1/0).
     With no ground-truth boxes at all, AP and recall are 0 (mmdet's choice).
     """
@@ -266,7 +266,7 @@ def voc_detection_metrics(
     # detections with score >= threshold, compared in float32 (the model's precision) so that a float32 score
     # printed as 0.7 passes a threshold of 0.7
     scores32 = matched.scores.astype(np.float32)
-    kept = int(np.searchsorted(-scores32, -np.float32(score_threshold), side="right"))
+    kept = int(np.searchsorted(-scores32, -np.float32(operating_threshold), side="right"))
     tp_at = int(matched.tp[:kept].sum())
     fp_at = kept - tp_at
     p_at = safe_div(tp_at, kept)
@@ -299,7 +299,7 @@ def voc_detection_metrics(
         "num_targets": matched.num_targets,
         "num_detections": num_dets,
         "iou_threshold": float(iou_threshold),
-        "score_threshold": float(score_threshold),
+        "operating_threshold": float(operating_threshold),
         "legacy_plus_one": int(legacy_plus_one),
     }
 
@@ -318,11 +318,11 @@ Args:
     predictions: one dict per image: "image_id" (str), "boxes" (list of [x1, y1, x2, y2]), "scores" (list of float).
     references: one dict per image: "image_id" (str), "boxes" (list of [x1, y1, x2, y2]). Every image must appear
         on both sides (empty lists for images without boxes); order does not matter.
-    iou_threshold (float, default 0.5), legacy_plus_one (bool, default True), score_threshold (float, default 0.5):
+    iou_threshold (float, default 0.5), legacy_plus_one (bool, default True), operating_threshold (float, default 0.5):
         see bafenet.metrics.box.voc_detection_metrics.
 Returns:
     dict with mAP07, mAP12, recall, precision, f1, precision_at_score, recall_at_score, f1_at_score, best_f1,
-    best_f1_score, num_images, num_targets, num_detections, iou_threshold, score_threshold, legacy_plus_one
+    best_f1_score, num_images, num_targets, num_detections, iou_threshold, operating_threshold, legacy_plus_one
 Examples:
     >>> metric = evaluate.load("./metrics/densesirst_voc")
     >>> result = metric.compute(predictions=[{"image_id": "a", "boxes": [[0, 0, 4, 4]], "scores": [0.9]}],
@@ -364,6 +364,6 @@ class DensesirstVoc(evaluate.Metric):
             reference_urls=["https://arxiv.org/abs/2407.20078", "https://github.com/GrokCV/DenseSIRST"],
         )
 
-    def _compute(self, predictions, references, iou_threshold=0.5, legacy_plus_one=True, score_threshold=0.5):
+    def _compute(self, predictions, references, iou_threshold=0.5, legacy_plus_one=True, operating_threshold=0.5):
         return voc_detection_metrics(predictions, references, iou_threshold=iou_threshold,
-                                     legacy_plus_one=legacy_plus_one, score_threshold=score_threshold)
+                                     legacy_plus_one=legacy_plus_one, operating_threshold=operating_threshold)

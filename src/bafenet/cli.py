@@ -11,10 +11,11 @@ line on stderr naming the file or option, exit status 1; ``--debug`` (anywhere o
 from __future__ import annotations
 
 import argparse
-import errno
 import importlib
 import sys
 from collections.abc import Sequence
+
+from .outputs import error_line
 
 # command words -> (module, one-line help)
 COMMANDS: dict[tuple[str, ...], tuple[str, str]] = {
@@ -53,17 +54,6 @@ def _selected_command(argv: Sequence[str]) -> tuple[str, ...] | None:
         if words[: len(command)] == command:
             return command
     return None
-
-
-def error_line(error: BaseException) -> str:
-    """The one line a user sees for ``error``: the file or option it names, what is wrong, the fix when known."""
-    if isinstance(error, OSError) and error.strerror:
-        where = f"{error.filename}: " if error.filename is not None else ""
-        hint = {errno.ENOSPC: "; free some space or write elsewhere",
-                errno.EACCES: "; check the permissions or write elsewhere",
-                errno.EROFS: "; write elsewhere"}.get(error.errno, "")
-        return f"{where}{error.strerror}{hint}"
-    return " ".join(str(error).split()) or type(error).__name__  # one line, whatever the message
 
 
 def main(argv: Sequence[str] | None = None) -> int:

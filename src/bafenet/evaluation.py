@@ -5,9 +5,9 @@
 The model runs once over the split; its detections (rescaled to original pixels) are scored with
 
 * VOC AP at IoU 0.5, mmdet-exact with legacy "+1" (``mAP07``, ``mAP12``, ``recall``: the BAFE-Net table's numbers),
-  precision / recall / F1 at ``--score-threshold``;
+  precision / recall / F1 at ``--operating-threshold``;
 * COCO AP via faster-coco-eval (``coco_mAP``, ``coco_AP50``, ``coco_AP_small``, ...);
-* IoU / nIoU / Pd / Fa (BasicIRSTD semantics) on the detections with score >= ``--score-threshold`` drawn as
+* IoU / nIoU / Pd / Fa (BasicIRSTD semantics) on the detections with score >= ``--operating-threshold`` drawn as
   masks, against the pixel-level ``target_mask``;
 * point precision / recall / F1 and localisation error of the box centres against the ``points`` labels;
 * sky IoU from ``post_process_sky_segmentation`` against ``sky_mask``.
@@ -91,6 +91,12 @@ def model_inputs(inputs: Mapping[str, Any], device: Any, dtype: Any) -> dict[str
     return out
 
 
+def detection_threshold_of(processor: Any, value: float | None = None) -> float:
+    """The detection cut to apply: ``value``, else the processor's ``detection_threshold`` (0.05, mmdet's
+    ``score_thr``, for a processor saved before that field existed)."""
+    return float(getattr(processor, "detection_threshold", 0.05) if value is None else value)
+
+
 def _check_columns(dataset: Any, needed: Sequence[str]) -> None:
     missing = [c for c in needed if c not in dataset.column_names]
     if missing:
@@ -104,17 +110,17 @@ def predict_split(
     dataset: Any,
     batch_size: int = 8,
     device: str | None = None,
-    threshold: float | None = None,
+    detection_threshold: float | None = None,
     sky_metric: SkyIoU | None = None,
     progress: bool = True,
 ) -> list[dict[str, Any]]:
     """Run ``model`` over every row of a ``datasets.Dataset`` split and return its detections in original pixels.
 
     Returns one ``{"image_id", "image_name", "width", "height", "boxes" (N, 4) float32 xyxy, "scores" (N,) float32}``
-    per row (in
-    dataset order, sorted by decreasing score), after the processor's post-processing (score >= ``threshold``, by
-    default the model config's ``score_threshold`` (0.05), NMS, at most ``max_detections``). When ``sky_metric`` is
-    given, each predicted sky mask is scored against the row's ``sky_mask`` on the fly (nothing is kept in memory).
+    per row (in dataset order, sorted by decreasing score), after the processor's post-processing (sigmoid(cls) >
+    ``detection_threshold``, by default the processor's own (0.05), NMS, at most ``max_detections``). When
+    ``sky_metric`` is given, each predicted sky mask is scored against the row's ``sky_mask`` on the fly (nothing is
+    kept in memory).
     The model runs in eval mode on ``device`` (default: where it already is) and gets its train/eval mode back.
     """
     import torch
@@ -128,7 +134,7 @@ def predict_split(
     was_training = model.training
     model = model.to(device).eval()
     try:
-        return _predict(model, processor, dataset, batch_size, device, threshold, sky_metric, progress)
+        return _predict(model, processor, dataset, batch_size, device, detection_threshold, sky_metric, progress)
     finally:
         model.train(was_training)
 
@@ -138,8 +144,7 @@ def _predict(model: Any, processor: Any, dataset: Any, batch_size: int, device: 
     import torch
     from tqdm.auto import tqdm
 
-    if threshold is None:
-        threshold = float(getattr(model.config, "score_threshold", 0.05))
+    threshold = detection_threshold_of(processor, threshold)
     dtype = next(model.parameters()).dtype  # a half-precision model gets half-precision inputs
     detections: list[dict[str, Any]] = []
     bar = tqdm(total=len(dataset), desc="Evaluating", unit="img", disable=not progress)
@@ -233,7 +238,7 @@ def load_predictions(path: Path, image_ids: Sequence[Any]) -> list[dict[str, Any
 def evaluate_predictions(
     detections: Sequence[Mapping[str, Any]],
     dataset: Any,
-    score_threshold: float = 0.5,
+    operating_threshold: float = 0.5,
     iou_threshold: float = 0.5,
     legacy_plus_one: bool = True,
     point_radius: float = 3.0,
@@ -245,16 +250,17 @@ def evaluate_predictions(
 
     Returns a flat dict of every metric (see the README "evaluation" section): the VOC keys of
     :func:`~bafenet.metrics.box.voc_detection_metrics`, the COCO keys, ``IoU``/``nIoU``/``Pd``/``Fa``/``Fa_x1e6``
-    (masks from boxes with score >= ``score_threshold``), and the ``point_*`` keys. Image ids must match exactly.
+    (masks from boxes with score >= ``operating_threshold``), and the ``point_*`` keys. Image ids must match exactly.
     """
     from tqdm.auto import tqdm
 
     _check_columns(dataset, ("image_id", "width", "height", "objects", "points", "target_mask"))
     ground_truths = [_ground_truth(row) for row in dataset.select_columns([*_id_columns(dataset), "objects", "points"])]
 
-    metrics: dict[str, Any] = voc_detection_metrics(detections, ground_truths, iou_threshold, legacy_plus_one, score_threshold)
+    metrics: dict[str, Any] = voc_detection_metrics(detections, ground_truths, iou_threshold, legacy_plus_one,
+                                                    operating_threshold)
     metrics.update(coco_detection_metrics(detections, ground_truths))
-    metrics.update(localisation_quality(detections, ground_truths, score_threshold))
+    metrics.update(localisation_quality(detections, ground_truths, operating_threshold))
     sizes = {str(i): (int(w), int(h)) for i, w, h in zip(dataset["image_id"], dataset["width"], dataset["height"])}
     metrics["by_size"] = metrics_by_size(detections, ground_truths, sizes, iou_threshold, legacy_plus_one)
 
@@ -266,7 +272,7 @@ def evaluate_predictions(
         image_id, shape = _row_name(row), (int(row["height"]), int(row["width"]))
         det = by_id[str(row["image_id"])]
         boxes = np.asarray(det["boxes"], dtype=np.float64).reshape(-1, 4)
-        keep = np.asarray(det["scores"], dtype=np.float32).reshape(-1) >= np.float32(score_threshold)
+        keep = np.asarray(det["scores"], dtype=np.float32).reshape(-1) >= np.float32(operating_threshold)
         pixel.update(boxes_to_mask(boxes[keep], *shape), _binary_mask(row["target_mask"], "target_mask", image_id, shape),
                      image_id=image_id)
         predicted_points.append({"image_id": row["image_id"], "points": box_centers(boxes[keep])})
@@ -275,7 +281,7 @@ def evaluate_predictions(
     return metrics
 
 
-def conventions(score_threshold: float, iou_threshold: float, legacy_plus_one: bool, point_radius: float,
+def conventions(operating_threshold: float, iou_threshold: float, legacy_plus_one: bool, point_radius: float,
                 pd_distance: float, pd_matching: str, detection_threshold: float | None,
                 predictions: str | None = None) -> dict[str, str]:
     """The exact conventions behind each number, written into the results JSON (``predictions``: the file the
@@ -288,8 +294,8 @@ def conventions(score_threshold: float, iou_threshold: float, legacy_plus_one: b
         kept = f"score >= {detection_threshold}" if detection_threshold is not None else "all of them"
         source = f"read from {predictions} (original pixels), {kept}, no further post-processing; {box_convention}"
     else:
-        source = ("model post-processing, rescaled to original pixels: score >= "
-                  f"{detection_threshold if detection_threshold is not None else 'model config score_threshold'}, "
+        cut = detection_threshold if detection_threshold is not None else "the processor's detection_threshold"
+        source = (f"model post-processing, rescaled to original pixels: sigmoid(cls) > {cut} (detection_threshold), "
                   f"NMS, at most max_detections per image; {box_convention}")
     return {
         "detections": source,
@@ -298,22 +304,22 @@ def conventions(score_threshold: float, iou_threshold: float, legacy_plus_one: b
         "mAP12": VOC_CONVENTIONS["mAP12"],
         "recall": VOC_CONVENTIONS["recall"],
         "precision_recall_f1": "'precision'/'f1' at the end of the curve (all detections); '*_at_score' keep "
-        f"score >= {score_threshold}; best_f1 is tuned on this split (an oracle); 0/0 = 0",
+        f"score >= {operating_threshold}; best_f1 is tuned on this split (an oracle); 0/0 = 0",
         "coco": "pycocotools COCOeval semantics via faster-coco-eval: IoU 0.50:0.05:0.95, maxDets 100, 101-point, "
         "no +1, area ranges small < 32^2 <= medium < 96^2 (-1 = no ground truth in range)",
-        "masks": f"predicted boxes with score >= {score_threshold} rasterised (pixel centre inside the box) at original "
+        "masks": f"predicted boxes with score >= {operating_threshold} rasterised (pixel centre inside the box) at original "
         "size vs the pixel-level target_mask",
         "IoU_nIoU": "IoU = sum of intersections / sum of unions over the split; nIoU = mean per-image IoU, an image "
         "with both masks empty counts 0",
         "Pd_Fa": f"8-connected components, unweighted centroids, {pd_matching} matching (greedy = BasicIRSTD: first "
         f"unused prediction in label order), distance < {pd_distance} px; Pd = matched targets / mask targets; Fa = "
         "unmatched predicted pixels / all pixels at native size (Fa_x1e6 = Fa x 1e6, the 'x10^-6' of paper tables)",
-        "points": f"box centres ((x1+x2)/2 - 0.5, (y1+y2)/2 - 0.5) of detections with score >= {score_threshold} vs "
+        "points": f"box centres ((x1+x2)/2 - 0.5, (y1+y2)/2 - 0.5) of detections with score >= {operating_threshold} vs "
         f"the integer points labels (pixel-index x, y); optimal one-to-one matching (scipy linear_sum_assignment), "
         f"distance < {point_radius} px; errors in pixels over matched pairs",
         "by_size": "VOC numbers per image-size group by the longest side: small <= 400 px, medium <= 800 px, "
         "large > 800 px",
-        "boxes": f"for each target the detection with score >= {score_threshold} of highest exact IoU, if >= 0.1: "
+        "boxes": f"for each target the detection with score >= {operating_threshold} of highest exact IoU, if >= 0.1: "
         "fraction found, median centre error, mean width/height bias (predicted - true), median IoU",
         "sky": "post_process_sky_segmentation (sigmoid > 0.5) vs sky_mask; sky_IoU accumulated over the split, "
         "sky_mIoU = mean of sky and non-sky IoU",
@@ -338,7 +344,7 @@ def write_pr_curve(detections: Sequence[Mapping[str, Any]], ground_truths: Seque
         ax.step(recall, envelope, where="post", color="C0", lw=1.8,
                 label=f"envelope (mAP12 {metrics['mAP12']:.3f}, mAP07 {metrics['mAP07']:.3f})")
         ax.plot([metrics["recall_at_score"]], [metrics["precision_at_score"]], "o", color="C3",
-                label=f"score >= {metrics['score_threshold']:g} (F1 {metrics['f1_at_score']:.3f})")
+                label=f"score >= {metrics['operating_threshold']:g} (F1 {metrics['f1_at_score']:.3f})")
     else:
         ax.text(0.5, 0.5, "no detections", ha="center", va="center", transform=ax.transAxes)
     ax.set(xlim=(0, 1), ylim=(0, 1.02), xlabel=f"recall (of {matched.num_targets} targets)", ylabel="precision",
@@ -383,10 +389,10 @@ def _clean(value: Any) -> Any:
     return None if isinstance(value, float) and math.isnan(value) else value
 
 
-FALLBACK_SCORE_THRESHOLD = 0.5  # at-a-score metrics of a model without a stored operating point
+FALLBACK_OPERATING_THRESHOLD = 0.5  # at-a-score metrics of a model without a stored operating point
 
 
-def operating_threshold(model: Any, fallback: float = FALLBACK_SCORE_THRESHOLD) -> float:
+def stored_operating_threshold(model: Any, fallback: float = FALLBACK_OPERATING_THRESHOLD) -> float:
     """``model.config.operating_threshold`` (best-F1 score on validation, stored by the trainer), else ``fallback``."""
     value = getattr(model.config, "operating_threshold", None)
     return fallback if value is None else float(value)
@@ -398,7 +404,7 @@ def evaluate_model(
     dataset: Any,
     batch_size: int = 8,
     device: str | None = None,
-    score_threshold: float | None = None,
+    operating_threshold: float | None = None,
     iou_threshold: float = 0.5,
     legacy_plus_one: bool = True,
     point_radius: float = 3.0,
@@ -409,18 +415,18 @@ def evaluate_model(
 ) -> dict[str, Any]:
     """Predict and score a split in one call; returns ``{**metrics, "conventions", "detections"}``.
 
-    ``score_threshold`` None: the model's stored operating point (:func:`operating_threshold`)."""
-    score_threshold = operating_threshold(model) if score_threshold is None else score_threshold
+    ``operating_threshold`` None: the model's stored operating point (:func:`stored_operating_threshold`)."""
+    operating_threshold = stored_operating_threshold(model) if operating_threshold is None else operating_threshold
     sky = SkyIoU() if "sky_mask" in dataset.column_names and hasattr(processor, "post_process_sky_segmentation") else None
     detections = predict_split(model, processor, dataset, batch_size, device, detection_threshold, sky, progress)
-    return score_detections(detections, dataset, score_threshold, iou_threshold, legacy_plus_one, point_radius,
+    return score_detections(detections, dataset, operating_threshold, iou_threshold, legacy_plus_one, point_radius,
                             pd_distance, pd_matching, detection_threshold, progress, sky=sky)
 
 
 def score_detections(
     detections: Sequence[Mapping[str, Any]],
     dataset: Any,
-    score_threshold: float = 0.5,
+    operating_threshold: float = 0.5,
     iou_threshold: float = 0.5,
     legacy_plus_one: bool = True,
     point_radius: float = 3.0,
@@ -433,13 +439,13 @@ def score_detections(
 ) -> dict[str, Any]:
     """Score detections of a model or of a predictions file alike; returns ``{**metrics, "conventions",
     "detections"}`` (``sky``: a filled :class:`SkyIoU` to report; ``predictions``: the file they came from)."""
-    metrics = evaluate_predictions(detections, dataset, score_threshold, iou_threshold, legacy_plus_one,
+    metrics = evaluate_predictions(detections, dataset, operating_threshold, iou_threshold, legacy_plus_one,
                                    point_radius, pd_distance, pd_matching, progress)
     if sky is not None:
         metrics.update(sky.compute())
     return {
         **{k: _clean(v) for k, v in metrics.items()},
-        "conventions": conventions(score_threshold, iou_threshold, legacy_plus_one, point_radius, pd_distance,
+        "conventions": conventions(operating_threshold, iou_threshold, legacy_plus_one, point_radius, pd_distance,
                                    pd_matching, detection_threshold, predictions),
         "detections": _json_detections(detections),
     }
@@ -456,7 +462,7 @@ def format_summary(results: Mapping[str, Any]) -> str:
     rows = [
         (f"VOC (IoU {f('iou_threshold', 2)}, {plus})",
          f"mAP07 {f('mAP07')}  mAP12 {f('mAP12')}  recall {f('recall')}"),
-        (f"  at score >= {f('score_threshold', 2)}",
+        (f"  at score >= {f('operating_threshold', 2)}",
          f"precision {f('precision_at_score')}  recall {f('recall_at_score')}  F1 {f('f1_at_score')}  "
          f"(best F1 {f('best_f1')} at score {f('best_f1_score', 2)}, tuned on this split)"),
         ("COCO (IoU .50:.95)",
@@ -470,7 +476,7 @@ def format_summary(results: Mapping[str, Any]) -> str:
          f"error mean {f('point_mean_error', 2)} / median {f('point_median_error', 2)} px"),
     ]
     if results.get("box_found") is not None:
-        rows.append((f"Boxes (best IoU >= 0.1, score >= {f('score_threshold', 2)})",
+        rows.append((f"Boxes (best IoU >= 0.1, score >= {f('operating_threshold', 2)})",
                      f"found {f('box_found')}  centre error median {f('box_centre_error_median', 2)} px  size bias "
                      f"w {f('box_width_bias', 2)} h {f('box_height_bias', 2)} px  IoU median {f('box_iou_median')}"))
     for group, scores in (results.get("by_size") or {}).items():
@@ -490,6 +496,8 @@ def format_summary(results: Mapping[str, Any]) -> str:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from .inputs import add_deprecated_alias
+
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--model", help="model folder or Hub repo id (save_pretrained with remote code)")
     source.add_argument("--predictions", type=Path, default=None,
@@ -502,13 +510,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="results JSON; the PR curve is written beside it as <stem>_pr_curve.png")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu)")
-    parser.add_argument("--score-threshold", type=float, default=None,
+    parser.add_argument("--operating-threshold", type=float, default=None,
                         help="operating point for precision/recall/F1, masks (IoU/nIoU/Pd/Fa) and points (default: "
                         "the model's operating_threshold, the best-F1 score on validation stored by training; 0.5 "
                         "for a model without one)")
     parser.add_argument("--detection-threshold", type=float, default=None,
-                        help="post-processing score threshold (default: the model config's score_threshold, 0.05; "
-                        "with --predictions: keep every detection)")
+                        help="detection cut of the post-processing, on sigmoid(cls) before NMS (default: the image "
+                        "processor's detection_threshold, 0.05; with --predictions: keep every detection)")
+    add_deprecated_alias(parser, "--score-threshold", "--operating-threshold", "operating_threshold", type=float)
     parser.add_argument("--iou-threshold", type=float, default=0.5, help="VOC IoU threshold")
     parser.add_argument("--no-legacy-plus-one", dest="legacy_plus_one", action="store_false",
                         help="exact IoU instead of mmdet's legacy +1 widths (the paper's numbers use +1)")
@@ -539,7 +548,8 @@ def _predictions_results(args: argparse.Namespace, dataset: Any) -> dict[str, An
                        "scores": d["scores"][d["scores"] >= args.detection_threshold]} for d in detections]
     return score_detections(
         detections, dataset, iou_threshold=args.iou_threshold,
-        score_threshold=FALLBACK_SCORE_THRESHOLD if args.score_threshold is None else args.score_threshold,
+        operating_threshold=(FALLBACK_OPERATING_THRESHOLD if args.operating_threshold is None
+                             else args.operating_threshold),
         legacy_plus_one=args.legacy_plus_one, point_radius=args.point_radius, pd_matching=args.pd_matching,
         detection_threshold=args.detection_threshold, predictions=str(args.predictions),
     )
@@ -555,13 +565,13 @@ def _model_results(args: argparse.Namespace, dataset: Any) -> tuple[dict[str, An
                                                         dtype=torch.float32)
     processor = AutoImageProcessor.from_pretrained(str(args.model), trust_remote_code=True, revision=args.revision)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    args.score_threshold_source = (
-        "--score-threshold" if args.score_threshold is not None else "model config operating_threshold"
+    args.operating_threshold_source = (
+        "--operating-threshold" if args.operating_threshold is not None else "model config operating_threshold"
         if getattr(model.config, "operating_threshold", None) is not None else
-        f"default {FALLBACK_SCORE_THRESHOLD} (the model stores no operating_threshold)")
+        f"default {FALLBACK_OPERATING_THRESHOLD} (the model stores no operating_threshold)")
     results = evaluate_model(
         model, processor, dataset, batch_size=args.batch_size, device=device,
-        score_threshold=args.score_threshold, iou_threshold=args.iou_threshold,
+        operating_threshold=args.operating_threshold, iou_threshold=args.iou_threshold,
         legacy_plus_one=args.legacy_plus_one, point_radius=args.point_radius, pd_matching=args.pd_matching,
         detection_threshold=args.detection_threshold,
     )
@@ -595,7 +605,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         results, device = _model_results(args, dataset)
         source = {"model": str(args.model), "revision": args.revision, "batch_size": args.batch_size,
-                  "score_threshold_source": args.score_threshold_source}
+                  "operating_threshold_source": args.operating_threshold_source}
     detections = results.pop("detections")
     conv = results.pop("conventions")
     results["meta"] = {

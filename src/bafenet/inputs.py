@@ -7,12 +7,14 @@ Loading a broken ``save_pretrained`` folder through transformers ends in a trace
 
 from __future__ import annotations
 
+import argparse
 import json
+import sys
 from pathlib import Path
 
 from .outputs import UserError
 
-__all__ = ["looks_local", "check_model_path"]
+__all__ = ["looks_local", "check_model_path", "add_deprecated_alias"]
 
 
 def looks_local(text: str) -> bool:
@@ -71,3 +73,16 @@ def _safetensors_size(file: Path) -> int:
         header = json.loads(handle.read(header_len))
     ends = [v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"]
     return 8 + header_len + max(ends, default=0)
+
+
+def add_deprecated_alias(parser: argparse.ArgumentParser | argparse._ArgumentGroup, old: str, new: str,
+                         dest: str, **kwargs: object) -> None:
+    """Accept ``old`` (a former flag) as ``new``: it stores into ``dest`` and prints one warning line on stderr."""
+
+    class DeprecatedAlias(argparse._StoreAction):
+        def __call__(self, parser, namespace, values, option_string=None):  # noqa: ANN001
+            print(f"{parser.prog}: warning: {old} is deprecated; use {new} (same meaning)", file=sys.stderr)
+            super().__call__(parser, namespace, values, option_string)
+
+    parser.add_argument(old, dest=dest, action=DeprecatedAlias, default=argparse.SUPPRESS, help=argparse.SUPPRESS,
+                        **kwargs)

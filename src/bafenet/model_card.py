@@ -234,7 +234,7 @@ def _mode_lines(config: dict[str, Any]) -> list[str]:
     lines = ["## Mode", ""]
     if isinstance(mode, str):
         meaning = {
-            "faithful": "it reproduces the original BAFE-Net code, quirks included, with every improvement switch off",
+            "faithful": "its network is the original BAFE-Net code, quirks included, with every improvement switch off",
             "improved": "at least one improvement switch below deviates from the original code on purpose",
         }.get(mode, "")
         lines += [f"This checkpoint was built in **{mode}** mode" + (f": {meaning}." if meaning else "."), ""]
@@ -244,7 +244,27 @@ def _mode_lines(config: dict[str, Any]) -> list[str]:
         lines += ["Switches recorded in `config.json`:", "", "| switch | value |", "| --- | --- |"]
         lines += [f"| `{k}` | {v} |" for k, v in switches]
         lines.append("")
-    return lines
+    return lines + _training_setting_lines(config)
+
+
+def _training_setting_lines(config: dict[str, Any]) -> list[str]:
+    """How the backbone was initialised and whether its BatchNorm was frozen; whether the run is the paper's."""
+    from bafenet.models.bafenet import BafeNetConfig
+
+    try:
+        parsed = BafeNetConfig.from_dict(config)
+    except (TypeError, ValueError):
+        return ["`config.json` does not say how the backbone was initialised.", ""]
+    weights = (parsed.backbone_weights_provenance or {}).get("name")
+    init = "ImageNet weights" + (f" (`{weights}`)" if weights else "") if parsed.backbone_init == "imagenet" \
+        else f"{parsed.backbone_init} weights"
+    lines = [f"- backbone `{parsed.backbone}` initialised from {init}; its BatchNorm was "
+             f"{'frozen' if parsed.freeze_backbone_bn else 'trained'}"]
+    if parsed.paper_faithful:
+        lines.append("- **paper-faithful**: the original network, an ImageNet ResNet backbone with frozen BatchNorm")
+    else:
+        lines.append("- **not paper-faithful**; deviations from the paper: " + "; ".join(parsed.paper_deviations))
+    return lines + [""]
 
 
 def _training_lines(train_args: Any) -> list[str]:

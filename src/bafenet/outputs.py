@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
+import errno
 import json
 import os
 import shutil
@@ -27,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 __all__ = ["MARKER", "UserError", "OutputLock", "check_not_protected", "folder_owner", "foreign_files",
-           "claim_dir", "replaced_dir", "write_marker", "check_output_file", "written_file"]
+           "claim_dir", "replaced_dir", "write_marker", "check_output_file", "written_file", "error_line"]
 
 MARKER = ".bafenet-output.json"
 _SHOWN = 3  # foreign files named in a message
@@ -35,6 +36,17 @@ _SHOWN = 3  # foreign files named in a message
 
 class UserError(Exception):
     """A problem with what the user asked for (path, option, input file): one line naming it and the fix."""
+
+
+def error_line(error: BaseException) -> str:
+    """The one line a user sees for ``error``: the file or option it names, what is wrong, the fix when known."""
+    if isinstance(error, OSError) and error.strerror:
+        where = f"{error.filename}: " if error.filename is not None else ""
+        hint = {errno.ENOSPC: "; free some space or write elsewhere",
+                errno.EACCES: "; check the permissions or write elsewhere",
+                errno.EROFS: "; write elsewhere"}.get(error.errno, "")
+        return f"{where}{error.strerror}{hint}"
+    return " ".join(str(error).split()) or type(error).__name__  # one line, whatever the message
 
 
 def _resolved(path: str | Path) -> Path:

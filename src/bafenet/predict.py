@@ -2,7 +2,7 @@
 
 Usage::
 
-    bafenet predict --model runs/quickstart/model images/ one.png --out predictions/ [--threshold 0.3] [--sky]
+    bafenet predict --model runs/quickstart/model images/ one.png --out predictions/ [--operating-threshold 0.3] [--sky]
     bafenet predict --model runs/quickstart/model --onnx model.onnx images/ --out predictions/
 
 Writes to ``--out``:
@@ -126,7 +126,7 @@ class Detections:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-FALLBACK_THRESHOLD = 0.3  # for a model without a stored operating point
+FALLBACK_OPERATING_THRESHOLD = 0.3  # for a model without a stored operating point
 
 
 class Predictor:
@@ -136,23 +136,28 @@ class Predictor:
         model: a model folder or Hub repo id saved with ``save_pretrained`` (remote code, image processor).
         onnx: optional path of an ONNX file from ``bafenet export onnx``; the dense network then runs in
             onnxruntime and only the image processor is loaded from ``model``.
-        threshold: keep detections whose score (sigmoid(cls) x sigmoid(centerness)) is at least this; None: the
-            model's stored operating point (``config.operating_threshold``, the best-F1 score on validation), else
-            0.3.
+        operating_threshold: keep detections whose final score (sigmoid(cls) x sigmoid(centerness)) is at least
+            this; None: the model's stored operating point (``config.operating_threshold``, the best-F1 score on
+            validation), else 0.3.
+        detection_threshold: the post-processing cut on sigmoid(cls) before NMS; None: the image processor's
+            ``detection_threshold`` (0.05).
         device: torch device for the PyTorch path (default: CUDA when available, else CPU).
     """
 
-    def __init__(self, model: str | Path, onnx: str | Path | None = None, threshold: float | None = None,
-                 device: str | None = None) -> None:
+    def __init__(self, model: str | Path, onnx: str | Path | None = None, operating_threshold: float | None = None,
+                 device: str | None = None, detection_threshold: float | None = None) -> None:
         import torch
         from transformers import AutoConfig, AutoImageProcessor
 
-        if threshold is None:
-            stored = getattr(AutoConfig.from_pretrained(str(model), trust_remote_code=True), "operating_threshold", None)
-            threshold = FALLBACK_THRESHOLD if stored is None else stored
-        self.threshold = float(threshold)
+        from .evaluation import detection_threshold_of
+
         self.processor = AutoImageProcessor.from_pretrained(str(model), trust_remote_code=True)
         self.config = AutoConfig.from_pretrained(str(model), trust_remote_code=True)
+        if operating_threshold is None:
+            stored = getattr(self.config, "operating_threshold", None)
+            operating_threshold = FALLBACK_OPERATING_THRESHOLD if stored is None else stored
+        self.operating_threshold = float(operating_threshold)
+        self.detection_threshold = detection_threshold_of(self.processor, detection_threshold)
         self.model = None
         self.session = None
         if onnx is not None:
@@ -189,15 +194,15 @@ class Predictor:
         outputs = self.forward(inputs)
         target_sizes = [(image.height, image.width) for image in images]
         results = self.processor.post_process_object_detection(
-            outputs, threshold=self.threshold, target_sizes=target_sizes
+            outputs, threshold=self.detection_threshold, target_sizes=target_sizes
         )
         skies = self.processor.post_process_sky_segmentation(outputs, target_sizes=target_sizes) if sky else None
         detections = []
         for i, result in enumerate(results):
-            # the processor's threshold acts on sigmoid(cls) before the centerness factor: keep final scores >= it too
-            # (the operating point is a final score, as in `bafenet evaluate`)
+            # the detection cut acts on sigmoid(cls) before the centerness factor; the operating point on the final
+            # score, as in `bafenet evaluate`
             order = result["scores"].argsort(descending=True)
-            order = order[result["scores"][order] >= self.threshold]
+            order = order[result["scores"][order] >= self.operating_threshold]
             detections.append(Detections(
                 boxes=result["boxes"][order].detach().cpu().float().numpy().reshape(-1, 4),
                 scores=result["scores"][order].detach().cpu().float().numpy().reshape(-1),
@@ -282,7 +287,7 @@ def predict_files(
                 record["sky_fraction"] = round(float(result.sky_mask.mean()), 4)
             if draw:
                 overlay_path = out_dir / "overlays" / f"{name}.png"
-                title = f"{path.name}: {len(result.boxes)} detections >= {predictor.threshold:g}"
+                title = f"{path.name}: {len(result.boxes)} detections >= {predictor.operating_threshold:g}"
                 draw_detections(image, result.boxes, result.scores, sky_mask=result.sky_mask, title=title).save(
                     overlay_path
                 )
@@ -293,18 +298,26 @@ def predict_files(
     return {
         "box_format": BOX_FORMAT,
         "score": "sigmoid(class logit) * sigmoid(centerness logit)",
-        "threshold": predictor.threshold,
+        "operating_threshold": predictor.operating_threshold,
+        "detection_threshold": predictor.detection_threshold,
         "images": records,
         "errors": errors,
     }
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from .inputs import add_deprecated_alias
+
     parser.add_argument("inputs", nargs="+", metavar="INPUT", help="image files and/or folders of images")
     parser.add_argument("--model", required=True, help="model folder or Hub repo id (loaded with trust_remote_code)")
     parser.add_argument("--out", required=True, type=Path, help="output folder (predictions.json, overlays/, sky/)")
-    parser.add_argument("--threshold", type=float, default=None, help="minimum detection score (default: the model's "
+    parser.add_argument("--operating-threshold", type=float, default=None,
+                        help="minimum final detection score drawn and written (default: the model's "
                         "operating_threshold, the best-F1 score on validation stored by training; 0.3 without one)")
+    parser.add_argument("--detection-threshold", type=float, default=None,
+                        help="detection cut of the post-processing, on sigmoid(cls) before NMS (default: the image "
+                        "processor's detection_threshold, 0.05)")
+    add_deprecated_alias(parser, "--threshold", "--operating-threshold", "operating_threshold", type=float)
     parser.add_argument("--onnx", type=Path, default=None,
                         help="run the dense network from this ONNX file in onnxruntime (from `bafenet export onnx`)")
     parser.add_argument("--sky", action="store_true", help="also write the predicted sky mask and tint it in overlays")
@@ -323,9 +336,11 @@ def run(args: argparse.Namespace) -> int:
     from .inputs import check_model_path
     from .outputs import claim_dir, replaced_dir
 
-    if args.threshold is not None and not 0.0 <= args.threshold <= 1.0:
-        print(f"error: --threshold must be in [0, 1], got {args.threshold}", file=sys.stderr)
-        return 2
+    for name in ("operating_threshold", "detection_threshold"):
+        value = getattr(args, name)
+        if value is not None and not 0.0 <= value <= 1.0:
+            print(f"error: --{name.replace('_', '-')} must be in [0, 1], got {value}", file=sys.stderr)
+            return 2
     if args.max_pixels < 1:
         print(f"error: --max-pixels must be >= 1, got {args.max_pixels}", file=sys.stderr)
         return 2
@@ -334,7 +349,8 @@ def run(args: argparse.Namespace) -> int:
     paths, problems = collect_inputs(args.inputs, recursive=args.recursive)
     for problem in problems:
         print(f"error: {problem['file']}: {problem['reason']} (skipped)", file=sys.stderr)
-    predictor = Predictor(args.model, onnx=args.onnx, threshold=args.threshold, device=args.device)
+    predictor = Predictor(args.model, onnx=args.onnx, operating_threshold=args.operating_threshold,
+                          device=args.device, detection_threshold=args.detection_threshold)
     out = Path(args.out)
     with replaced_dir(out, COMMAND, inputs=args.inputs, overwrite=args.overwrite) as tmp:
         report = predict_files(predictor, paths, tmp, sky=args.sky, draw=not args.no_draw,
@@ -343,7 +359,7 @@ def run(args: argparse.Namespace) -> int:
         report["errors"] = problems + report["errors"]
         (tmp / "predictions.json").write_text(json.dumps(report, indent=1))
     num_boxes = sum(len(r["boxes"]) for r in report["images"])
-    print(f"{len(report['images'])} images, {num_boxes} detections (score >= {predictor.threshold:g}) -> "
+    print(f"{len(report['images'])} images, {num_boxes} detections (score >= {predictor.operating_threshold:g}) -> "
           f"{out / 'predictions.json'}")
     if not args.no_draw and report["images"]:
         print(f"overlays -> {out / 'overlays'}")

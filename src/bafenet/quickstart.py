@@ -48,7 +48,7 @@ class QuickstartSettings:
     batch_size: int = 4
     max_train_minutes: float = 3.0
     num_predict_images: int = 4
-    predict_threshold: float | None = None  # None: the model's operating point (best-F1 score on validation)
+    predict_operating_threshold: float | None = None  # None: the model's operating point (best-F1 score on validation)
     max_steps: int | None = None
     max_eval_images: int | None = None
     seed: int = 0
@@ -57,7 +57,7 @@ class QuickstartSettings:
     def fast(cls) -> "QuickstartSettings":
         """A smoke-test size: 12 images, 2 updates (used by the test suite)."""
         return cls(num_images=12, epochs=1, batch_size=4, max_train_minutes=1.0, num_predict_images=2,
-                   predict_threshold=0.0, max_steps=2, max_eval_images=2)
+                   predict_operating_threshold=0.0, max_steps=2, max_eval_images=2)
 
 
 def _set_threads() -> None:
@@ -145,26 +145,19 @@ def _run_steps(out: Path, settings: QuickstartSettings, overwrite: bool) -> dict
 
     # 3. training ------------------------------------------------------------------------------------------------
     t = _step(3, total, "train a small BAFE-Net (bafenet train = train_accelerate.py)")
-    from . import training
+    from .training import TrainingArguments, command_line, train
 
     _set_threads()
-    train_args = [
-        "--recipe", settings.recipe, "--dataset", str(dataset_dir), "--output-dir", str(model_dir),
-        "--overwrite-output-dir", "--num-train-epochs", str(settings.epochs),
-        "--per-device-train-batch-size", str(settings.batch_size), "--eval-every-epochs", str(settings.epochs),
-        "--test-split", "", "--checkpointing-steps", "0", "--max-train-minutes", str(settings.max_train_minutes),
-        "--report-to", "none", "--seed", str(settings.seed),
-    ]
-    if settings.config_overrides:
-        train_args += ["--config-overrides", settings.config_overrides]
-    if settings.max_steps is not None:
-        train_args += ["--max-steps", str(settings.max_steps)]
-    if settings.max_eval_images is not None:
-        train_args += ["--max-eval-images", str(settings.max_eval_images)]
-    commands["train"] = "accelerate launch train_accelerate.py " + _quote(train_args)
-    code = training.main(train_args)
-    if code != 0:
-        raise RuntimeError(f"training failed with exit code {code}; see the messages above")
+    overrides = {"config_overrides": settings.config_overrides} if settings.config_overrides else {}
+    train_args = TrainingArguments.from_recipe(
+        settings.recipe, dataset=str(dataset_dir), output_dir=str(model_dir), overwrite_output_dir=True,
+        num_train_epochs=settings.epochs, per_device_train_batch_size=settings.batch_size,
+        eval_every_epochs=settings.epochs, test_split="", checkpointing_steps=0,
+        max_train_minutes=settings.max_train_minutes, report_to="none", seed=settings.seed,
+        max_steps=settings.max_steps, max_eval_images=settings.max_eval_images, **overrides,
+    )
+    commands["train"] = "accelerate launch train_accelerate.py " + _quote(command_line(train_args))
+    train(train_args)
     train_metrics = json.loads((model_dir / "metrics.json").read_text())
     _done(t, f"model saved to {model_dir}")
 
@@ -183,8 +176,8 @@ def _run_steps(out: Path, settings: QuickstartSettings, overwrite: bool) -> dict
     t = _step(5, total, "draw predictions on test images (bafenet predict)")
     images = [str(devkit.read(image_id).image_path) for image_id in test_ids[: settings.num_predict_images]]
     predict_args = ["predict", "--model", str(model_dir), *images, "--out", str(predictions_dir), "--sky"]
-    if settings.predict_threshold is not None:
-        predict_args += ["--threshold", str(settings.predict_threshold)]
+    if settings.predict_operating_threshold is not None:
+        predict_args += ["--operating-threshold", str(settings.predict_operating_threshold)]
     else:
         print(f"drawing threshold {train_metrics.get('operating_threshold')} (the model's operating point: the "
               "best-F1 score on validation, stored in config.json by training)")

@@ -22,10 +22,8 @@ from collections.abc import Sequence
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-PREDICTION_COLOR = (255, 64, 32)  # red-orange: predictions
-GROUND_TRUTH_COLOR = (32, 230, 64)  # green: ground truth
-SKY_COLOR = (40, 140, 255)  # blue tint: sky region
-INSET_FRAME_COLOR = (255, 230, 0)  # yellow: where the zoom inset comes from
+from .data.drawing import (GROUND_TRUTH_COLOR, INSET_FRAME_COLOR, PREDICTION_COLOR, SKY_COLOR, as_boxes,
+                           densest_cluster)
 
 __all__ = [
     "to_rgb",
@@ -77,41 +75,6 @@ def tint_region(rgb: np.ndarray, mask: np.ndarray, color: Sequence[int] = SKY_CO
     return np.clip(np.rint(out), 0, 255).astype(np.uint8)
 
 
-def _as_boxes(boxes: np.ndarray | Sequence | None) -> np.ndarray:
-    if boxes is None:
-        return np.zeros((0, 4), dtype=np.float32)
-    if hasattr(boxes, "detach"):  # a torch tensor, without importing torch
-        boxes = boxes.detach().cpu().numpy()
-    boxes = np.asarray(boxes, dtype=np.float32).reshape(-1, 4)
-    return boxes
-
-
-def densest_cluster(
-    boxes: np.ndarray, window: int, image_size: tuple[int, int], weights: np.ndarray | None = None
-) -> tuple[int, int, int, int] | None:
-    """The ``window`` x ``window`` square (x0, y0, x1, y1) that holds the most box centres, clamped to the image.
-
-    Candidate squares are centred on each box centre (O(N^2), N <= a few hundred); ties go to the larger sum of
-    ``weights`` (e.g. scores). The chosen square is re-centred on the mean of the centres it holds.
-    ``image_size`` is (height, width). Returns None when there are no boxes.
-    """
-    boxes = _as_boxes(boxes)
-    if len(boxes) == 0:
-        return None
-    height, width = image_size
-    window = int(max(1, min(window, height, width)))
-    centres = np.stack([(boxes[:, 0] + boxes[:, 2]) / 2, (boxes[:, 1] + boxes[:, 3]) / 2], axis=1)
-    weights = np.ones(len(boxes), np.float32) if weights is None else np.asarray(weights, np.float32).reshape(-1)
-    inside = np.all(np.abs(centres[:, None, :] - centres[None, :, :]) <= window / 2, axis=-1)  # (N, N)
-    counts = inside.sum(1)
-    best_score = counts + (inside * weights[None, :]).sum(1) / (weights.sum() + 1.0)  # count first, weight ties
-    best = int(np.argmax(best_score))
-    cx, cy = centres[inside[best]].mean(0)
-    x0 = int(np.clip(round(cx - window / 2), 0, width - window))
-    y0 = int(np.clip(round(cy - window / 2), 0, height - window))
-    return x0, y0, x0 + window, y0 + window
-
-
 def _font(size: int) -> ImageFont.ImageFont:
     try:
         return ImageFont.load_default(size=size)
@@ -135,7 +98,7 @@ def draw_boxes(
     are never covered by its outline.
     """
     color = tuple(int(c) for c in color)
-    for i, (x0, y0, x1, y1) in enumerate(_as_boxes(boxes)):
+    for i, (x0, y0, x1, y1) in enumerate(as_boxes(boxes)):
         x0, x1 = (x0 - offset[0]) * scale, (x1 - offset[0]) * scale
         y0, y1 = (y0 - offset[1]) * scale, (y1 - offset[1]) * scale
         # PIL's rectangle includes its far edge; an exclusive-max box's last pixel ends at x1 - 1 (at scale 1).
@@ -177,8 +140,8 @@ def draw_detections(
     height, width = rgb.shape[:2]
     if sky_mask is not None:
         rgb = tint_region(rgb, sky_mask)
-    pred = _as_boxes(boxes)
-    gt = _as_boxes(ground_truth)
+    pred = as_boxes(boxes)
+    gt = as_boxes(ground_truth)
     score_values = None
     if scores is not None:
         if hasattr(scores, "detach"):

@@ -62,7 +62,7 @@ VOC_CONVENTIONS = {
     "mAP07": "11-point interpolated AP (mmdet eval_mode='11points', recall thresholds np.arange(0, 1.001, 0.1))",
     "mAP12": "area under the monotone precision envelope (mmdet eval_mode='area', VOC2010+)",
     "recall": "final recall over all scored detections (mmdet's printed recall; the paper's recall07/recall12)",
-    "precision_f1": "precision/recall/F1 at score >= score_threshold use the same matching; 0/0 is defined as 0",
+    "precision_f1": "precision/recall/F1 at score >= operating_threshold use the same matching; 0/0 is defined as 0",
 }
 
 
@@ -189,7 +189,7 @@ def voc_detection_metrics(
     ground_truths: Sequence[Mapping[str, Any]],
     iou_threshold: float = 0.5,
     legacy_plus_one: bool = True,
-    score_threshold: float = 0.5,
+    operating_threshold: float = 0.5,
 ) -> dict[str, float | int]:
     """VOC detection metrics of one split (single class), mmdet-exact. All values are plain floats/ints.
 
@@ -198,11 +198,11 @@ def voc_detection_metrics(
         ``recall`` / ``precision`` / ``f1``: at the end of the curve, i.e. over *all* scored detections
         (``recall`` is mmdet's printed recall, the paper's recall07 / recall12).
         ``precision_at_score`` / ``recall_at_score`` / ``f1_at_score`` and ``tp_at_score`` / ``fp_at_score`` /
-        ``fn_at_score``: operating point keeping detections with score >= ``score_threshold``.
+        ``fn_at_score``: operating point keeping detections with score >= ``operating_threshold``.
         ``best_f1`` / ``best_f1_score``: the highest F1 along the curve and the score threshold achieving it
         (tuned on the data being scored: an oracle, not a fair operating point for the test split; NaN without
         any true positive).
-        ``num_images``, ``num_targets``, ``num_detections``, ``iou_threshold``, ``score_threshold``,
+        ``num_images``, ``num_targets``, ``num_detections``, ``iou_threshold``, ``operating_threshold``,
         ``legacy_plus_one`` (1/0).
     With no ground-truth boxes at all, AP and recall are 0 (mmdet's choice).
     """
@@ -215,7 +215,7 @@ def voc_detection_metrics(
     # detections with score >= threshold, compared in float32 (the model's precision) so that a float32 score
     # printed as 0.7 passes a threshold of 0.7
     scores32 = matched.scores.astype(np.float32)
-    kept = int(np.searchsorted(-scores32, -np.float32(score_threshold), side="right"))
+    kept = int(np.searchsorted(-scores32, -np.float32(operating_threshold), side="right"))
     tp_at = int(matched.tp[:kept].sum())
     fp_at = kept - tp_at
     p_at = safe_div(tp_at, kept)
@@ -248,7 +248,7 @@ def voc_detection_metrics(
         "num_targets": matched.num_targets,
         "num_detections": num_dets,
         "iou_threshold": float(iou_threshold),
-        "score_threshold": float(score_threshold),
+        "operating_threshold": float(operating_threshold),
         "legacy_plus_one": int(legacy_plus_one),
     }
 

@@ -46,8 +46,8 @@ def metrics_by_size(detections: Sequence[Mapping[str, Any]], ground_truths: Sequ
 
 
 def localisation_quality(detections: Sequence[Mapping[str, Any]], ground_truths: Sequence[Mapping[str, Any]],
-                         score_threshold: float, min_iou: float = 0.1) -> dict[str, float | int | None]:
-    """For each target, the detection (score >= ``score_threshold``) of highest exact IoU, if >= ``min_iou``:
+                         operating_threshold: float, min_iou: float = 0.1) -> dict[str, float | int | None]:
+    """For each target, the detection (score >= ``operating_threshold``) of highest exact IoU, if >= ``min_iou``:
 
     ``box_found`` (fraction of targets with one), ``box_centre_error_median`` (px, centre to centre),
     ``box_width_bias`` / ``box_height_bias`` (mean predicted minus true size, px) and ``box_iou_median``.
@@ -60,7 +60,7 @@ def localisation_quality(detections: Sequence[Mapping[str, Any]], ground_truths:
         det = by_id.get(str(gt["image_id"]))
         if det is None or not len(truth):
             continue
-        keep = np.asarray(det["scores"], dtype=np.float64).reshape(-1) >= score_threshold
+        keep = np.asarray(det["scores"], dtype=np.float64).reshape(-1) >= operating_threshold
         boxes = np.asarray(det["boxes"], dtype=np.float64).reshape(-1, 4)[keep]
         if not len(boxes):
             continue

