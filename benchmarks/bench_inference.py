@@ -99,7 +99,7 @@ def bafenet_full_path(model: torch.nn.Module, processor: object, pil_image: obje
     def predict() -> object:
         with torch.inference_mode():
             inputs = processor(images=[pil_image], return_tensors="pt")
-            outputs = model(pixel_values=inputs["pixel_values"])
+            outputs = model(**inputs)  # pixel_values (+ image_sizes in the tiles input mode)
             return processor.post_process_object_detection(outputs, threshold=0.05, target_sizes=target_sizes)
 
     return predict
