@@ -1,6 +1,7 @@
 """One training step (forward + loss + backward + AdamW step) of BAFE-Net R18/R50 against torchvision FCOS-R50.
 
     python benchmarks/bench_train_step.py [--size 512] [--batch-size 2] [--repeats 8] [--backbones resnet18 resnet50]
+    python benchmarks/bench_train_step.py --recipe cpu      # the recommended CPU recipe vs the FCOS-Lite0 peer
 
 Random weights, the same batch of 512x512 grey images with the same 12 small targets per image for every model, the
 same optimiser (AdamW, lr 1e-4). The batch is prepared once, outside the timing (data loading and augmentation are
@@ -12,6 +13,11 @@ Peer: ``fcos_resnet50_fpn(weights=None, weights_backbone=None, num_classes=1, mi
 
 Candidates run interleaved with a rotating order and the median is reported with the ratio to FCOS-R50.
 Goal: BAFE-Net R18 <= 1.2x FCOS-R50.
+
+``--recipe cpu`` compares the recipe's model (Lite0, FPN 64, 2 tower convs, tiles mode: its training input is the
+recipe's ``image_size`` window, batch = the recipe's) with the equal-time benchmark's peer
+(``benchmarks/fcos_peer.py``: torchvision FCOS on the same ImageNet Lite0 backbone, exp box regression) at the same
+input size and batch. Goal: <= 1.2x the peer.
 """
 
 from __future__ import annotations
@@ -33,12 +39,91 @@ def synthetic_targets(size: int, num_targets: int = 12, seed: int = 0) -> np.nda
     return np.concatenate([centres - half, centres + half], axis=1).round().astype(np.float32)
 
 
+def coco_annotations(boxes: np.ndarray, batch: int) -> list[dict]:
+    """The same boxes as a COCO detection annotation per image of the batch (the image processor's input)."""
+    return [{"image_id": i, "annotations": [
+        {"bbox": [float(x0), float(y0), float(x1 - x0), float(y1 - y0)], "category_id": 0,
+         "area": float((x1 - x0) * (y1 - y0)), "iscrowd": 0} for x0, y0, x1, y1 in boxes]} for i in range(batch)]
+
+
+def bafenet_step(model: torch.nn.Module, inputs: dict) -> Callable[[], float]:
+    """One AdamW training step of a BAFE-Net on a prepared batch."""
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+
+    def step() -> float:
+        outputs = model(pixel_values=inputs["pixel_values"], labels=inputs["labels"])
+        optimizer.zero_grad(set_to_none=True)
+        outputs.loss.backward()
+        optimizer.step()
+        return outputs.loss.item()
+
+    return step
+
+
+def torchvision_step(model: torch.nn.Module, image: np.ndarray, boxes: np.ndarray, batch: int) -> Callable[[], float]:
+    """One AdamW training step of a torchvision detector (float images in 0..1, xyxy boxes, label 0)."""
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+    images = [torch.from_numpy(image).float().div(255.0).expand(3, -1, -1).contiguous() for _ in range(batch)]
+    targets = [{"boxes": torch.from_numpy(boxes), "labels": torch.zeros(len(boxes), dtype=torch.int64)}
+               for _ in range(batch)]
+
+    def step() -> float:
+        loss = sum(model(images, targets).values())
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        return loss.item()
+
+    return step
+
+
+def recipe_vs_lite0_peer(args) -> None:
+    """``--recipe NAME``: the recipe's model against the FCOS-Lite0 peer at the recipe's input size and batch."""
+    import sys
+    from pathlib import Path
+
+    from PIL import Image
+
+    from bafenet.models.bafenet import BafeNetConfig, BafeNetForObjectDetection, BafeNetImageProcessor
+    from bafenet.training import RECIPES, parse_config_overrides
+    from bench_inference import interleaved_median, report
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from fcos_peer import build_peer
+
+    recipe = RECIPES[args.recipe]
+    size, batch = recipe["image_size"], recipe["per_device_train_batch_size"]
+    config = BafeNetConfig.improved(backbone=recipe["backbone"], image_size=size,
+                                    backbone_weights=recipe["backbone_weights"],
+                                    **parse_config_overrides(recipe["config_overrides"]))
+    model = BafeNetForObjectDetection(config).train()
+    processor = BafeNetImageProcessor.from_model_config(config)
+    image, boxes = test_image(size), synthetic_targets(size)
+    sky = np.zeros((size, size), dtype=np.uint8)
+    sky[: size // 2] = 1
+    inputs = processor(images=[Image.fromarray(image, mode="L")] * batch, annotations=coco_annotations(boxes, batch),
+                       sky_masks=[sky] * batch, do_resize=False, return_tensors="pt")
+    name, peer_name = f"BAFE-Net --recipe {args.recipe}", "FCOS-Lite0 peer"
+    candidates = {name: bafenet_step(model, inputs),
+                  peer_name: torchvision_step(build_peer(size).train(), image, boxes, batch)}
+    medians = report(interleaved_median(candidates, args.repeats, args.warmup), peer_name,
+                     f"training step, batch {batch}, {size}x{size}, forward + loss + backward + AdamW, "
+                     f"{args.repeats} interleaved repeats")
+    ratio = medians[name] / medians[peer_name]
+    print(f"\ngoal --recipe {args.recipe} <= {GOAL_R18_VS_FCOS}x the FCOS-Lite0 peer: {ratio:.3f}x "
+          f"({'met' if ratio <= GOAL_R18_VS_FCOS else 'MISSED'})")
+
+
 def main() -> None:
     parser = timing_parser(__doc__, repeats=8)
     parser.add_argument("--batch-size", type=int, default=2)
     parser.add_argument("--backbones", nargs="+", default=["resnet18", "resnet50"])
+    parser.add_argument("--recipe", default=None, help="compare this training recipe with the FCOS-Lite0 peer")
     args = parser.parse_args()
     start(args)
+    if args.recipe:
+        recipe_vs_lite0_peer(args)
+        return
 
     from PIL import Image
 
@@ -47,44 +132,14 @@ def main() -> None:
     boxes = synthetic_targets(size)
     sky = np.zeros((size, size), dtype=np.uint8)
     sky[: size // 2] = 1
-    annotations = [
-        {"image_id": i, "annotations": [
-            {"bbox": [float(x0), float(y0), float(x1 - x0), float(y1 - y0)], "category_id": 0,
-             "area": float((x1 - x0) * (y1 - y0)), "iscrowd": 0} for x0, y0, x1, y1 in boxes]}
-        for i in range(batch)
-    ]
+    annotations = coco_annotations(boxes, batch)
     candidates: dict[str, Callable[[], object]] = {}
     for backbone in args.backbones:
         model, processor = bafenet_model(backbone, size)
-        model.train()
         inputs = processor(images=[Image.fromarray(image, mode="L")] * batch, annotations=annotations,
                            sky_masks=[sky] * batch, return_tensors="pt")
-        optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
-
-        def bafenet_step(model=model, inputs=inputs, optimizer=optimizer):
-            outputs = model(pixel_values=inputs["pixel_values"], labels=inputs["labels"])
-            optimizer.zero_grad(set_to_none=True)
-            outputs.loss.backward()
-            optimizer.step()
-            return outputs.loss.item()
-
-        candidates[f"BAFE-Net {backbone.replace('resnet', 'R')}"] = bafenet_step
-
-    peer = fcos_peer(size).train()
-    peer_optimizer = torch.optim.AdamW([p for p in peer.parameters() if p.requires_grad], lr=1e-4)
-    peer_images = [torch.from_numpy(image).float().div(255.0).expand(3, -1, -1).contiguous() for _ in range(batch)]
-    peer_targets = [{"boxes": torch.from_numpy(boxes), "labels": torch.zeros(len(boxes), dtype=torch.int64)}
-                    for _ in range(batch)]
-
-    def fcos_step():
-        losses = peer(peer_images, peer_targets)
-        loss = sum(losses.values())
-        peer_optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        peer_optimizer.step()
-        return loss.item()
-
-    candidates[PEER] = fcos_step
+        candidates[f"BAFE-Net {backbone.replace('resnet', 'R')}"] = bafenet_step(model.train(), inputs)
+    candidates[PEER] = torchvision_step(fcos_peer(size).train(), image, boxes, batch)
     compare_with_peer(candidates, args, f"training step, batch {batch}, {size}x{size}, forward + loss + backward + "
                       "AdamW", GOAL_R18_VS_FCOS)
 
