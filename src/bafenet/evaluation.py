@@ -35,7 +35,7 @@ from typing import Any
 
 import numpy as np
 
-from .data.transforms import to_grey
+from .data.transforms import row_boxes, row_name, to_grey
 from .metrics._checks import check_boxes, check_scores
 from .metrics.box import VOC_CONVENTIONS, coco_detection_metrics, match_detections, precision_recall_curve, voc_detection_metrics
 from .metrics.breakdown import localisation_quality, metrics_by_size
@@ -64,11 +64,6 @@ def _binary_mask(image: Any, column: str, image_id: str, shape: tuple[int, int])
     return array > 0
 
 
-def _row_name(row: Mapping[str, Any]) -> str:
-    """The file stem of a row (``image_name``; a dataset built before 2.0.0 had it in ``image_id``)."""
-    return str(row["image_name"] if "image_name" in row else row["image_id"])
-
-
 def _id_columns(dataset: Any) -> list[str]:
     """``image_id`` and, when the dataset has it, ``image_name`` (the name shown in messages and the JSON)."""
     return ["image_id"] + (["image_name"] if "image_name" in dataset.column_names else [])
@@ -76,10 +71,9 @@ def _id_columns(dataset: Any) -> list[str]:
 
 def _ground_truth(example: Mapping[str, Any]) -> dict[str, Any]:
     """One dataset row -> {"image_id", "image_name", "boxes" xyxy (XML convention), "points"}."""
-    bbox = np.asarray(example["objects"]["bbox"], dtype=np.float64).reshape(-1, 4)
-    boxes = np.concatenate([bbox[:, :2], bbox[:, :2] + bbox[:, 2:]], axis=1)  # COCO xywh -> xyxy = XML values
+    boxes = row_boxes(example)  # COCO xywh -> xyxy = XML values
     points = np.asarray(example.get("points") or [], dtype=np.float64).reshape(-1, 2)
-    return {"image_id": example["image_id"], "image_name": _row_name(example), "boxes": boxes, "points": points}
+    return {"image_id": example["image_id"], "image_name": row_name(example), "boxes": boxes, "points": points}
 
 
 def model_inputs(inputs: Mapping[str, Any], device: Any, dtype: Any) -> dict[str, Any]:
@@ -269,7 +263,7 @@ def evaluate_predictions(
     predicted_points = []
     for row in tqdm(dataset.select_columns([*_id_columns(dataset), "width", "height", "target_mask"]),
                     total=len(dataset), desc="Scoring masks", unit="img", disable=not progress):
-        image_id, shape = _row_name(row), (int(row["height"]), int(row["width"]))
+        image_id, shape = row_name(row), (int(row["height"]), int(row["width"]))
         det = by_id[str(row["image_id"])]
         boxes = np.asarray(det["boxes"], dtype=np.float64).reshape(-1, 4)
         keep = np.asarray(det["scores"], dtype=np.float32).reshape(-1) >= np.float32(operating_threshold)

@@ -35,6 +35,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from .data.transforms import to_grey
+
 if TYPE_CHECKING:
     import torch
 
@@ -81,7 +83,7 @@ def load_grey_image(path: str | Path, max_pixels: int | None = DEFAULT_MAX_PIXEL
                 low, high = float(array.min()), float(array.max())
                 scaled = (array - low) * (255.0 / (high - low)) if high > low else np.zeros_like(array)
                 return Image.fromarray(np.clip(np.rint(scaled), 0, 255).astype(np.uint8), mode="L")
-            return image.convert("L")
+            return Image.fromarray(to_grey(image), mode="L")  # the grey conversion of training and evaluation
     except FileNotFoundError:
         raise ImageReadError(f"{path}: file not found") from None
     except UnidentifiedImageError:

@@ -18,7 +18,7 @@ pastes clusters of synthetic targets from a second sample onto the sky of the fi
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -35,6 +35,8 @@ __all__ = [
     "resize_bilinear",
     "resize_nearest",
     "scaled_crop",
+    "row_boxes",
+    "row_name",
     "sample_from_row",
     "to_grey",
     "to_coco_annotation",
@@ -98,12 +100,23 @@ def _to_mask(mask: Any) -> np.ndarray:
     return array > 0
 
 
+def row_name(row: Mapping[str, Any]) -> str:
+    """The file stem of a dataset row: ``image_name`` (dataset 2.0.0; before, ``image_id`` held it)."""
+    return str(row["image_name"] if "image_name" in row else row.get("image_id", ""))
+
+
+def row_boxes(row: Mapping[str, Any], dtype: Any = np.float64) -> np.ndarray:
+    """A row's ``objects.bbox`` (COCO x, y, w, h) as (N, 4) ``xyxy`` in the dataset's convention (0-based, exclusive
+    max: the DenseSIRST XML values). The one box conversion of training, evaluation and statistics."""
+    bbox = np.asarray(row["objects"]["bbox"], dtype=dtype).reshape(-1, 4)
+    return np.concatenate([bbox[:, :2], bbox[:, :2] + bbox[:, 2:]], axis=1)
+
+
 def sample_from_row(row: dict[str, Any]) -> DetectionSample:
     """Decode one row of the built dataset (``image``, ``objects.bbox`` COCO xywh, ``points``, masks) to a sample."""
-    image_id = str(row.get("image_name", row.get("image_id", "")))  # the file stem (image_name since dataset 2.0.0)
+    image_id = row_name(row)
     image = to_grey(row["image"])
-    bbox = np.asarray(row["objects"]["bbox"], dtype=np.float32).reshape(-1, 4)
-    boxes = np.concatenate([bbox[:, :2], bbox[:, :2] + bbox[:, 2:]], axis=1)
+    boxes = row_boxes(row, np.float32)
     points = np.asarray(row.get("points") or np.zeros((0, 2)), dtype=np.float32).reshape(-1, 2)
     for key in ("target_mask", "sky_mask"):
         if row.get(key) is None:

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
-from bafenet.data.transforms import TrainTransform, sample_from_row, to_grey
+from bafenet.data.transforms import TrainTransform, row_boxes, sample_from_row, to_grey
 
 
 class EpochShuffleSampler(Sampler[int]):
@@ -88,6 +88,5 @@ def ground_truths(rows: Any) -> list[dict[str, Any]]:
     """The split's boxes as xyxy in original pixels (the dataset's convention: 0-based, exclusive max)."""
     out = []
     for row in rows.select_columns(["image_id", "objects"]):
-        bbox = np.asarray(row["objects"]["bbox"], dtype=np.float64).reshape(-1, 4)
-        out.append({"image_id": row["image_id"], "boxes": np.concatenate([bbox[:, :2], bbox[:, :2] + bbox[:, 2:]], 1)})
+        out.append({"image_id": row["image_id"], "boxes": row_boxes(row)})
     return out

@@ -14,6 +14,7 @@ import numpy as np
 if TYPE_CHECKING:
     import datasets
 
+from ..transforms import row_boxes, row_name, to_grey
 from .measure import ImageAnnotations, StatsError, _Example, _example, measure_image
 
 
@@ -42,15 +43,9 @@ def _open_image(value: Any, what: str, image_id: str) -> Any:
     raise StatsError(f"{image_id}: its {what!r} column is empty (got {type(value).__name__})")
 
 
-def _row_name(row: dict[str, Any]) -> str:
-    """The file stem of a dataset row: ``image_name`` (dataset 2.0.0; before, ``image_id`` held it)."""
-    return str(row["image_name"] if "image_name" in row else row["image_id"])
-
-
 def _row_to_sample(row: dict[str, Any], split: str) -> ImageAnnotations:
-    image_id = _row_name(row)
+    image_id = row_name(row)
     image, target, sky = (_open_image(row[c], c, image_id) for c in _IMAGE_COLUMNS)
-    bbox = np.asarray(row["objects"]["bbox"], np.float64).reshape(-1, 4)
     for name, mask in (("target_mask", target), ("sky_mask", sky)):
         if mask.size != image.size:
             raise StatsError(
@@ -58,8 +53,8 @@ def _row_to_sample(row: dict[str, Any], split: str) -> ImageAnnotations:
             )
     return ImageAnnotations(
         image_id=image_id,
-        image=np.asarray(image if image.mode == "L" else image.convert("L")),
-        boxes_xyxy=np.concatenate([bbox[:, :2], bbox[:, :2] + bbox[:, 2:]], axis=1),  # COCO xywh -> xyxy
+        image=to_grey(image),
+        boxes_xyxy=row_boxes(row),
         points=np.asarray(row["points"], np.float64).reshape(-1, 2),
         target_mask=np.asarray(target if target.mode == "L" else target.convert("L")) > 0,
         sky_mask=np.asarray(sky if sky.mode == "L" else sky.convert("L")) > 0,
@@ -82,7 +77,7 @@ def _dataset_items(dataset: datasets.Dataset, split: str) -> Iterator[_Item]:
         if isinstance(raw.features[column], hf_datasets.Image):
             raw = raw.cast_column(column, hf_datasets.Image(decode=False))
     for row in raw:
-        yield _row_name(row), split, (lambda row=row: _row_to_sample(row, split))
+        yield row_name(row), split, (lambda row=row: _row_to_sample(row, split))
 
 
 def iter_dataset(dataset: datasets.Dataset, split: str = "") -> Iterator[ImageAnnotations]:
