@@ -29,7 +29,7 @@ import json
 import math
 import platform
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -89,6 +89,30 @@ def detection_threshold_of(processor: Any, value: float | None = None) -> float:
     """The detection cut to apply: ``value``, else the processor's ``detection_threshold`` (0.05, mmdet's
     ``score_thr``, for a processor saved before that field existed)."""
     return float(getattr(processor, "detection_threshold", 0.05) if value is None else value)
+
+
+def detect(forward: Callable[[Mapping[str, Any]], Any], processor: Any, inputs: Mapping[str, Any],
+           target_sizes: Any, detection_threshold: float, sky: bool = False) -> list[dict[str, Any]]:
+    """The one inference step of every loop (``bafenet evaluate``, in-training validation, ``bafenet predict``):
+    ``forward(inputs)`` (the model or its ONNX graph on processor ``inputs``), the processor's post-processing at
+    ``detection_threshold``, rescaled to ``target_sizes`` ((h, w) per image). Returns per image ``"boxes"`` (N, 4)
+    float32 xyxy and ``"scores"`` (N,) as numpy, sorted by decreasing score (stable), and ``"sky_mask"`` (H, W) bool
+    when ``sky``."""
+    import torch
+
+    with torch.inference_mode():
+        outputs = forward(inputs)
+        results = processor.post_process_object_detection(outputs, threshold=detection_threshold,
+                                                           target_sizes=target_sizes)
+        skies = processor.post_process_sky_segmentation(outputs, target_sizes=target_sizes) if sky else None
+    found = []
+    for i, result in enumerate(results):
+        scores = result["scores"].detach().float().cpu().numpy().reshape(-1)
+        order = np.argsort(-scores, kind="stable")
+        found.append({"boxes": result["boxes"].detach().float().cpu().numpy().reshape(-1, 4)[order],
+                      "scores": scores[order],
+                      "sky_mask": None if skies is None else skies[i].detach().cpu().numpy().astype(bool)})
+    return found
 
 
 def _check_columns(dataset: Any, needed: Sequence[str]) -> None:
@@ -154,25 +178,21 @@ def _predict(model: Any, processor: Any, dataset: Any, batch_size: int, device: 
                 raise ValueError(f"image {name!r}: decoded size {image.width}x{image.height} != the row's "
                                  f"width x height {w}x{h}")
         inputs = processor(images=[to_grey(image) for image in images], return_tensors="pt")  # as training sees them
-        with torch.inference_mode():
-            outputs = model(**model_inputs(inputs, device, dtype))
-        results = processor.post_process_object_detection(outputs, threshold=threshold, target_sizes=sizes)
-        skies = processor.post_process_sky_segmentation(outputs, target_sizes=sizes) if sky_metric else None
+        results = detect(lambda batch: model(**model_inputs(batch, device, dtype)), processor, inputs, sizes,
+                         threshold, sky=sky_metric is not None)
         for i, result in enumerate(results):
-            scores = result["scores"].detach().float().cpu().numpy().reshape(-1)
-            order = np.argsort(-scores, kind="stable")
             image_id = names[i]
             detections.append({
                 "image_id": rows["image_id"][i],
                 "image_name": image_id,
                 "width": sizes[i][1],
                 "height": sizes[i][0],
-                "boxes": result["boxes"].detach().float().cpu().numpy().reshape(-1, 4)[order],
-                "scores": scores[order],
+                "boxes": result["boxes"],
+                "scores": result["scores"],
             })
-            if skies is not None:
+            if sky_metric is not None:
                 target = _binary_mask(rows["sky_mask"][i], "sky_mask", image_id, sizes[i])
-                sky_metric.update(skies[i].detach().cpu().numpy().astype(bool), target, image_id=image_id)
+                sky_metric.update(result["sky_mask"], target, image_id=image_id)
         bar.update(len(results))
     bar.close()
     return detections

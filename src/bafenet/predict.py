@@ -187,29 +187,24 @@ class Predictor:
             from .export_onnx import run_onnx
 
             return run_onnx(self.session, inputs, self.config)
+        from .evaluation import model_inputs
+
         with torch.inference_mode():
-            return self.model(**{k: v.to(self.device) for k, v in inputs.items()})
+            return self.model(**model_inputs(inputs, self.device, torch.float32))
 
     def __call__(self, images: Sequence[Image.Image], sky: bool = False) -> list[Detections]:
         """Detect targets in a batch of PIL images (any sizes); boxes come back in each image's own pixels."""
+        from .evaluation import detect
+
         inputs = self.processor(images=list(images), return_tensors="pt")
-        outputs = self.forward(inputs)
         target_sizes = [(image.height, image.width) for image in images]
-        results = self.processor.post_process_object_detection(
-            outputs, threshold=self.detection_threshold, target_sizes=target_sizes
-        )
-        skies = self.processor.post_process_sky_segmentation(outputs, target_sizes=target_sizes) if sky else None
         detections = []
-        for i, result in enumerate(results):
+        for found in detect(self.forward, self.processor, inputs, target_sizes, self.detection_threshold, sky):
             # the detection cut acts on sigmoid(cls) before the centerness factor; the operating point on the final
             # score, as in `bafenet evaluate`
-            order = result["scores"].argsort(descending=True)
-            order = order[result["scores"][order] >= self.operating_threshold]
-            detections.append(Detections(
-                boxes=result["boxes"][order].detach().cpu().float().numpy().reshape(-1, 4),
-                scores=result["scores"][order].detach().cpu().float().numpy().reshape(-1),
-                sky_mask=None if skies is None else skies[i].detach().cpu().numpy().astype(bool),
-            ))
+            keep = found["scores"] >= np.float32(self.operating_threshold)
+            detections.append(Detections(boxes=found["boxes"][keep], scores=found["scores"][keep],
+                                         sky_mask=found["sky_mask"]))
         return detections
 
 

@@ -316,7 +316,7 @@ class Trainer:
         ``{"image_id", "boxes" (N, 4) xyxy original pixels, "scores"}`` per image."""
         from tqdm.auto import tqdm
 
-        from bafenet.evaluation import model_inputs
+        from bafenet.evaluation import detect, model_inputs
 
         acc, loader = self.accelerator, self.prepared_eval[split]
         rows = self.val_rows if split == "validation" else self.test_rows
@@ -324,12 +324,11 @@ class Trainer:
         model.eval()
         detections: list[dict[str, Any]] = []
         for batch in tqdm(loader, desc=f"eval {split}", leave=False, disable=not acc.is_main_process):
-            outputs = model(**model_inputs(batch, batch["pixel_values"].device, batch["pixel_values"].dtype))
-            results = self.processor.post_process_object_detection(
-                outputs, threshold=self.args.detection_threshold, target_sizes=batch["target_sizes"]
-            )
-            items = [{"index": int(i), "boxes": r["boxes"].float().cpu().numpy(), "scores": r["scores"].float().cpu()
-                      .numpy()} for i, r in zip(batch["indices"].tolist(), results)]
+            pixels = batch["pixel_values"]
+            results = detect(lambda inputs: model(**model_inputs(inputs, pixels.device, pixels.dtype)), self.processor,
+                             batch, batch["target_sizes"], self.args.detection_threshold)
+            items = [{"index": int(i), "boxes": r["boxes"], "scores": r["scores"]}
+                     for i, r in zip(batch["indices"].tolist(), results)]
             detections.extend(acc.gather_for_metrics(items, use_gather_object=True))
         model.train()
         ids = rows["image_id"]
