@@ -41,15 +41,15 @@ def _hand_a() -> S.ImageAnnotations:
     sky = np.zeros_like(target)
     sky[:15] = True
     points = np.array([[6, 6], [20, 5], [24, 5], [0, 26]], np.float32)
-    return S.ImageAnnotations(A_ID, image, boxes, points, target, sky)
+    return S.ImageAnnotations(image, boxes, points, target, sky, image_id=A_ID)
 
 
 def _hand_b() -> S.ImageAnnotations:
     image = np.full((12, 16), 50, np.uint8)
     target = np.zeros_like(image, bool)
     image[4:7, 6:9], target[4:7, 6:9] = 60, True
-    return S.ImageAnnotations(B_ID, image, np.array([[6, 4, 9, 7]], np.float32), np.array([[7, 5]], np.float32),
-                              target, np.ones_like(target))
+    return S.ImageAnnotations(image, np.array([[6, 4, 9, 7]], np.float32), np.array([[7, 5]], np.float32),
+                              target, np.ones_like(target), image_id=B_ID)
 
 
 # expected per target, in the order A, B, C, D, E
@@ -84,7 +84,7 @@ def _dataset(samples, rgb_ids=()):
 
     rows = {k: [] for k in FEATURES}
     for s in samples:
-        boxes = np.asarray(s.boxes_xyxy, np.float32)
+        boxes = np.asarray(s.boxes, np.float32)
         xywh = np.concatenate([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]], 1)
         image = np.repeat(s.image[..., None], 3, -1) if s.image_id in rgb_ids else s.image
         rows["image"].append(image)
@@ -167,7 +167,7 @@ def test_dataset_rows_give_the_same_numbers_with_rgb_images_and_duplicates(hand_
 
 def test_bad_input_names_the_image():
     bad = _hand_b()
-    bad.boxes_xyxy = np.array([[10, 4, 17, 7]], np.float32)  # x2 = 17 > width 16
+    bad.boxes = np.array([[10, 4, 17, 7]], np.float32)  # x2 = 17 > width 16
     with pytest.raises(S.StatsError, match=r"hand_b: box 0 .* outside the 16x12 image"):
         S.measure_image(bad)
     bad = _hand_b()

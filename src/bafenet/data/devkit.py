@@ -26,7 +26,11 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-__all__ = ["DevkitError", "DevkitSample", "EncodedSample", "SirstDevkit", "read_encoded", "REQUIRED_SUBDIRS"]
+from .sample import DetectionSample
+
+DevkitSample = DetectionSample  # the devkit reader returns the one sample type (name kept for old imports)
+
+__all__ = ["DetectionSample", "DevkitError", "DevkitSample", "EncodedSample", "SirstDevkit", "read_encoded", "REQUIRED_SUBDIRS"]
 
 REQUIRED_SUBDIRS = ("PNGImages", "SIRST/BBox", "SIRST/BinaryMask", "SIRST/Point_label", "SkySeg/BinaryMask", "Splits")
 TARGET_NAME = "Target"
@@ -36,25 +40,6 @@ IMAGE_MODES = ("L", "LA", "P", "RGB", "RGBA")
 
 class DevkitError(ValueError):
     """A SIRSTdevkit file is missing or malformed. The message names the file and the problem."""
-
-
-@dataclass
-class DevkitSample:
-    """One image of the devkit with all four label types, decoded.
-
-    ``boxes`` are xyxy exactly as in the XML (0-based, exclusive max); ``points`` are (x, y) per target, as many as
-    boxes but not in the same order; both masks have the image's (H, W).
-    """
-
-    image_id: str
-    image_path: Path
-    image: np.ndarray  # (H, W) uint8 grey
-    width: int
-    height: int
-    boxes: np.ndarray  # (N, 4) float32 xyxy
-    points: np.ndarray  # (N, 2) float32 (x, y)
-    target_mask: np.ndarray  # (H, W) bool
-    sky_mask: np.ndarray  # (H, W) bool
 
 
 @dataclass
@@ -253,16 +238,15 @@ class SirstDevkit:
         image_png, image = _open_png(image_path, "image")
         return self._validate(image_id, image_png, image)[0]
 
-    def read(self, image_id: str) -> DevkitSample:
+    def read(self, image_id: str) -> DetectionSample:
         """Validate and decode every file of ``image_id`` (image converted to grey uint8, masks to bool)."""
         image_path = self.image_path(image_id)
         image_png, image = _open_png(image_path, "image")
         encoded, target_fg, sky_fg = self._validate(image_id, image_png, image, decode_masks=True)
         grey = image if image.mode == "L" else image.convert("L")
-        return DevkitSample(
-            image_id=image_id, image_path=image_path, image=np.asarray(grey, dtype=np.uint8).copy(),
-            width=encoded.width, height=encoded.height, boxes=encoded.boxes, points=encoded.points,
-            target_mask=target_fg, sky_mask=sky_fg,
+        return DetectionSample(
+            image=np.asarray(grey, dtype=np.uint8).copy(), boxes=encoded.boxes, points=encoded.points,
+            target_mask=target_fg, sky_mask=sky_fg, image_id=image_id, image_path=image_path,
         )
 
     def _validate(

@@ -24,6 +24,8 @@ from typing import Any
 
 import numpy as np
 
+from .sample import DetectionSample
+
 __all__ = [
     "BagCopyPaste",
     "DetectionCollator",
@@ -41,43 +43,6 @@ __all__ = [
     "to_grey",
     "to_coco_annotation",
 ]
-
-
-@dataclass
-class DetectionSample:
-    """One image with all its labels, in the dataset's conventions (see the module docstring)."""
-
-    image: np.ndarray
-    boxes: np.ndarray
-    points: np.ndarray
-    target_mask: np.ndarray
-    sky_mask: np.ndarray
-    image_id: str = ""
-    original_size: tuple[int, int] | None = None  # (height, width) before any resize
-
-    def __post_init__(self) -> None:
-        self.image = np.asarray(self.image)
-        self.boxes = np.asarray(self.boxes, dtype=np.float32).reshape(-1, 4)
-        self.points = np.asarray(self.points, dtype=np.float32).reshape(-1, 2)
-        self.target_mask = np.asarray(self.target_mask).astype(bool, copy=False)
-        self.sky_mask = np.asarray(self.sky_mask).astype(bool, copy=False)
-        name = f"sample {self.image_id!r}"
-        if self.image.ndim != 2 or self.image.dtype != np.uint8:
-            raise ValueError(f"{name}: image must be (H, W) uint8 grey, got {self.image.shape} {self.image.dtype}")
-        for mask_name in ("target_mask", "sky_mask"):
-            mask = getattr(self, mask_name)
-            if mask.shape != self.image.shape:
-                raise ValueError(f"{name}: {mask_name} is {mask.shape}, the image is {self.image.shape}")
-        if self.original_size is None:
-            self.original_size = (self.height, self.width)
-
-    @property
-    def height(self) -> int:
-        return int(self.image.shape[0])
-
-    @property
-    def width(self) -> int:
-        return int(self.image.shape[1])
 
 
 def to_grey(image: Any) -> np.ndarray:

@@ -10,6 +10,8 @@ from typing import Any
 
 import numpy as np
 
+from ..sample import DetectionSample
+
 
 
 RING_GAP = 1  # px between the box and the background ring
@@ -30,27 +32,7 @@ class StatsError(ValueError):
     """Bad input to the statistics; the message names the image (or file) and the problem."""
 
 
-@dataclass
-class ImageAnnotations:
-    """One image and its labels, in the DenseSIRST conventions.
-
-    Attributes:
-        image_id: the image's id (file stem).
-        image: (H, W) uint8 grey image (RGB/RGBA already converted to luminance).
-        boxes_xyxy: (N, 4) boxes in original pixels, 0-based, exclusive max.
-        points: (M, 2) point labels (x, y), 0-based pixel column/row.
-        target_mask: (H, W) bool, all target pixels.
-        sky_mask: (H, W) bool, sky pixels.
-        split: where the image comes from (reported in the CSVs).
-    """
-
-    image_id: str
-    image: np.ndarray
-    boxes_xyxy: np.ndarray
-    points: np.ndarray
-    target_mask: np.ndarray
-    sky_mask: np.ndarray
-    split: str = ""
+ImageAnnotations = DetectionSample  # the one sample type (``split`` says where the image comes from)
 
 
 @dataclass
@@ -80,7 +62,7 @@ def _check(sample: ImageAnnotations) -> tuple[np.ndarray, np.ndarray, np.ndarray
         if mask.shape != image.shape:
             raise StatsError(f"{sample.image_id}: {name} has shape {mask.shape} but the image has {image.shape}")
         masks.append(mask.astype(bool, copy=False))
-    boxes = np.asarray(sample.boxes_xyxy, dtype=np.float64).reshape(-1, 4)
+    boxes = np.asarray(sample.boxes, dtype=np.float64).reshape(-1, 4)
     points = np.asarray(sample.points, dtype=np.float64).reshape(-1, 2)
     height, width = image.shape
     bad = ~np.isfinite(boxes).all(1) | (boxes[:, 2] <= boxes[:, 0]) | (boxes[:, 3] <= boxes[:, 1])
@@ -253,7 +235,7 @@ def _example(sample: ImageAnnotations, window: int = EXAMPLE_WINDOW) -> _Example
 
     image = np.asarray(sample.image)
     height, width = image.shape
-    boxes = np.asarray(sample.boxes_xyxy, np.float64).reshape(-1, 4)
+    boxes = np.asarray(sample.boxes, np.float64).reshape(-1, 4)
     region = densest_cluster(boxes, window, (height, width))
     if region is None:
         return None

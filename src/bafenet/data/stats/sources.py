@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -54,7 +55,7 @@ def _row_to_sample(row: dict[str, Any], split: str) -> ImageAnnotations:
     return ImageAnnotations(
         image_id=image_id,
         image=to_grey(image),
-        boxes_xyxy=row_boxes(row),
+        boxes=row_boxes(row),
         points=np.asarray(row["points"], np.float64).reshape(-1, 2),
         target_mask=np.asarray(target if target.mode == "L" else target.convert("L")) > 0,
         sky_mask=np.asarray(sky if sky.mode == "L" else sky.convert("L")) > 0,
@@ -93,7 +94,7 @@ def _devkit_items(root: str | Path, image_ids: Sequence[str], split: str) -> Ite
 
     def load(image_id: str) -> ImageAnnotations:
         s = devkit.read(image_id)
-        return ImageAnnotations(s.image_id, s.image, s.boxes, s.points, s.target_mask, s.sky_mask, split)
+        return replace(s, split=split)
 
     for image_id in image_ids:
         yield image_id, split, (lambda image_id=image_id: load(image_id))

@@ -1,0 +1,56 @@
+"""The one sample type: an image with its boxes, points and masks (``DetectionSample``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["DetectionSample"]
+
+
+@dataclass
+class DetectionSample:
+    """One image with all its labels, in the dataset's conventions: the one sample type of the devkit reader,
+    the training transforms and the statistics.
+
+    - ``image`` (H, W) uint8 grey (RGB/RGBA sources converted to luminance when decoded);
+    - ``boxes`` (N, 4) float32 ``xyxy`` pixel extents, 0-based with an exclusive max (the DenseSIRST XML values);
+    - ``points`` (M, 2) float32 ``(x, y)`` 0-based pixel indices, one per target, not matched to boxes;
+    - ``target_mask`` / ``sky_mask`` (H, W) bool.
+    """
+
+    image: np.ndarray
+    boxes: np.ndarray
+    points: np.ndarray
+    target_mask: np.ndarray
+    sky_mask: np.ndarray
+    image_id: str = ""
+    original_size: tuple[int, int] | None = None  # (height, width) before any resize
+    image_path: Path | None = None  # the devkit file it was read from, when it was
+    split: str = ""  # where it comes from (statistics report it)
+
+    def __post_init__(self) -> None:
+        self.image = np.asarray(self.image)
+        self.boxes = np.asarray(self.boxes, dtype=np.float32).reshape(-1, 4)
+        self.points = np.asarray(self.points, dtype=np.float32).reshape(-1, 2)
+        self.target_mask = np.asarray(self.target_mask).astype(bool, copy=False)
+        self.sky_mask = np.asarray(self.sky_mask).astype(bool, copy=False)
+        name = f"sample {self.image_id!r}"
+        if self.image.ndim != 2 or self.image.dtype != np.uint8:
+            raise ValueError(f"{name}: image must be (H, W) uint8 grey, got {self.image.shape} {self.image.dtype}")
+        for mask_name in ("target_mask", "sky_mask"):
+            mask = getattr(self, mask_name)
+            if mask.shape != self.image.shape:
+                raise ValueError(f"{name}: {mask_name} is {mask.shape}, the image is {self.image.shape}")
+        if self.original_size is None:
+            self.original_size = (self.height, self.width)
+
+    @property
+    def height(self) -> int:
+        return int(self.image.shape[0])
+
+    @property
+    def width(self) -> int:
+        return int(self.image.shape[1])
