@@ -137,6 +137,19 @@ def bafenet_model(backbone: str, size: int) -> tuple[torch.nn.Module, object]:
     return model, BafeNetImageProcessor(size={"height": size, "width": size})
 
 
+def recipe_model(name: str = "cpu") -> tuple[torch.nn.Module, object]:
+    """The architecture of training recipe ``name`` (``bafenet.training.RECIPES``), random weights (the speed does
+    not depend on them), and its image processor."""
+    from bafenet.models.bafenet import BafeNetConfig, BafeNetForObjectDetection, BafeNetImageProcessor
+    from bafenet.training import RECIPES, parse_config_overrides
+
+    recipe = RECIPES[name]
+    torch.manual_seed(0)
+    config = BafeNetConfig.improved(backbone=recipe["backbone"], image_size=recipe["image_size"],
+                                    **parse_config_overrides(recipe["config_overrides"]))
+    return BafeNetForObjectDetection(config).eval(), BafeNetImageProcessor.from_model_config(config)
+
+
 def test_image(size: int) -> np.ndarray:
     """A 512x512 grey uint8 image: a real DenseSIRST image when the devkit is present, else smooth noise."""
     from PIL import Image

@@ -21,21 +21,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from bench_inference import bafenet_full_path, bafenet_model, interleaved_median, start, timing_parser  # noqa: E402
+from bench_inference import (bafenet_full_path, bafenet_model, interleaved_median, recipe_model, start,  # noqa: E402
+                             timing_parser)
 
 SIZES = ((256, 320), (512, 640), (1024, 1280), (1080, 1918))  # (height, width)
-
-
-def recipe_model() -> tuple[torch.nn.Module, object]:
-    """The `--recipe cpu` architecture (random weights) and its processor."""
-    from bafenet.models.bafenet import BafeNetConfig, BafeNetForObjectDetection, BafeNetImageProcessor
-    from bafenet.training import RECIPES, parse_config_overrides
-
-    recipe = RECIPES["cpu"]
-    torch.manual_seed(0)
-    config = BafeNetConfig.improved(backbone=recipe["backbone"], image_size=recipe["image_size"],
-                                    **parse_config_overrides(recipe["config_overrides"]))
-    return BafeNetForObjectDetection(config).eval(), BafeNetImageProcessor.from_model_config(config)
 
 
 def main() -> None:

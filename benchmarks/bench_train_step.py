@@ -79,25 +79,16 @@ def torchvision_step(model: torch.nn.Module, image: np.ndarray, boxes: np.ndarra
 
 def recipe_vs_lite0_peer(args) -> None:
     """``--recipe NAME``: the recipe's model against the FCOS-Lite0 peer at the recipe's input size and batch."""
-    import sys
-    from pathlib import Path
-
     from PIL import Image
 
-    from bafenet.models.bafenet import BafeNetConfig, BafeNetForObjectDetection, BafeNetImageProcessor
-    from bafenet.training import RECIPES, parse_config_overrides
-    from bench_inference import interleaved_median, report
-
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from fcos_peer import build_peer
+    from bafenet.training import RECIPES
+    from bench_inference import interleaved_median, recipe_model, report
+    from fcos_peer import build_peer  # benchmarks/, beside this script
 
     recipe = RECIPES[args.recipe]
     size, batch = recipe["image_size"], recipe["per_device_train_batch_size"]
-    config = BafeNetConfig.improved(backbone=recipe["backbone"], image_size=size,
-                                    backbone_weights=recipe["backbone_weights"],
-                                    **parse_config_overrides(recipe["config_overrides"]))
-    model = BafeNetForObjectDetection(config).train()
-    processor = BafeNetImageProcessor.from_model_config(config)
+    model, processor = recipe_model(args.recipe)
+    model.train()
     image, boxes = test_image(size), synthetic_targets(size)
     sky = np.zeros((size, size), dtype=np.uint8)
     sky[: size // 2] = 1

@@ -129,3 +129,15 @@ def test_nan_stop_names_a_finite_checkpoint_before_the_destructive_update(synthe
     assert "non-finite loss" in message and "update 3" in message
     assert f"finite weights: {out / 'checkpoints' / 'step_000001'}" in message
     assert "step_000002 skipped: non-finite weights" in message and "--learning-rate" in message
+
+
+def test_overwrite_output_dir_deletes_only_the_trainers_checkpoints(one_epoch_run, synthetic_dataset_dir,
+                                                                    tiny_model_dir, tmp_path):
+    run = _copy(one_epoch_run, tmp_path)
+    before = [p.name for p in list_checkpoints(run)]
+    (run / "checkpoints" / "my_notes.txt").write_text("kept")  # a user's file beside the checkpoints
+    (run / "checkpoints" / f"{before[0]}.tmp").mkdir()  # an interrupted save of ours
+    assert main(_args(synthetic_dataset_dir, tiny_model_dir, run, "--max-steps", "1", "--overwrite-output-dir")) == 0
+    assert (run / "checkpoints" / "my_notes.txt").read_text() == "kept"
+    assert [p.name for p in list_checkpoints(run)] == ["step_000001"]
+    assert not (run / "checkpoints" / f"{before[0]}.tmp").exists()

@@ -203,3 +203,10 @@ def test_detections_identical_through_every_entry_point(synthetic_dataset_dir, t
             straddling += int(((boxes[:, 0] < border) & (boxes[:, 2] > border)).sum())
             straddling += int(((boxes[:, 1] < border) & (boxes[:, 3] > border)).sum())
     assert straddling > 0
+
+
+@pytest.mark.parametrize("height,width,scale", [(240, 320, 2.5), (1024, 1280, 2.5), (209, 300, 1.5), (1, 1, 0.3)])
+def test_training_windows_and_the_processor_scale_images_to_the_same_size(height, width, scale):
+    from bafenet.data.transforms import scaled_shape
+
+    assert scaled_shape(_sample(height, width), scale) == scaled_size(height, width, scale)

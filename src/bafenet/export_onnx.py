@@ -114,7 +114,7 @@ def _load_model(model: str | Path | torch.nn.Module) -> torch.nn.Module:
 def _image_size(model: torch.nn.Module) -> tuple[int, int]:
     """The exported input size: the model size, or the sliding window in tiles mode."""
     config = model.config
-    size = config.tile_window if getattr(config, "input_mode", "resize") == "tiles" else config.image_size
+    size = config.tile_window if config.input_mode == "tiles" else config.image_size
     return (size, size) if isinstance(size, int) else tuple(size)
 
 

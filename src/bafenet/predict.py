@@ -175,8 +175,8 @@ class Predictor:
 
             self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
             # float32 whatever the checkpoint's dtype (fp16/bf16 weights would not run on every CPU)
-            self.model = AutoModelForObjectDetection.from_pretrained(str(model), trust_remote_code=True,
-                                                                     dtype=torch.float32)
+            self.model = AutoModelForObjectDetection.from_pretrained(str(model), config=self.config,
+                                                                     trust_remote_code=True, dtype=torch.float32)
             self.model.to(self.device).eval()
 
     def forward(self, inputs: Mapping[str, Any]) -> Any:

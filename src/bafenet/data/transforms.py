@@ -151,6 +151,12 @@ def resize(sample: DetectionSample, height: int, width: int) -> DetectionSample:
     )
 
 
+def scaled_shape(sample: DetectionSample, scale: float) -> tuple[int, int]:
+    """(height, width) of ``sample`` scaled by ``scale`` with its aspect kept: the rounding of the image processor's
+    tiles mode (``configuration_bafenet.scaled_size``, which the self-contained remote code keeps to itself)."""
+    return max(1, int(round(sample.height * scale))), max(1, int(round(sample.width * scale)))
+
+
 def scaled_crop(sample: DetectionSample, scale: float, top: int, left: int, size: int) -> DetectionSample:
     """The ``size`` x ``size`` window at (``top``, ``left``) of the sample scaled by ``scale`` (aspect ratio kept),
     computed for the window's pixels only: the same half-pixel bilinear sampling as scaling the whole image (the
@@ -159,7 +165,7 @@ def scaled_crop(sample: DetectionSample, scale: float, top: int, left: int, size
     Boxes are clipped to the window and kept when at least half of their area lies inside; points outside are
     dropped; ``original_size`` becomes the window's.
     """
-    out_h, out_w = max(1, int(round(sample.height * scale))), max(1, int(round(sample.width * scale)))
+    out_h, out_w = scaled_shape(sample, scale)
     rows = np.arange(top, min(top + size, out_h))
     cols = np.arange(left, min(left + size, out_w))
     y_lo, y_hi, wy = (a[rows] for a in _source_coordinates(out_h, sample.height))
@@ -443,7 +449,7 @@ class TileTransform:
 
     def window(self, sample: DetectionSample, rng: np.random.Generator, target_probability: float) -> DetectionSample:
         """A random ``size`` squared window of the scaled sample (see the class docstring)."""
-        out_h, out_w = max(1, int(round(sample.height * self.scale))), max(1, int(round(sample.width * self.scale)))
+        out_h, out_w = scaled_shape(sample, self.scale)
         max_top, max_left = max(out_h - self.size, 0), max(out_w - self.size, 0)
         if len(sample.boxes) and rng.random() < target_probability:
             x1, y1, x2, y2 = sample.boxes[int(rng.integers(len(sample.boxes)))] * self.scale

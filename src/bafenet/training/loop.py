@@ -111,8 +111,9 @@ class Trainer:
                 what = f"checkpoints (latest {existing[-1].name})" if existing else "an earlier run's model"
                 raise UserError(f"--output-dir {out}: already holds {what}; pass --resume to continue that run or "
                                 "--overwrite-output-dir to start afresh (its checkpoints are deleted)")
-            if partial.is_main_process and existing:
-                shutil.rmtree(out / "checkpoints")
+            if partial.is_main_process:  # only the checkpoints this trainer wrote, never other files there
+                for checkpoint in existing + sorted((out / "checkpoints").glob(f"{CHECKPOINT_PREFIX}*.tmp")):
+                    shutil.rmtree(checkpoint)
             existing = []
         partial.wait_for_everyone()
         self.resume_checkpoint, self.resume_changes = None, {}
@@ -223,7 +224,7 @@ class Trainer:
                 mu_range=args.copy_paste_mu, gain_range=args.copy_paste_gain,
             )
         config = self.model.config
-        if getattr(config, "input_mode", "resize") == "tiles":
+        if config.input_mode == "tiles":
             transform = TileTransform(self.image_size, config.tile_scale, args.flip_probability, copy_paste,
                                       args.tile_target_probability)
         else:

@@ -156,10 +156,10 @@ class BafeNetImageProcessor(BaseImageProcessor):
             pre_nms_top_k=config.pre_nms_top_k,
             nms_iou_threshold=config.nms_iou_threshold,
             max_detections=config.max_detections,
-            input_mode=getattr(config, "input_mode", "resize"),
-            tile_scale=getattr(config, "tile_scale", 2.0),
-            tile_window=getattr(config, "tile_window", config.image_size),
-            tile_overlap=getattr(config, "tile_overlap", 64),
+            input_mode=config.input_mode,
+            tile_scale=config.tile_scale,
+            tile_window=config.tile_window,
+            tile_overlap=config.tile_overlap,
         )
         params.update(kwargs)
         return cls(**params)
@@ -317,9 +317,10 @@ class BafeNetImageProcessor(BaseImageProcessor):
         return [(int(h), int(w)) for h, w in image_sizes.tolist()]
 
     @staticmethod
-    def _target_sizes(target_sizes: Any, batch: int, default: Any) -> list[tuple[int, int]]:
+    def _target_sizes(target_sizes: Any, batch: int, extents: list[tuple[int, int]]) -> list[tuple[int, int]]:
+        """(h, w) per image to rescale to; ``None``: each image's extent in the input (no rescaling)."""
         if target_sizes is None:
-            return list(default) if isinstance(default, list) else [default] * batch
+            return list(extents)
         sizes = [tuple(int(v) for v in s) for s in (target_sizes.tolist() if torch.is_tensor(target_sizes) else target_sizes)]
         if len(sizes) != batch:
             raise ValueError(f"got {len(sizes)} target_sizes for a batch of {batch}")

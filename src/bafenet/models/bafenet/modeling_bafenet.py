@@ -723,7 +723,7 @@ class BafeNetForObjectDetection(BafeNetPreTrainedModel):
         if height % self.config.strides[-1] or width % self.config.strides[-1]:
             raise ValueError(f"input {height}x{width} must be a multiple of the largest stride {self.config.strides[-1]}")
         config = self.config
-        if labels is None and getattr(config, "input_mode", "resize") == "tiles":
+        if labels is None and config.input_mode == "tiles":
             sizes = [(int(h), int(w)) for h, w in image_sizes.tolist()] if image_sizes is not None else \
                 [(int(height), int(width))] * pixel_values.shape[0]
             dense = run_windows(self.dense_outputs, pixel_values, sizes, config.tile_window, config.tile_overlap,
