@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -579,14 +580,14 @@ def stitch_windows(window_outputs: dict[str, torch.Tensor], layout: list, batch:
                for m, (h, w) in zip(sky_levels, sizes)]
     start = 0
     for level, (s, (h, w)) in enumerate(zip(strides, sizes)):
-        n = (window // s) ** 2
+        side = window // s  # the window's points per row at this level
+        n = side * side
         grid = {
             "logits": torch.full((batch, h, w, num_classes), EMPTY_LOGIT, dtype=logits.dtype, device=device),
             "pred_boxes": torch.zeros((batch, h, w, 4), dtype=window_outputs["pred_boxes"].dtype, device=device),
             "centerness": torch.full((batch, h, w), EMPTY_LOGIT, dtype=window_outputs["centerness"].dtype,
                                      device=device),
         }
-        side = window // s
         for k, (index, y0, x0, (y_lo, y_hi, x_lo, x_hi)) in enumerate(layout):
             rows = slice((y_lo - y0) // s, (y_hi - y0) // s)
             cols = slice((x_lo - x0) // s, (x_hi - x0) // s)
@@ -598,15 +599,14 @@ def stitch_windows(window_outputs: dict[str, torch.Tensor], layout: list, batch:
             if level < len(sky_levels):
                 sky_out[level][index, :, target[1], target[2]] = sky_levels[level][k, :, rows, cols]
         start += n
-        parts["logits"].append(grid["logits"].reshape(batch, -1, num_classes))
-        parts["pred_boxes"].append(grid["pred_boxes"].reshape(batch, -1, 4))
-        parts["centerness"].append(grid["centerness"].reshape(batch, -1))
+        for key, values in grid.items():  # back to the flattened (B, P_level, ...) layout of the dense outputs
+            parts[key].append(values.reshape(batch, h * w, *values.shape[3:]))
     points, point_strides = make_points(sizes, strides, device)
     return {**{key: torch.cat(value, dim=1) for key, value in parts.items()}, "sky_logits": tuple(sky_out),
             "points": points, "strides": point_strides}
 
 
-def run_windows(dense: "callable", pixel_values: torch.Tensor, image_sizes: list[tuple[int, int]], window: int,
+def run_windows(dense: Callable[[torch.Tensor], dict], pixel_values: torch.Tensor, image_sizes: list[tuple[int, int]], window: int,
                 overlap: int, strides: list[int], batch_size: int) -> dict[str, torch.Tensor]:
     """Sliding-window inference: cut the windows of every image, run `dense` (window batch -> dict of dense outputs,
     as `stitch_windows` takes them) on `batch_size` windows at a time, and stitch the results."""
