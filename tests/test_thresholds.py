@@ -17,17 +17,24 @@ def _parse(module: str, argv: list[str]) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def test_config_reads_the_old_score_threshold_key_as_the_detection_threshold(tmp_path):
+def test_an_old_config_file_with_processor_settings_still_gives_its_processor(tmp_path):
+    """Older config.json files carried the processor's settings (the cut under its old name `score_threshold`):
+    they load, `from_model_config` uses them, and saving the config again drops them (the processor owns them)."""
     from bafenet.models.bafenet import BafeNetConfig, BafeNetImageProcessor
 
     config = BafeNetConfig(fpn_channels=32, gn_groups=8)
-    old = {k: v for k, v in config.to_dict().items() if k != "detection_threshold"}
-    (tmp_path / "config.json").write_text(json.dumps({**old, "score_threshold": 0.125}))
+    old = {**config.to_dict(), "score_threshold": 0.125, "normalization": "imagenet", "max_detections": 50,
+           "image_mean": [0.485, 0.456, 0.406], "image_std": [0.229, 0.224, 0.225], "channel_order": "rgb"}
+    (tmp_path / "config.json").write_text(json.dumps(old))
     loaded = BafeNetConfig.from_pretrained(tmp_path)
-    assert loaded.detection_threshold == 0.125 and "score_threshold" not in loaded.to_dict()
     processor = BafeNetImageProcessor.from_model_config(loaded)
-    assert processor.detection_threshold == 0.125  # the processor owns it at inference
+    assert (processor.detection_threshold, processor.max_detections, processor.normalization) == (0.125, 50, "imagenet")
+    assert processor.channel_order == "rgb"
+    saved = loaded.to_dict()
+    assert not {"score_threshold", "detection_threshold", "normalization", "max_detections",
+                "_processor_settings"} & set(saved)
     assert BafeNetImageProcessor().detection_threshold == 0.05
+    assert BafeNetImageProcessor(score_threshold=0.2).detection_threshold == 0.2  # old preprocessor_config.json
 
 
 @pytest.mark.parametrize(("module", "old", "new", "dest", "extra"), [

@@ -20,10 +20,12 @@ TILES = dict(backbone="resnet18", fpn_channels=32, num_head_convs=1, adapter_cha
              strides=(8, 16), input_mode="tiles", tile_scale=1.0, tile_window=128, tile_overlap=32)
 
 
-def tiles_model(**overrides) -> tuple[BafeNetForObjectDetection, BafeNetImageProcessor]:
+def tiles_model(processor_settings: dict | None = None, **overrides
+                ) -> tuple[BafeNetForObjectDetection, BafeNetImageProcessor]:
     torch.manual_seed(0)
     config = BafeNetConfig.improved(**{**TILES, **overrides})
-    return BafeNetForObjectDetection(config).eval(), BafeNetImageProcessor.from_model_config(config)
+    return (BafeNetForObjectDetection(config).eval(),
+            BafeNetImageProcessor.from_model_config(config, **(processor_settings or {})))
 
 
 # ------------------------------------------------------------------------------------------------------ geometry
@@ -158,8 +160,8 @@ def test_detections_identical_through_every_entry_point(synthetic_dataset_dir, t
     # boxes of ~20 px (regression bias log 10) and scores ~0.25, so many cross window borders; an untrained model's
     # scores tie on flat backgrounds, so no cap and no NMS: every point above the threshold is compared
     start = tmp_path / "start"
-    model, processor = tiles_model(prior_prob=0.5, max_detections=100_000, pre_nms_top_k=100_000,
-                                   nms_iou_threshold=1.0)
+    model, processor = tiles_model(dict(max_detections=100_000, pre_nms_top_k=100_000, nms_iou_threshold=1.0),
+                                   prior_prob=0.5)
     with torch.no_grad():
         model.head.conv_reg.bias.fill_(float(np.log(10.0)))
     model.save_pretrained(start)

@@ -273,7 +273,7 @@ def test_small_model_overfits_a_few_synthetic_images(bright_dataset_dir, tmp_pat
     # from epoch 7 on; 0.93 at epoch 5)
     code = main(["--dataset", str(dataset), "--output-dir", str(out), "--image-size", "128",
                  "--config-overrides", "fpn_channels=32,num_head_convs=1,adapter_channels=16",
-                 "--num-train-epochs", "8", "--train-repeats", "10", "--optimizer", "adamw", "--learning-rate", "1e-3",
+                 "--processor-overrides", "max_detections=90", "--num-train-epochs", "8", "--train-repeats", "10", "--optimizer", "adamw", "--learning-rate", "1e-3",
                  "--warmup-steps", "0", "--lr-milestones", "--copy-paste-probability", "0",
                  "--checkpointing-steps", "0", "--dataloader-num-workers", "0", "--report-to", "none",
                  "--max-train-images", "2", "--max-eval-images", "2"])
@@ -284,6 +284,9 @@ def test_small_model_overfits_a_few_synthetic_images(bright_dataset_dir, tmp_pat
     assert metrics["last"]["test"]["recall"] == 1.0, history
     # no --backbone-weights: the backbone's BatchNorm was trained, not frozen at mean 0 / variance 1
     assert json.loads((out / "config.json").read_text())["freeze_backbone_bn"] is False
+    # each setting saved by its owner: post-processing in preprocessor_config.json, not in config.json
+    assert json.loads((out / "preprocessor_config.json").read_text())["max_detections"] == 90
+    assert "max_detections" not in json.loads((out / "config.json").read_text())
     # the operating point: the selected model's best-F1 score on validation, stored in config.json, is the pipeline's
     # default threshold, which returns this trained model's detections (transformers' 0.5 would drop most of them)
     config = json.loads((out / "config.json").read_text())

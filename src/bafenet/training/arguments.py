@@ -71,6 +71,9 @@ class ModelArguments:
     config_overrides: str | None = _arg("extra BafeNetConfig fields of a new model, `key=value,key=value` (values "
                                         "parsed as JSON when possible), e.g. `fpn_channels=64,num_head_convs=2`",
                                         default=None)
+    processor_overrides: str | None = _arg("image-processor settings (normalisation, post-processing defaults), "
+                                           "`key=value,...`, e.g. `normalization=imagenet,max_detections=200`; "
+                                           "saved in preprocessor_config.json", default=None)
 
 
 @dataclass
@@ -207,6 +210,8 @@ class TrainingArguments(RunArguments, OptimizationArguments, AugmentationArgumen
         for name in ("copy_paste_sigma", "copy_paste_mu", "copy_paste_gain"):
             setattr(self, name, tuple(float(v) for v in getattr(self, name)))
         check_config_overrides(parse_config_overrides(self.config_overrides))
+        check_config_overrides(parse_config_overrides(self.processor_overrides, "--processor-overrides"),
+                               "--processor-overrides")
 
     @classmethod
     def from_groups(cls, *groups: Any) -> "TrainingArguments":
@@ -240,14 +245,14 @@ class TrainingArguments(RunArguments, OptimizationArguments, AugmentationArgumen
         return 1.0 if self.optimizer == "dadapt_adam" else 1e-4
 
 
-def parse_config_overrides(text: str | None) -> dict[str, Any]:
+def parse_config_overrides(text: str | None, option: str = "--config-overrides") -> dict[str, Any]:
     """``"fpn_channels=32,strides=[4,8,16,32]"`` -> dict (JSON values where they parse). Brackets may hold commas."""
     out: dict[str, Any] = {}
     if not text:
         return out
     for item in re.split(r",(?![^\[\]]*\])", text):
         if "=" not in item:
-            raise ValueError(f"--config-overrides: {item!r} is not key=value")
+            raise ValueError(f"{option}: {item!r} is not key=value")
         key, value = (s.strip() for s in item.split("=", 1))
         try:
             out[key] = json.loads(value)
@@ -256,16 +261,26 @@ def parse_config_overrides(text: str | None) -> dict[str, Any]:
     return out
 
 
-def check_config_overrides(overrides: dict[str, Any]) -> None:
-    """Refuse keys that are not `BafeNetConfig` arguments and values of the wrong kind, listing the valid keys."""
-    from bafenet.models.bafenet import BafeNetConfig
+def _init_parameters(cls: type) -> dict[str, inspect.Parameter]:
+    return {name: p for name, p in inspect.signature(cls.__init__).parameters.items()
+            if name != "self" and p.kind is p.POSITIONAL_OR_KEYWORD}
 
-    params = {name: p for name, p in inspect.signature(BafeNetConfig.__init__).parameters.items()
-              if name != "self" and p.kind is p.POSITIONAL_OR_KEYWORD}
+
+def check_config_overrides(overrides: dict[str, Any], option: str = "--config-overrides") -> None:
+    """Refuse keys that are not arguments of `BafeNetConfig` (``--config-overrides``) or `BafeNetImageProcessor`
+    (``--processor-overrides``) and values of the wrong kind, naming the option that takes a misplaced key."""
+    from bafenet.models.bafenet import BafeNetConfig, BafeNetImageProcessor
+
+    owners = {"--config-overrides": BafeNetConfig, "--processor-overrides": BafeNetImageProcessor}
+    params = _init_parameters(owners[option])
     valid = ", ".join(sorted(params))
     for key, value in overrides.items():
         if key not in params:
-            raise ValueError(f"--config-overrides: unknown key {key!r}; valid keys: {valid}")
+            other = next((o for o, cls in owners.items() if o != option and key in _init_parameters(cls)), None)
+            if other:
+                raise ValueError(f"{option}: {key!r} is a setting of {owners[other].__name__}; pass it as "
+                                 f"{other} {key}={json.dumps(value)}")
+            raise ValueError(f"{option}: unknown key {key!r}; valid keys: {valid}")
         default, annotation = params[key].default, str(params[key].annotation)
         if default is not None and not isinstance(default, str):
             kind = (bool,) if isinstance(default, bool) else (list, tuple) if isinstance(default, (list, tuple)) \
@@ -276,7 +291,7 @@ def check_config_overrides(overrides: dict[str, Any]) -> None:
         bad_bool = isinstance(value, bool) and bool not in (kind or (bool,))
         if value is not None and kind is not None and (not isinstance(value, kind) or bad_bool):
             expected = " or ".join(t.__name__ for t in kind)
-            raise ValueError(f"--config-overrides: {key}={json.dumps(value)} must be a {expected} (default "
+            raise ValueError(f"{option}: {key}={json.dumps(value)} must be a {expected} (default "
                              f"{json.dumps(default)}); valid keys: {valid}")
 
 

@@ -172,13 +172,14 @@ class Trainer:
         from bafenet.models.bafenet import BafeNetConfig, BafeNetForObjectDetection, BafeNetImageProcessor
 
         args = self.args
+        processor_settings = parse_config_overrides(args.processor_overrides, "--processor-overrides")
         if args.model_name_or_path:
             from bafenet.inputs import check_model_path
 
             check_model_path(args.model_name_or_path, "--model-name-or-path")
             model = BafeNetForObjectDetection.from_pretrained(args.model_name_or_path)
             processor = BafeNetImageProcessor.from_pretrained(args.model_name_or_path)
-            return model, processor
+            return model, processor.with_settings(**processor_settings)
         kwargs = dict(backbone=args.backbone, image_size=args.image_size, backbone_weights=args.backbone_weights)
         overrides = parse_config_overrides(args.config_overrides)
         if not args.backbone_weights and "freeze_backbone_bn" not in overrides:
@@ -186,9 +187,11 @@ class Trainer:
         kwargs.update(overrides)
         try:
             config = (BafeNetConfig.improved if args.mode == "improved" else BafeNetConfig.faithful)(**kwargs)
-            return BafeNetForObjectDetection(config), BafeNetImageProcessor.from_model_config(config)
+            return BafeNetForObjectDetection(config), BafeNetImageProcessor.from_model_config(config,
+                                                                                               **processor_settings)
         except (ValueError, TypeError, RuntimeError) as error:
-            raise ValueError(f"--config-overrides {args.config_overrides!r} / model options: {error}") from None
+            raise ValueError(f"--config-overrides {args.config_overrides!r} / --processor-overrides "
+                             f"{args.processor_overrides!r} / model options: {error}") from None
 
     def _load_data(self) -> None:
         import datasets

@@ -21,21 +21,15 @@ from typing import Any
 
 from transformers import PreTrainedConfig
 
-# Input normalisation presets: (image_mean, image_std, rescale_factor, channel_order). `pixel = (x * rescale_factor -
-# mean) / std` with x in 0..255, channels in `channel_order` (grey input is replicated to 3 channels first).
-NORMALIZATION_PRESETS: dict[str, tuple[list[float], list[float], float, str]] = {
-    # The original (mmdet caffe style): BGR, subtract the caffe mean on the 0..255 scale, no division.
-    "caffe": ([102.9801, 115.9465, 122.7717], [1.0, 1.0, 1.0], 1.0, "bgr"),
-    # torchvision / timm ImageNet weights (a deliberate deviation from the original).
-    "imagenet": ([0.485, 0.456, 0.406], [0.229, 0.224, 0.225], 1 / 255, "rgb"),
-    # EfficientNet-Lite (TF) weights: mean 0.5, std 0.5 on the 0..1 scale.
-    "lite": ([0.5, 0.5, 0.5], [0.5, 0.5, 0.5], 1 / 255, "rgb"),
-}
-
 MODES = ("faithful", "improved")
 BACKBONE_INITS = ("imagenet", "random")
 PAPER_BACKBONES = ("resnet18", "resnet50")  # timm names of the paper's torchvision ImageNet ResNets
 INPUT_MODES = ("resize", "tiles")
+# Settings of the image processor (normalisation, post-processing), which owns them: older config files carried them
+# (`score_threshold` is the old name of `detection_threshold`); `BafeNetConfig` reads them from such files, keeps them
+# for `BafeNetImageProcessor.from_model_config` and no longer saves them.
+PROCESSOR_SETTINGS = ("normalization", "image_mean", "image_std", "rescale_factor", "channel_order",
+                      "detection_threshold", "pre_nms_top_k", "nms_iou_threshold", "max_detections")
 
 
 def scaled_size(height: int, width: int, scale: float) -> tuple[int, int]:
@@ -49,10 +43,6 @@ def window_starts(length: int, window: int, overlap: int) -> list[int]:
     step = window - overlap
     count = 1 if length <= window else 1 + math.ceil((length - window) / step)
     return [i * step for i in range(count)]
-
-
-def _default_normalization(backbone: str) -> str:
-    return "lite" if "efficientnet_lite" in backbone else "caffe"
 
 
 def _default_regress_ranges(strides: list[int]) -> list[list[float]]:
@@ -84,10 +74,8 @@ class BafeNetConfig(PreTrainedConfig):
         backbone_init: how the backbone was initialised, `"imagenet"` (from `backbone_weights`) or `"random"`;
             `None` derives it from `backbone_weights` / `backbone_weights_provenance`. With `freeze_backbone_bn` it
             says how the backbone was trained; `paper_deviations` lists what differs from the paper's run.
-        normalization: input normalisation preset, `"caffe"` (the original: BGR, mean [102.98, 115.95, 122.77],
-            std 1 on 0..255), `"imagenet"` or `"lite"` (mean 0.5, std 0.5 on 0..1). `None` picks `"lite"` for an
-            EfficientNet-Lite backbone and `"caffe"` otherwise. `image_mean`/`image_std` override the preset.
-        image_size: model input size (square, pixels); the image processor resizes to it.
+        image_size: model input size (square, pixels): the image processor resizes to it (resize mode), training
+            crops windows of it (tiles mode).
         fpn_channels: FPN and head width (256 in the original).
         strides: FPN levels by stride; (8, 16, 32) = P3–P5 in the original. (4, 8, 16, 32) adds a P2 level.
         regress_ranges: per-level `[lo, hi]` of max(l, t, r, b) for FCOS assignment; `None` = (-1, 64), (64, 128),
@@ -99,10 +87,6 @@ class BafeNetConfig(PreTrainedConfig):
         prior_prob: initial foreground probability of the classifier bias (0.01 -> bias -4.595).
         focal_alpha, focal_gamma: sigmoid focal loss parameters (0.25, 2).
         loss_weights: weights of `loss_cls`, `loss_bbox`, `loss_centerness`, `loss_seg` (all 1 in the original).
-        detection_threshold, pre_nms_top_k, nms_iou_threshold, max_detections: post-processing (0.05, 1000 per
-            level, 0.5, 100), as mmdet's `test_cfg`; copied into the image processor, which owns them at inference.
-            `detection_threshold` is the cut on sigmoid(cls) before NMS (the key `score_threshold` of older config
-            files is read as it).
         operating_threshold: the model's operating point, a detection score in [0, 1]: the trainer stores the best-F1
             score on validation. The default threshold of the `object-detection` pipeline, of `bafenet predict` and of
             the at-a-score metrics of `bafenet evaluate` (`None`: not chosen; they fall back to 0.5, 0.3, 0.5).
@@ -121,6 +105,12 @@ class BafeNetConfig(PreTrainedConfig):
             contributes the points of its core (half the overlap cut off at inner borders), so a target cut by one
             window's border lies whole inside the window that reports it when it is smaller than half the overlap.
         tile_batch_size: windows per forward pass at inference.
+
+    Normalisation and post-processing (`normalization`, `image_mean`, ..., `detection_threshold`, `max_detections`:
+    `PROCESSOR_SETTINGS`) belong to [`BafeNetImageProcessor`], saved as `preprocessor_config.json`. Passed here (or
+    read from an older `config.json`) they are kept only for `BafeNetImageProcessor.from_model_config` and not saved.
+    The input geometry (`image_size`, `input_mode`, `tile_scale`, `tile_window`, `tile_overlap`) is part of the method
+    (training crops, the windows `forward` runs) and stays here; `from_model_config` copies it into the processor.
     """
 
     model_type = "bafenet"
@@ -133,9 +123,6 @@ class BafeNetConfig(PreTrainedConfig):
         backbone_weights: str | None = None,
         backbone_weights_provenance: dict[str, Any] | None = None,
         backbone_init: str | None = None,
-        normalization: str | None = None,
-        image_mean: list[float] | None = None,
-        image_std: list[float] | None = None,
         image_size: int = 512,
         fpn_channels: int = 256,
         strides: list[int] | tuple[int, ...] = (8, 16, 32),
@@ -148,10 +135,6 @@ class BafeNetConfig(PreTrainedConfig):
         focal_alpha: float = 0.25,
         focal_gamma: float = 2.0,
         loss_weights: dict[str, float] | None = None,
-        detection_threshold: float = 0.05,
-        pre_nms_top_k: int = 1000,
-        nms_iou_threshold: float = 0.5,
-        max_detections: int = 100,
         operating_threshold: float | None = None,
         mode: str = "faithful",
         learned_selector: bool = False,
@@ -164,7 +147,9 @@ class BafeNetConfig(PreTrainedConfig):
         **kwargs: Any,
     ) -> None:
         if "score_threshold" in kwargs:  # the name of `detection_threshold` in older config files
-            detection_threshold = kwargs.pop("score_threshold")
+            kwargs.setdefault("detection_threshold", kwargs.pop("score_threshold"))
+        # Image-processor settings (older config files, old code): kept for `from_model_config`, never saved.
+        self._processor_settings = {k: kwargs.pop(k) for k in PROCESSOR_SETTINGS if k in kwargs}
         if "id2label" not in kwargs and "num_labels" not in kwargs:
             kwargs["id2label"] = {0: "target"}
             kwargs["label2id"] = {"target": 0}
@@ -181,17 +166,6 @@ class BafeNetConfig(PreTrainedConfig):
         if backbone_init is None:
             backbone_init = "imagenet" if backbone_weights or self.backbone_weights_provenance else "random"
         self.backbone_init = backbone_init
-        self.normalization = normalization or _default_normalization(backbone)
-        if self.normalization not in NORMALIZATION_PRESETS:
-            raise ValueError(
-                f"BafeNetConfig: unknown normalization {self.normalization!r}; choose one of "
-                f"{sorted(NORMALIZATION_PRESETS)}"
-            )
-        preset_mean, preset_std, rescale_factor, channel_order = NORMALIZATION_PRESETS[self.normalization]
-        self.image_mean = [float(v) for v in (image_mean if image_mean is not None else preset_mean)]
-        self.image_std = [float(v) for v in (image_std if image_std is not None else preset_std)]
-        self.rescale_factor = kwargs.pop("rescale_factor", rescale_factor)
-        self.channel_order = kwargs.pop("channel_order", channel_order)
         self.image_size = int(image_size)
         self.fpn_channels = int(fpn_channels)
         self.regress_ranges = (
@@ -212,10 +186,6 @@ class BafeNetConfig(PreTrainedConfig):
             if unknown:
                 raise ValueError(f"BafeNetConfig: unknown loss_weights keys {sorted(unknown)}")
             self.loss_weights.update({k: float(v) for k, v in loss_weights.items()})
-        self.detection_threshold = float(detection_threshold)
-        self.pre_nms_top_k = int(pre_nms_top_k)
-        self.nms_iou_threshold = float(nms_iou_threshold)
-        self.max_detections = int(max_detections)
         self.operating_threshold = None if operating_threshold is None else float(operating_threshold)
         self.mode = mode
         self.learned_selector = bool(learned_selector)
@@ -323,10 +293,6 @@ class BafeNetConfig(PreTrainedConfig):
             raise ValueError(f"{err}exchange_ratio {self.exchange_ratio} gives K={self.num_exchange_channels} channels")
         if self.num_head_convs < 1 or self.adapter_channels < 1:
             raise ValueError(f"{err}num_head_convs and adapter_channels must be >= 1")
-        if len(self.image_mean) != 3 or len(self.image_std) != 3 or any(s <= 0 for s in self.image_std):
-            raise ValueError(f"{err}image_mean/image_std need 3 values (std > 0)")
-        if self.channel_order not in ("rgb", "bgr"):
-            raise ValueError(f"{err}channel_order must be 'rgb' or 'bgr', got {self.channel_order!r}")
         if self.input_mode not in INPUT_MODES:
             raise ValueError(f"{err}input_mode must be one of {INPUT_MODES}, got {self.input_mode!r}")
         largest = self.strides[-1]
@@ -341,5 +307,14 @@ class BafeNetConfig(PreTrainedConfig):
             raise ValueError(f"{err}tile_batch_size must be >= 1, got {self.tile_batch_size}")
         if self.operating_threshold is not None and not 0 <= self.operating_threshold <= 1:
             raise ValueError(f"{err}operating_threshold must be in [0, 1] or None, got {self.operating_threshold}")
-        if not 0 <= self.detection_threshold < 1 or not 0 < self.nms_iou_threshold <= 1:
-            raise ValueError(f"{err}detection_threshold must be in [0, 1) and nms_iou_threshold in (0, 1]")
+
+    @property
+    def processor_settings(self) -> dict[str, Any]:
+        """Image-processor settings given to this config (`PROCESSOR_SETTINGS`, e.g. from an older `config.json`);
+        `BafeNetImageProcessor.from_model_config` uses them. Not saved."""
+        return dict(self._processor_settings)
+
+    def to_dict(self) -> dict[str, Any]:
+        output = super().to_dict()
+        output.pop("_processor_settings", None)
+        return output

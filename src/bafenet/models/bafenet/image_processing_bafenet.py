@@ -17,9 +17,25 @@ from transformers.feature_extraction_utils import BatchFeature
 from transformers.image_processing_utils import BaseImageProcessor
 from transformers.utils import logging
 
-from .configuration_bafenet import INPUT_MODES, NORMALIZATION_PRESETS, scaled_size, window_starts
+from .configuration_bafenet import INPUT_MODES, scaled_size, window_starts
 
 logger = logging.get_logger(__name__)
+
+# Input normalisation presets: (image_mean, image_std, rescale_factor, channel_order). `pixel = (x * rescale_factor -
+# mean) / std` with x in 0..255, channels in `channel_order` (grey input is replicated to 3 channels first).
+NORMALIZATION_PRESETS: dict[str, tuple[list[float], list[float], float, str]] = {
+    # The original (mmdet caffe style): BGR, subtract the caffe mean on the 0..255 scale, no division.
+    "caffe": ([102.9801, 115.9465, 122.7717], [1.0, 1.0, 1.0], 1.0, "bgr"),
+    # torchvision / timm ImageNet weights (a deliberate deviation from the original).
+    "imagenet": ([0.485, 0.456, 0.406], [0.229, 0.224, 0.225], 1 / 255, "rgb"),
+    # EfficientNet-Lite (TF) weights: mean 0.5, std 0.5 on the 0..1 scale.
+    "lite": ([0.5, 0.5, 0.5], [0.5, 0.5, 0.5], 1 / 255, "rgb"),
+}
+
+
+def default_normalization(backbone: str) -> str:
+    """The preset matching a backbone's weights: `"lite"` for EfficientNet-Lite, else `"caffe"` (the original's)."""
+    return "lite" if "efficientnet_lite" in backbone else "caffe"
 
 # Standard arguments of transformers image processors that mean nothing here (no padding, no masks, images are read
 # as they come): accepted and ignored with a warning, so code written for DETR-style processors runs unchanged.
@@ -82,11 +98,13 @@ class BafeNetImageProcessor(BaseImageProcessor):
         do_normalize: subtract `image_mean`, divide by `image_std`.
         use_fast, backend: accepted for `AutoImageProcessor.from_pretrained(..., use_fast=/backend=)`; there is one
             implementation (torch), used whatever they say.
-        normalization: preset (`"caffe"`, `"imagenet"`, `"lite"`, see `BafeNetConfig`); `image_mean`, `image_std`,
+        normalization: preset (`NORMALIZATION_PRESETS`): `"caffe"` (the original: BGR, mean [102.98, 115.95, 122.77],
+            std 1 on 0..255), `"imagenet"` or `"lite"` (mean 0.5, std 0.5 on 0..1); `image_mean`, `image_std`,
             `rescale_factor`, `channel_order` override it. Pixel = (x * rescale_factor - mean) / std, x in 0..255,
             channels in `channel_order` (grey input is replicated to 3 channels, alpha dropped).
         detection_threshold: default cut of `post_process_object_detection` on sigmoid(cls) (0.05, mmdet's
             `score_thr`); not the operating point (`config.operating_threshold`), which applies to final scores.
+            (The processor owns normalisation and post-processing; `BafeNetConfig` does not save them.)
         pre_nms_top_k, nms_iou_threshold, max_detections: post-processing as the original (1000 per level, 0.5, 100).
     """
 
@@ -114,6 +132,8 @@ class BafeNetImageProcessor(BaseImageProcessor):
         **kwargs: Any,
     ) -> None:
         kwargs.pop("use_fast", None), kwargs.pop("backend", None)  # one implementation (torch): nothing to choose
+        if "score_threshold" in kwargs:  # the name of `detection_threshold` in older files
+            detection_threshold = kwargs.pop("score_threshold")
         super().__init__(**kwargs)
         if input_mode not in INPUT_MODES:
             raise ValueError(f"input_mode must be one of {INPUT_MODES}, got {input_mode!r}")
@@ -141,28 +161,43 @@ class BafeNetImageProcessor(BaseImageProcessor):
         self.pre_nms_top_k = int(pre_nms_top_k)
         self.nms_iou_threshold = float(nms_iou_threshold)
         self.max_detections = int(max_detections)
+        if len(self.image_mean) != 3 or len(self.image_std) != 3 or any(v <= 0 for v in self.image_std):
+            raise ValueError(f"image_mean/image_std need 3 values (std > 0), got {self.image_mean}, {self.image_std}")
+        if not 0 <= self.detection_threshold < 1 or not 0 < self.nms_iou_threshold <= 1:
+            raise ValueError(f"detection_threshold must be in [0, 1) and nms_iou_threshold in (0, 1], got "
+                             f"{self.detection_threshold}, {self.nms_iou_threshold}")
+        if self.pre_nms_top_k < 1 or self.max_detections < 1:
+            raise ValueError(f"pre_nms_top_k and max_detections must be >= 1, got {self.pre_nms_top_k}, "
+                             f"{self.max_detections}")
 
     @classmethod
     def from_model_config(cls, config: Any, **kwargs: Any) -> "BafeNetImageProcessor":
-        """The processor matching a `BafeNetConfig` (input size, normalisation, post-processing)."""
-        params = dict(
+        """The processor for a `BafeNetConfig`: its input geometry (`image_size`, tiles settings), the normalisation
+        preset of its backbone (`default_normalization`), the processor settings an older config file carried
+        (`config.processor_settings`), then `kwargs` (any argument of this class) winning."""
+        params: dict[str, Any] = dict(
             size={"height": config.image_size, "width": config.image_size},
-            normalization=config.normalization,
-            image_mean=config.image_mean,
-            image_std=config.image_std,
-            rescale_factor=config.rescale_factor,
-            channel_order=config.channel_order,
-            detection_threshold=config.detection_threshold,
-            pre_nms_top_k=config.pre_nms_top_k,
-            nms_iou_threshold=config.nms_iou_threshold,
-            max_detections=config.max_detections,
+            normalization=default_normalization(config.backbone),
             input_mode=config.input_mode,
             tile_scale=config.tile_scale,
             tile_window=config.tile_window,
             tile_overlap=config.tile_overlap,
         )
+        params.update(getattr(config, "processor_settings", {}))
         params.update(kwargs)
         return cls(**params)
+
+    def with_settings(self, **settings: Any) -> "BafeNetImageProcessor":
+        """A copy with `settings` (arguments of this class) changed; a new `normalization` preset replaces the
+        mean, std, rescale factor and channel order unless they are given too."""
+        import inspect
+
+        names = [n for n in inspect.signature(type(self).__init__).parameters if n not in ("self", "kwargs")]
+        current = {name: getattr(self, name) for name in names}
+        if "normalization" in settings:
+            for name in ("image_mean", "image_std", "rescale_factor", "channel_order"):
+                current.pop(name)
+        return type(self)(**{**current, **settings})
 
     # ---------------------------------------------------------------------------------------------- preprocessing
     def normalize_pixels(self, pixels: torch.Tensor, **overrides: Any) -> torch.Tensor:
@@ -397,4 +432,4 @@ class BafeNetImageProcessor(BaseImageProcessor):
 
 BafeNetImageProcessor.register_for_auto_class("AutoImageProcessor")
 
-__all__ = ["BafeNetImageProcessor"]
+__all__ = ["NORMALIZATION_PRESETS", "BafeNetImageProcessor", "default_normalization"]
