@@ -226,7 +226,7 @@ def test_stored_operating_point_is_the_default_of_evaluate_and_predict(tiny_mode
     `evaluate` and the `predict` threshold unless given; without one they fall back to 0.5 / 0.3."""
     import shutil
 
-    from bafenet.evaluation import evaluate_model
+    from bafenet.evaluation import ScoringOptions, evaluate_model
     from bafenet.models.bafenet import BafeNetForObjectDetection, BafeNetImageProcessor
     from bafenet.predict import Predictor
 
@@ -240,6 +240,13 @@ def test_stored_operating_point_is_the_default_of_evaluate_and_predict(tiny_mode
     kwargs = dict(batch_size=2, device="cpu", detection_threshold=0.001, progress=False)
     assert evaluate_model(model, processor, rows, **kwargs)["operating_threshold"] == pytest.approx(0.004)
     assert evaluate_model(model, processor, rows, operating_threshold=0.2, **kwargs)["operating_threshold"] == 0.2
+    options = ScoringOptions(operating_threshold=0.3, legacy_plus_one=False)
+    both = evaluate_model(model, processor, rows, options=options, **kwargs)
+    assert (both["operating_threshold"], both["legacy_plus_one"]) == (0.3, 0)  # options= and keywords are one thing
+    assert evaluate_model(model, processor, rows, options=options, operating_threshold=0.25,
+                          **kwargs)["operating_threshold"] == 0.25
+    with pytest.raises(TypeError, match="iou_treshold"):
+        evaluate_model(model, processor, rows, iou_treshold=0.4, **kwargs)
     model.config.operating_threshold = None
     assert evaluate_model(model, processor, rows, **kwargs)["operating_threshold"] == 0.5
     assert Predictor(folder, device="cpu").operating_threshold == pytest.approx(0.004)

@@ -132,14 +132,21 @@ def test_t7_t8_tiny_box_iou_conventions():
     assert box_iou(three, three + [1, 0, 1, 0], legacy_plus_one=False)[0, 0] == pytest.approx(0.5)
 
 
-def test_the_original_minus_one_shift_changes_nothing_when_applied_to_both_sides():
-    rng = np.random.default_rng(0)
-    gts, dets = [], []
-    for i in range(5):
-        xy = rng.uniform(0, 200, (6, 2))
-        boxes = np.concatenate([xy, xy + rng.integers(2, 8, (6, 2))], axis=1)
+def random_split(rng, images, per_image, extent, sides, perturb):
+    """``images`` images of ``per_image`` random boxes (corners in [0, ``extent``), sides ``sides(rng, shape)``) and
+    their detections ``perturb(rng, boxes)`` with uniform random scores; returns (detections, ground truths)."""
+    dets, gts = [], []
+    for i in range(images):
+        xy = rng.uniform(0, extent, (per_image, 2))
+        boxes = np.concatenate([xy, xy + sides(rng, xy.shape)], axis=1)
         gts.append(gt(str(i), boxes))
-        dets.append(det(str(i), boxes + rng.integers(-1, 2, boxes.shape), rng.uniform(0, 1, 6)))
+        dets.append(det(str(i), perturb(rng, boxes), rng.uniform(0, 1, per_image)))
+    return dets, gts
+
+
+def test_the_original_minus_one_shift_changes_nothing_when_applied_to_both_sides():
+    dets, gts = random_split(np.random.default_rng(0), 5, 6, 200, lambda rng, shape: rng.integers(2, 8, shape),
+                             lambda rng, boxes: boxes + rng.integers(-1, 2, boxes.shape))
     shifted = lambda records: [{**r, "boxes": r["boxes"] - 1} for r in records]  # noqa: E731
     for flag in (True, False):
         assert voc_detection_metrics(dets, gts, legacy_plus_one=flag) == pytest.approx(
@@ -180,15 +187,12 @@ def _coco_ap_reference(dets, gts, iou_threshold):
 
 
 def test_coco_wiring_matches_a_longhand_cocoeval_on_random_boxes():
-    rng = np.random.default_rng(1)
-    gts, dets = [], []
-    for i in range(8):
-        xy = rng.uniform(0, 100, (5, 2))
-        boxes = np.concatenate([xy, xy + rng.uniform(2, 40, (5, 2))], axis=1)
-        gts.append(gt(str(i), boxes))
-        noisy = boxes + rng.normal(0, 1.5, boxes.shape)
-        noisy[:, 2:] = np.maximum(noisy[:, 2:], noisy[:, :2] + 0.5)
-        dets.append(det(str(i), noisy, rng.uniform(0, 1, 5)))
+    def noisy(rng, boxes):
+        moved = boxes + rng.normal(0, 1.5, boxes.shape)
+        moved[:, 2:] = np.maximum(moved[:, 2:], moved[:, :2] + 0.5)
+        return moved
+
+    dets, gts = random_split(np.random.default_rng(1), 8, 5, 100, lambda rng, shape: rng.uniform(2, 40, shape), noisy)
     ours = coco_detection_metrics(dets, gts)
     per_threshold = [_coco_ap_reference(dets, gts, t) for t in np.linspace(0.5, 0.95, 10)]
     assert ours["coco_AP50"] == pytest.approx(per_threshold[0], abs=1e-9)

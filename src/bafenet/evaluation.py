@@ -30,6 +30,7 @@ import math
 import platform
 import time
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -43,8 +44,36 @@ from .metrics.pixel import PixelMetrics, SkyIoU
 from .metrics.points import point_metrics
 from .metrics.render import box_centers, boxes_to_mask
 
-__all__ = ["add_arguments", "evaluate_model", "evaluate_predictions", "load_predictions", "predict_split", "run",
-           "score_detections", "write_pr_curve"]
+__all__ = ["ScoringOptions", "add_arguments", "evaluate_model", "evaluate_predictions", "load_predictions",
+           "predict_split", "run", "score_detections", "write_pr_curve"]
+
+FALLBACK_OPERATING_THRESHOLD = 0.5  # at-a-score metrics of a model without a stored operating point
+
+
+@dataclass(frozen=True)
+class ScoringOptions:
+    """How detections are scored: the settings behind every number of ``bafenet evaluate`` (one owner for them).
+
+    ``operating_threshold``: the score for precision/recall/F1 at a score, masks and points (``None``: the model's
+    stored operating point, or 0.5 for detections without a model); ``iou_threshold`` and ``legacy_plus_one``: VOC
+    matching (mmdet's +1 widths, the paper's numbers); ``point_radius``: point matching radius in pixels;
+    ``pd_distance`` / ``pd_matching``: Pd/Fa target matching (greedy = BasicIRSTD)."""
+
+    operating_threshold: float | None = None
+    iou_threshold: float = 0.5
+    legacy_plus_one: bool = True
+    point_radius: float = 3.0
+    pd_distance: float = 3.0
+    pd_matching: str = "greedy"
+
+    @classmethod
+    def of(cls, options: "ScoringOptions | None", **fields: Any) -> "ScoringOptions":
+        """``options`` (default: the defaults) with ``fields`` changed: the keyword form of every scoring function."""
+        return replace(options or cls(), **fields)
+
+    def at(self, fallback: float) -> "ScoringOptions":
+        """These options with ``operating_threshold`` resolved (``fallback`` when it is None)."""
+        return self if self.operating_threshold is not None else replace(self, operating_threshold=float(fallback))
 
 
 def _binary_mask(image: Any, column: str, image_id: str, shape: tuple[int, int]) -> np.ndarray:
@@ -252,21 +281,22 @@ def load_predictions(path: Path, image_ids: Sequence[Any]) -> list[dict[str, Any
 def evaluate_predictions(
     detections: Sequence[Mapping[str, Any]],
     dataset: Any,
-    operating_threshold: float = 0.5,
-    iou_threshold: float = 0.5,
-    legacy_plus_one: bool = True,
-    point_radius: float = 3.0,
-    pd_distance: float = 3.0,
-    pd_matching: str = "greedy",
+    options: ScoringOptions | None = None,
     progress: bool = False,
+    **scoring: Any,
 ) -> dict[str, Any]:
     """Score detections (one ``{"image_id", "boxes", "scores"}`` per image) against a dataset split.
 
+    ``options`` / ``scoring`` (fields of :class:`ScoringOptions`, e.g. ``operating_threshold=0.3``): how to score.
     Returns a flat dict of every metric (see the README "evaluation" section): the VOC keys of
     :func:`~bafenet.metrics.box.voc_detection_metrics`, the COCO keys, ``IoU``/``nIoU``/``Pd``/``Fa``/``Fa_x1e6``
     (masks from boxes with score >= ``operating_threshold``), and the ``point_*`` keys. Image ids must match exactly.
     """
     from tqdm.auto import tqdm
+
+    opts = ScoringOptions.of(options, **scoring).at(FALLBACK_OPERATING_THRESHOLD)
+    operating_threshold, iou_threshold, legacy_plus_one = (opts.operating_threshold, opts.iou_threshold,
+                                                           opts.legacy_plus_one)
 
     _check_columns(dataset, ("image_id", "width", "height", "objects", "points", "target_mask"))
     ground_truths = [_ground_truth(row) for row in dataset.select_columns([*_id_columns(dataset), "objects", "points"])]
@@ -279,7 +309,7 @@ def evaluate_predictions(
     metrics["by_size"] = metrics_by_size(detections, ground_truths, sizes, iou_threshold, legacy_plus_one)
 
     by_id = {str(d["image_id"]): d for d in detections}  # ids already checked to match one-to-one
-    pixel = PixelMetrics(distance_threshold=pd_distance, matching=pd_matching)  # type: ignore[arg-type]
+    pixel = PixelMetrics(distance_threshold=opts.pd_distance, matching=opts.pd_matching)  # type: ignore[arg-type]
     predicted_points = []
     for row in tqdm(dataset.select_columns([*_id_columns(dataset), "width", "height", "target_mask"]),
                     total=len(dataset), desc="Scoring masks", unit="img", disable=not progress):
@@ -291,15 +321,18 @@ def evaluate_predictions(
                      image_id=image_id)
         predicted_points.append({"image_id": row["image_id"], "points": box_centers(boxes[keep])})
     metrics.update(pixel.compute())
-    metrics.update(point_metrics(predicted_points, ground_truths, radius=point_radius))
+    metrics.update(point_metrics(predicted_points, ground_truths, radius=opts.point_radius))
     return metrics
 
 
-def conventions(operating_threshold: float, iou_threshold: float, legacy_plus_one: bool, point_radius: float,
-                pd_distance: float, pd_matching: str, detection_threshold: float | None,
+def conventions(options: ScoringOptions, detection_threshold: float | None,
                 predictions: str | None = None) -> dict[str, str]:
-    """The exact conventions behind each number, written into the results JSON (``predictions``: the file the
-    detections were read from, when they do not come from a model)."""
+    """The exact conventions behind each number, written into the results JSON (``options`` with a resolved
+    operating threshold; ``predictions``: the file the detections were read from, when they do not come from a
+    model)."""
+    operating_threshold, iou_threshold, point_radius = (options.operating_threshold, options.iou_threshold,
+                                                        options.point_radius)
+    pd_distance, pd_matching, legacy_plus_one = options.pd_distance, options.pd_matching, options.legacy_plus_one
     plus_one = ("legacy +1: widths/heights x2 - x1 + 1 in areas and IoU (mmdet use_legacy_coordinate=True, as in "
                 "the BAFE-Net paper)" if legacy_plus_one else "exact: widths/heights x2 - x1 (no +1)")
     box_convention = ("boxes xyxy, DenseSIRST XML convention (0-based, x_max/y_max exclusive), the same convention "
@@ -403,9 +436,6 @@ def _clean(value: Any) -> Any:
     return None if isinstance(value, float) and math.isnan(value) else value
 
 
-FALLBACK_OPERATING_THRESHOLD = 0.5  # at-a-score metrics of a model without a stored operating point
-
-
 def stored_operating_threshold(model: Any, fallback: float = FALLBACK_OPERATING_THRESHOLD) -> float:
     """``model.config.operating_threshold`` (best-F1 score on validation, stored by the trainer), else ``fallback``."""
     value = getattr(model.config, "operating_threshold", None)
@@ -418,49 +448,41 @@ def evaluate_model(
     dataset: Any,
     batch_size: int = 8,
     device: str | None = None,
-    operating_threshold: float | None = None,
-    iou_threshold: float = 0.5,
-    legacy_plus_one: bool = True,
-    point_radius: float = 3.0,
-    pd_distance: float = 3.0,
-    pd_matching: str = "greedy",
+    options: ScoringOptions | None = None,
     detection_threshold: float | None = None,
     progress: bool = True,
+    **scoring: Any,
 ) -> dict[str, Any]:
     """Predict and score a split in one call; returns ``{**metrics, "conventions", "detections"}``.
 
-    ``operating_threshold`` None: the model's stored operating point (:func:`stored_operating_threshold`)."""
-    operating_threshold = stored_operating_threshold(model) if operating_threshold is None else operating_threshold
+    ``options`` / ``scoring``: see :class:`ScoringOptions`; an unset ``operating_threshold`` is the model's stored
+    operating point (:func:`stored_operating_threshold`)."""
+    opts = ScoringOptions.of(options, **scoring).at(stored_operating_threshold(model))
     sky = SkyIoU() if "sky_mask" in dataset.column_names and hasattr(processor, "post_process_sky_segmentation") else None
     detections = predict_split(model, processor, dataset, batch_size, device, detection_threshold, sky, progress)
-    return score_detections(detections, dataset, operating_threshold, iou_threshold, legacy_plus_one, point_radius,
-                            pd_distance, pd_matching, detection_threshold, progress, sky=sky)
+    return score_detections(detections, dataset, opts, detection_threshold, progress, sky=sky)
 
 
 def score_detections(
     detections: Sequence[Mapping[str, Any]],
     dataset: Any,
-    operating_threshold: float = 0.5,
-    iou_threshold: float = 0.5,
-    legacy_plus_one: bool = True,
-    point_radius: float = 3.0,
-    pd_distance: float = 3.0,
-    pd_matching: str = "greedy",
+    options: ScoringOptions | None = None,
     detection_threshold: float | None = None,
     progress: bool = True,
     sky: SkyIoU | None = None,
     predictions: str | None = None,
+    **scoring: Any,
 ) -> dict[str, Any]:
     """Score detections of a model or of a predictions file alike; returns ``{**metrics, "conventions",
-    "detections"}`` (``sky``: a filled :class:`SkyIoU` to report; ``predictions``: the file they came from)."""
-    metrics = evaluate_predictions(detections, dataset, operating_threshold, iou_threshold, legacy_plus_one,
-                                   point_radius, pd_distance, pd_matching, progress)
+    "detections"}`` (``options`` / ``scoring``: see :class:`ScoringOptions`; ``sky``: a filled :class:`SkyIoU` to
+    report; ``predictions``: the file they came from)."""
+    opts = ScoringOptions.of(options, **scoring).at(FALLBACK_OPERATING_THRESHOLD)
+    metrics = evaluate_predictions(detections, dataset, opts, progress)
     if sky is not None:
         metrics.update(sky.compute())
     return {
         **{k: _clean(v) for k, v in metrics.items()},
-        "conventions": conventions(operating_threshold, iou_threshold, legacy_plus_one, point_radius, pd_distance,
-                                   pd_matching, detection_threshold, predictions),
+        "conventions": conventions(opts, detection_threshold, predictions),
         "detections": _json_detections(detections),
     }
 
@@ -551,6 +573,13 @@ def _earlier_results(path: Path) -> bool:
         return False
 
 
+def _scoring_options(args: argparse.Namespace) -> ScoringOptions:
+    """The scoring flags of ``bafenet evaluate`` as :class:`ScoringOptions`."""
+    return ScoringOptions(operating_threshold=args.operating_threshold, iou_threshold=args.iou_threshold,
+                          legacy_plus_one=args.legacy_plus_one, point_radius=args.point_radius,
+                          pd_matching=args.pd_matching)
+
+
 def _predictions_results(args: argparse.Namespace, dataset: Any) -> dict[str, Any]:
     """``--predictions FILE``: check the file against the split and score it; a malformed file exits with one line."""
     try:
@@ -560,13 +589,8 @@ def _predictions_results(args: argparse.Namespace, dataset: Any) -> dict[str, An
     if args.detection_threshold is not None:
         detections = [{**d, "boxes": d["boxes"][d["scores"] >= args.detection_threshold],
                        "scores": d["scores"][d["scores"] >= args.detection_threshold]} for d in detections]
-    return score_detections(
-        detections, dataset, iou_threshold=args.iou_threshold,
-        operating_threshold=(FALLBACK_OPERATING_THRESHOLD if args.operating_threshold is None
-                             else args.operating_threshold),
-        legacy_plus_one=args.legacy_plus_one, point_radius=args.point_radius, pd_matching=args.pd_matching,
-        detection_threshold=args.detection_threshold, predictions=str(args.predictions),
-    )
+    return score_detections(detections, dataset, _scoring_options(args), detection_threshold=args.detection_threshold,
+                            predictions=str(args.predictions))
 
 
 def _model_results(args: argparse.Namespace, dataset: Any) -> tuple[dict[str, Any], str]:
@@ -583,12 +607,8 @@ def _model_results(args: argparse.Namespace, dataset: Any) -> tuple[dict[str, An
         "--operating-threshold" if args.operating_threshold is not None else "model config operating_threshold"
         if getattr(model.config, "operating_threshold", None) is not None else
         f"default {FALLBACK_OPERATING_THRESHOLD} (the model stores no operating_threshold)")
-    results = evaluate_model(
-        model, processor, dataset, batch_size=args.batch_size, device=device,
-        operating_threshold=args.operating_threshold, iou_threshold=args.iou_threshold,
-        legacy_plus_one=args.legacy_plus_one, point_radius=args.point_radius, pd_matching=args.pd_matching,
-        detection_threshold=args.detection_threshold,
-    )
+    results = evaluate_model(model, processor, dataset, batch_size=args.batch_size, device=device,
+                             options=_scoring_options(args), detection_threshold=args.detection_threshold)
     return results, device
 
 
