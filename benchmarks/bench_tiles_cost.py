@@ -20,7 +20,6 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import numpy as np  # noqa: E402
-import torch  # noqa: E402
 from bench_inference import (bafenet_full_path, bafenet_model, interleaved_median, recipe_model, start,  # noqa: E402
                              timing_parser)
 

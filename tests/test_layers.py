@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "bafenet"
-UPPER = {"visualize", "evaluation", "predict", "training", "quickstart", "hub", "model_card", "export_onnx", "cli"}
+UPPER = {"visualize", "inference", "evaluation", "predict", "training", "quickstart", "hub", "model_card", "export_onnx", "cli"}
 
 
 def _imported_modules(path: Path) -> set[str]:
@@ -50,7 +50,7 @@ STAGES = [
     {"data"},
     {"models"},
     {"metrics"},
-    {"evaluation"},
+    {"inference", "evaluation"},
     {"training", "checkpoints"},
     {"predict", "visualize", "export_onnx"},
     {"hub", "model_card"},

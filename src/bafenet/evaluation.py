@@ -29,14 +29,15 @@ import json
 import math
 import platform
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from .data.transforms import row_boxes, row_name, to_grey
+from .data.transforms import row_boxes, row_name
+from .inference import evaluation_loop, inference_loader, model_forward
 from .metrics._checks import check_boxes, check_scores
 from .metrics.box import VOC_CONVENTIONS, coco_detection_metrics, match_detections, precision_recall_curve, voc_detection_metrics
 from .metrics.breakdown import localisation_quality, metrics_by_size
@@ -105,45 +106,6 @@ def _ground_truth(example: Mapping[str, Any]) -> dict[str, Any]:
     return {"image_id": example["image_id"], "image_name": row_name(example), "boxes": boxes, "points": points}
 
 
-def model_inputs(inputs: Mapping[str, Any], device: Any, dtype: Any) -> dict[str, Any]:
-    """Processor output -> model keyword arguments on ``device``: ``pixel_values`` in the model's ``dtype`` and, in
-    tiles mode, ``image_sizes`` (the one place every inference loop builds the model's inputs)."""
-    out = {"pixel_values": inputs["pixel_values"].to(device, dtype)}
-    if inputs.get("image_sizes") is not None:
-        out["image_sizes"] = inputs["image_sizes"].to(device)
-    return out
-
-
-def detection_threshold_of(processor: Any, value: float | None = None) -> float:
-    """The detection cut to apply: ``value``, else the processor's ``detection_threshold`` (0.05, mmdet's
-    ``score_thr``, for a processor saved before that field existed)."""
-    return float(getattr(processor, "detection_threshold", 0.05) if value is None else value)
-
-
-def detect(forward: Callable[[Mapping[str, Any]], Any], processor: Any, inputs: Mapping[str, Any],
-           target_sizes: Any, detection_threshold: float, sky: bool = False) -> list[dict[str, Any]]:
-    """The one inference step of every loop (``bafenet evaluate``, in-training validation, ``bafenet predict``):
-    ``forward(inputs)`` (the model or its ONNX graph on processor ``inputs``), the processor's post-processing at
-    ``detection_threshold``, rescaled to ``target_sizes`` ((h, w) per image). Returns per image ``"boxes"`` (N, 4)
-    float32 xyxy and ``"scores"`` (N,) as numpy, sorted by decreasing score (stable), and ``"sky_mask"`` (H, W) bool
-    when ``sky``."""
-    import torch
-
-    with torch.inference_mode():
-        outputs = forward(inputs)
-        results = processor.post_process_object_detection(outputs, threshold=detection_threshold,
-                                                           target_sizes=target_sizes)
-        skies = processor.post_process_sky_segmentation(outputs, target_sizes=target_sizes) if sky else None
-    found = []
-    for i, result in enumerate(results):
-        scores = result["scores"].detach().float().cpu().numpy().reshape(-1)
-        order = np.argsort(-scores, kind="stable")
-        found.append({"boxes": result["boxes"].detach().float().cpu().numpy().reshape(-1, 4)[order],
-                      "scores": scores[order],
-                      "sky_mask": None if skies is None else skies[i].detach().cpu().numpy().astype(bool)})
-    return found
-
-
 def _check_columns(dataset: Any, needed: Sequence[str]) -> None:
     missing = [c for c in needed if c not in dataset.column_names]
     if missing:
@@ -188,42 +150,23 @@ def predict_split(
 
 def _predict(model: Any, processor: Any, dataset: Any, batch_size: int, device: Any, threshold: float | None,
              sky_metric: SkyIoU | None, progress: bool) -> list[dict[str, Any]]:
-    import torch
     from tqdm.auto import tqdm
 
-    threshold = detection_threshold_of(processor, threshold)
-    dtype = next(model.parameters()).dtype  # a half-precision model gets half-precision inputs
+    ids, widths, heights = dataset["image_id"], dataset["width"], dataset["height"]
+    names = dataset["image_name"] if "image_name" in dataset.column_names else [str(i) for i in ids]
+    skies = dataset.select_columns(["sky_mask"]) if sky_metric is not None else None
     detections: list[dict[str, Any]] = []
-    bar = tqdm(total=len(dataset), desc="Evaluating", unit="img", disable=not progress)
-    needed = ["image", *_id_columns(dataset), "width", "height"] + (["sky_mask"] if sky_metric else [])
-    inputs_only = dataset.select_columns(needed)  # do not decode the other image columns
-    for start in range(0, len(dataset), batch_size):
-        rows = inputs_only[start : start + batch_size]  # columnar dict of lists
-        images = rows["image"]
-        sizes = [(int(h), int(w)) for h, w in zip(rows["height"], rows["width"])]
-        names = rows["image_name"] if "image_name" in rows else [str(i) for i in rows["image_id"]]
-        for name, image, (h, w) in zip(names, images, sizes):
-            if (image.height, image.width) != (h, w):
-                raise ValueError(f"image {name!r}: decoded size {image.width}x{image.height} != the row's "
-                                 f"width x height {w}x{h}")
-        inputs = processor(images=[to_grey(image) for image in images], return_tensors="pt")  # as training sees them
-        results = detect(lambda batch: model(**model_inputs(batch, device, dtype)), processor, inputs, sizes,
-                         threshold, sky=sky_metric is not None)
-        for i, result in enumerate(results):
-            image_id = names[i]
-            detections.append({
-                "image_id": rows["image_id"][i],
-                "image_name": image_id,
-                "width": sizes[i][1],
-                "height": sizes[i][0],
-                "boxes": result["boxes"],
-                "scores": result["scores"],
-            })
+    with tqdm(total=len(dataset), desc="Evaluating", unit="img", disable=not progress) as bar:
+        for i, result in evaluation_loop(model_forward(model, device), processor,
+                                         inference_loader(dataset, processor, batch_size), threshold,
+                                         sky=sky_metric is not None):
+            shape = (int(heights[i]), int(widths[i]))
+            detections.append({"image_id": ids[i], "image_name": names[i], "width": shape[1], "height": shape[0],
+                               "boxes": result["boxes"], "scores": result["scores"]})
             if sky_metric is not None:
-                target = _binary_mask(rows["sky_mask"][i], "sky_mask", image_id, sizes[i])
-                sky_metric.update(result["sky_mask"], target, image_id=image_id)
-        bar.update(len(results))
-    bar.close()
+                target = _binary_mask(skies[i]["sky_mask"], "sky_mask", names[i], shape)
+                sky_metric.update(result["sky_mask"], target, image_id=names[i])
+            bar.update(1)
     return detections
 
 

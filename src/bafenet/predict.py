@@ -151,7 +151,7 @@ class Predictor:
         import torch
         from transformers import AutoConfig, AutoImageProcessor
 
-        from .evaluation import detection_threshold_of
+        from .inference import detection_threshold_of
 
         self.processor = AutoImageProcessor.from_pretrained(str(model), trust_remote_code=True)
         self.config = AutoConfig.from_pretrained(str(model), trust_remote_code=True)
@@ -187,19 +187,18 @@ class Predictor:
             from .export_onnx import run_onnx
 
             return run_onnx(self.session, inputs, self.config)
-        from .evaluation import model_inputs
+        from .inference import model_inputs
 
         with torch.inference_mode():
             return self.model(**model_inputs(inputs, self.device, torch.float32))
 
     def __call__(self, images: Sequence[Image.Image], sky: bool = False) -> list[Detections]:
         """Detect targets in a batch of PIL images (any sizes); boxes come back in each image's own pixels."""
-        from .evaluation import detect
+        from .inference import InferenceCollator, evaluation_loop
 
-        inputs = self.processor(images=list(images), return_tensors="pt")
-        target_sizes = [(image.height, image.width) for image in images]
+        batch = InferenceCollator(self.processor)(list(enumerate(images)))
         detections = []
-        for found in detect(self.forward, self.processor, inputs, target_sizes, self.detection_threshold, sky):
+        for _, found in evaluation_loop(self.forward, self.processor, [batch], self.detection_threshold, sky):
             # the detection cut acts on sigmoid(cls) before the centerness factor; the operating point on the final
             # score, as in `bafenet evaluate`
             keep = found["scores"] >= np.float32(self.operating_threshold)

@@ -32,7 +32,7 @@ from tqdm.auto import tqdm
 from ..outputs import OutputLock, claim_dir, replaced_dir
 from .card import BuildSummary, SplitSummary, render_card
 from .densesirst import CONFIG_SPLITS, FEATURES, example_from_sample, object_id_bases, resolve_splits
-from .devkit import DevkitError, EncodedSample, SirstDevkit, read_encoded
+from .devkit import EncodedSample, SirstDevkit, read_encoded
 
 __all__ = ["build_dataset", "add_arguments", "run"]
 

@@ -40,7 +40,7 @@ from .arguments import (
     parse_config_overrides,
 )
 from .command import main, run
-from .data import AugmentedTrainDataset, EpochShuffleSampler, EvalCollator, EvalDataset, ground_truths
+from .data import AugmentedTrainDataset, EpochShuffleSampler, ground_truths
 from .loop import COMMAND, NonFiniteLossError, Trainer, train
 from .optim import RecipeSchedule, build_optimizer, parameter_groups
 from .probe import parameters_without_gradient
@@ -50,7 +50,7 @@ __all__ = [
     "ARGUMENT_GROUPS", "RECIPES", "AugmentationArguments", "DataArguments", "ModelArguments",
     "OptimizationArguments", "RunArguments", "TrainingArguments", "add_arguments", "arguments_from_namespace",
     "build_parser", "check_config_overrides", "command_line", "parse_config_overrides", "main", "run", "AugmentedTrainDataset",
-    "EpochShuffleSampler", "EvalCollator", "EvalDataset", "ground_truths", "COMMAND", "NonFiniteLossError", "Trainer",
+    "EpochShuffleSampler", "ground_truths", "COMMAND", "NonFiniteLossError", "Trainer",
     "train", "RecipeSchedule", "build_optimizer", "parameter_groups", "parameters_without_gradient",
     "CHECKPOINT_PREFIX", "RESUME_CHANGEABLE", "RESUME_FIXED", "TrainerState", "list_checkpoints",
 ]

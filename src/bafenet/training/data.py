@@ -1,17 +1,14 @@
-"""Training and evaluation data: the epoch sampler, the augmented training set, evaluation rows and their collator,
-the ground-truth boxes of a split."""
+"""Training data: the epoch sampler, the augmented training set, the ground-truth boxes of a split (the evaluation
+loader is `bafenet.inference.inference_loader`)."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import torch
 from torch.utils.data import Dataset, Sampler
 
-from bafenet.data.transforms import TrainTransform, row_boxes, sample_from_row, to_grey
+from bafenet.data.transforms import TrainTransform, row_boxes, sample_from_row
 
 
 class EpochShuffleSampler(Sampler[int]):
@@ -56,32 +53,6 @@ class AugmentedTrainDataset(Dataset):
         if self.transform.copy_paste is not None:
             source = sample_from_row(self.rows[int(rng.integers(len(self.rows)))])
         return self.transform(sample_from_row(self.rows[index]), source, rng)
-
-
-class EvalDataset(Dataset):
-    """Rows of an evaluation split as (row index, grey image); the processor resizes them like at inference."""
-
-    def __init__(self, rows: Any) -> None:
-        self.rows = rows
-
-    def __len__(self) -> int:
-        return len(self.rows)
-
-    def __getitem__(self, index: int) -> tuple[int, np.ndarray]:
-        return index, to_grey(self.rows[index]["image"])
-
-
-@dataclass
-class EvalCollator:
-    processor: Any
-
-    def __call__(self, items: Sequence[tuple[int, np.ndarray]]) -> dict[str, torch.Tensor]:
-        inputs = self.processor(images=[image for _, image in items], return_tensors="pt")
-        return {
-            **inputs,
-            "indices": torch.tensor([index for index, _ in items]),
-            "target_sizes": torch.tensor([image.shape for _, image in items]),
-        }
 
 
 def ground_truths(rows: Any) -> list[dict[str, Any]]:

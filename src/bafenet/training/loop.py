@@ -19,9 +19,10 @@ import torch
 from torch.utils.data import DataLoader
 
 from bafenet.data.transforms import BagCopyPaste, DetectionCollator, TileTransform, TrainTransform
+from bafenet.inference import inference_loader
 
 from .arguments import TrainingArguments, parse_config_overrides
-from .data import AugmentedTrainDataset, EpochShuffleSampler, EvalCollator, EvalDataset, ground_truths
+from .data import AugmentedTrainDataset, EpochShuffleSampler, ground_truths
 from .optim import RecipeSchedule, build_optimizer
 from .probe import parameters_without_gradient
 from .state import CHECKPOINT_PREFIX, RESUME_CHANGEABLE, RESUME_FIXED, TrainerState, list_checkpoints
@@ -242,10 +243,8 @@ class Trainer:
         self.eval_loaders = {}
         for name, rows in (("validation", self.val_rows), ("test", self.test_rows)):
             if rows is not None:
-                self.eval_loaders[name] = DataLoader(
-                    EvalDataset(rows), batch_size=args.per_device_eval_batch_size,
-                    collate_fn=EvalCollator(self.processor), num_workers=workers,
-                )
+                self.eval_loaders[name] = inference_loader(rows, self.processor, args.per_device_eval_batch_size,
+                                                           workers)
         self.ground_truths = {name: ground_truths(rows) for name, rows in (("validation", self.val_rows),
                                                                             ("test", self.test_rows)) if rows is not None}
 
@@ -320,23 +319,18 @@ class Trainer:
         ``{"image_id", "boxes" (N, 4) xyxy original pixels, "scores"}`` per image."""
         from tqdm.auto import tqdm
 
-        from bafenet.evaluation import detect, model_inputs
+        from bafenet.inference import evaluation_loop, model_forward
 
         acc, loader = self.accelerator, self.prepared_eval[split]
         rows = self.val_rows if split == "validation" else self.test_rows
         model = self._unwrapped()  # no DDP collectives at inference; keeps the mixed-precision autocast wrapper
         model.eval()
-        detections: list[dict[str, Any]] = []
-        for batch in tqdm(loader, desc=f"eval {split}", leave=False, disable=not acc.is_main_process):
-            pixels = batch["pixel_values"]
-            results = detect(lambda inputs: model(**model_inputs(inputs, pixels.device, pixels.dtype)), self.processor,
-                             batch, batch["target_sizes"], self.args.detection_threshold)
-            items = [{"index": int(i), "boxes": r["boxes"], "scores": r["scores"]}
-                     for i, r in zip(batch["indices"].tolist(), results)]
-            detections.extend(acc.gather_for_metrics(items, use_gather_object=True))
+        batches = tqdm(loader, desc=f"eval {split}", leave=False, disable=not acc.is_main_process)
+        by_index = dict(evaluation_loop(model_forward(model, acc.device, torch.float32), self.processor, batches,
+                                        self.args.detection_threshold,
+                                        gather=lambda items: acc.gather_for_metrics(items, use_gather_object=True)))
         model.train()
         ids = rows["image_id"]
-        by_index = {d["index"]: d for d in detections}
         if len(by_index) != len(rows):
             raise RuntimeError(f"evaluation of {split!r} gathered {len(by_index)} of {len(rows)} images")
         return [{"image_id": ids[i], "boxes": by_index[i]["boxes"], "scores": by_index[i]["scores"]}
