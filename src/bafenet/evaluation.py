@@ -385,18 +385,11 @@ def stored_operating_threshold(model: Any, fallback: float = FALLBACK_OPERATING_
     return fallback if value is None else float(value)
 
 
-def evaluate_model(
-    model: Any,
-    processor: Any,
-    dataset: Any,
-    batch_size: int = 8,
-    device: str | None = None,
-    options: ScoringOptions | None = None,
-    detection_threshold: float | None = None,
-    progress: bool = True,
-    **scoring: Any,
-) -> dict[str, Any]:
-    """Predict and score a split in one call; returns ``{**metrics, "conventions", "detections"}``.
+def evaluate_model(model: Any, processor: Any, dataset: Any, options: ScoringOptions | None = None, *,
+                   batch_size: int = 8, device: str | None = None, detection_threshold: float | None = None,
+                   progress: bool = True, **scoring: Any) -> dict[str, Any]:
+    """Predict (:func:`predict_split`) and score a split in one call; returns ``{**metrics, "conventions",
+    "detections"}``.
 
     ``options`` / ``scoring``: see :class:`ScoringOptions`; an unset ``operating_threshold`` is the model's stored
     operating point (:func:`stored_operating_threshold`)."""
