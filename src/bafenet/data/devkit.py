@@ -27,6 +27,7 @@ import numpy as np
 from PIL import Image
 
 from .sample import DetectionSample
+from .transforms import to_grey
 
 DevkitSample = DetectionSample  # the devkit reader returns the one sample type (name kept for old imports)
 
@@ -243,9 +244,8 @@ class SirstDevkit:
         image_path = self.image_path(image_id)
         image_png, image = _open_png(image_path, "image")
         encoded, target_fg, sky_fg = self._validate(image_id, image_png, image, decode_masks=True)
-        grey = image if image.mode == "L" else image.convert("L")
         return DetectionSample(
-            image=np.asarray(grey, dtype=np.uint8).copy(), boxes=encoded.boxes, points=encoded.points,
+            image=to_grey(image).copy(), boxes=encoded.boxes, points=encoded.points,
             target_mask=target_fg, sky_mask=sky_fg, image_id=image_id, image_path=image_path,
         )
 
