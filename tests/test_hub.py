@@ -413,6 +413,8 @@ def test_model_card_shows_only_measured_metrics_with_conventions(tiny_model_dir,
     folder = _linked_copy(tiny_model_dir, tmp_path / "model")
     card = build_model_card(folder, "tester/m")
     assert "Not evaluated" in card and "| metric |" not in card and "No `train_args.json`" in card
+    # each setting from its owner: normalisation and post-processing from preprocessor_config.json
+    assert "- max detections (image processor): `100`" in card and "- normalization (image processor):" in card
     (folder / "train_args.json").write_text(json.dumps({"epochs": 12, "lr": 0.01, "hub_token": "hf_x"}))
     (folder / "metrics.json").write_text(json.dumps({"epoch": 12, "train_loss": 0.75, "history": [{}] * 20}))
     (folder / "results.json").write_text(json.dumps({"split": "test", "box": {"mAP07": 0.2825, "recall": 0.33},

@@ -215,9 +215,10 @@ def _architecture_lines(config: dict[str, Any], preprocessor: dict[str, Any] | N
         size = preprocessor.get("size")
         if size is not None:
             facts.append(f"- input size (image processor): `{json.dumps(size)}`")
-        for key in ("image_mean", "image_std"):
+        for key in ("normalization", "image_mean", "image_std", "detection_threshold", "nms_iou_threshold",
+                    "max_detections"):  # the processor's settings (preprocessor_config.json owns them)
             if key in preprocessor:
-                facts.append(f"- {key.replace('_', ' ')}: `{json.dumps(preprocessor[key])}`")
+                facts.append(f"- {key.replace('_', ' ')} (image processor): `{json.dumps(preprocessor[key])}`")
     lines += facts + ([""] if facts else [])
     fields = [(k, v) for k, v in config.items() if k not in _CONFIG_BOILERPLATE and not k.startswith("_")]
     scalars = [(k, v) for k, v in fields if not isinstance(v, dict) and not isinstance(v, bool) and k != "mode"]
