@@ -13,6 +13,8 @@ import pytest
 from bafenet.metrics.evaluate_module import evaluate_module_files, undefined_names, write_evaluate_module
 from bafenet.outputs import MARKER
 
+# imported before `no_network` sets HF_HUB_OFFLINE: huggingface_hub reads it once, at import, and later tests push
+evaluate = pytest.importorskip("evaluate")
 ALLOWED_IMPORTS = {"collections", "dataclasses", "typing", "datasets", "evaluate", "numpy"}
 
 
@@ -32,7 +34,6 @@ def module_dir(tmp_path_factory) -> Path:
 
 
 def test_evaluate_load_offline_and_compute_matches_the_library(module_dir, no_network, tmp_path):
-    evaluate = pytest.importorskip("evaluate")
     from bafenet.metrics.box import voc_detection_metrics
 
     metric = evaluate.load(str(module_dir), cache_dir=str(tmp_path))
@@ -109,7 +110,6 @@ def test_module_takes_exactly_the_voc_path_of_the_library(module_dir):
 
 
 def test_evaluate_module_rejects_mismatched_ids(module_dir, no_network, tmp_path):
-    evaluate = pytest.importorskip("evaluate")
     metric = evaluate.load(str(module_dir), cache_dir=str(tmp_path))
     with pytest.raises(ValueError, match="image ids do not match"):
         metric.compute(
@@ -119,7 +119,6 @@ def test_evaluate_module_rejects_mismatched_ids(module_dir, no_network, tmp_path
 
 
 def test_metric_export_cli_writes_a_marked_folder_and_refuses_foreign_ones(tmp_path, capsys, no_network):
-    evaluate = pytest.importorskip("evaluate")
     from bafenet.cli import main
 
     out = tmp_path / "my-metric"
