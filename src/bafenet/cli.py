@@ -29,7 +29,7 @@ COMMANDS: dict[tuple[str, ...], tuple[str, str]] = {
     ("export", "onnx"): ("bafenet.export_onnx", "export the dense network to ONNX"),
     ("metric", "export"): ("bafenet.metrics.evaluate_module",
                            "write the VOC box metrics as a standalone Hugging Face `evaluate` module folder"),
-    ("push",): ("bafenet.hub", "publish a model and/or dataset folder to the Hub (same code as push_to_hub.py)"),
+    ("push",): ("bafenet.hub", "publish a model, a dataset and/or the metric to the Hub (same code as push_to_hub.py)"),
 }
 
 

@@ -34,11 +34,12 @@ from types import ModuleType
 
 from . import _checks, box
 
-__all__ = ["COMMAND", "DEFAULT_NAME", "check_module_name", "evaluate_module_files", "evaluate_module_source",
-           "undefined_names", "write_evaluate_module", "add_arguments", "run"]
+__all__ = ["COMMAND", "DEFAULT_NAME", "SPACE_SDK", "check_module_name", "evaluate_module_files",
+           "evaluate_module_source", "undefined_names", "write_evaluate_module", "add_arguments", "run"]
 
 COMMAND = "metric export"
 DEFAULT_NAME = "densesirst_voc"
+SPACE_SDK = "gradio"  # what `evaluate-cli create` makes: the metric card's front matter and the Space's app.py
 _LIBRARY: tuple[ModuleType, ...] = (_checks, box)  # in import order: box imports from _checks
 _ROOT = "voc_detection_metrics"
 _MODULE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_-]*")
@@ -133,7 +134,7 @@ title: DenseSIRST VOC box metrics
 emoji: 🎯
 colorFrom: blue
 colorTo: gray
-sdk: gradio
+sdk: $sdk
 app_file: app.py
 pinned: false
 tags:
@@ -145,8 +146,9 @@ description: "VOC mAP07 / mAP12 / recall (mmdet-exact, legacy +1) for DenseSIRST
 # DenseSIRST VOC box metrics
 
 Generated from bafenet $version by `bafenet metric export` (do not edit: export again). Load it with
-`evaluate.load("./$name")` from the folder holding `$name.py`, or `evaluate.load("<namespace>/$name")` from a Hub
-Space holding these files. Self-contained: numpy, `datasets` and `evaluate` only, no `bafenet` import; its code is
+`evaluate.load("./$name")` from the folder holding `$name.py`,
+or with `evaluate.load("<namespace>/$name")` from a Hub Space holding these files (`bafenet push --metric-repo`).
+Self-contained: numpy, `datasets` and `evaluate` only, no `bafenet` import; its code is
 that of `bafenet.metrics.box.voc_detection_metrics` (so are its numbers) and its citation is the BAFE-Net paper's.
 COCO AP is `bafenet.metrics.box.coco_detection_metrics` (needs faster-coco-eval).
 
@@ -197,7 +199,7 @@ def _string_constant(name: str, text: str) -> str:
     return f"{name} = {literal}\n"
 
 
-# -- the library's VOC path ---------------------------------------------------------------------------------------------
+# -- the library's VOC path --------------------------------------------------------------------------------------------
 def _definitions(module: ModuleType) -> dict[str, tuple[int, str, set[str]]]:
     """Top-level functions, classes and single-name constants of ``module``: name -> (line, source, names used).
 
@@ -305,7 +307,7 @@ def evaluate_module_files(name: str = DEFAULT_NAME) -> dict[str, str]:
     from bafenet import CITATION, __version__
 
     check_module_name(name)
-    card = _fill(_CARD, version=__version__, name=name, description=_DESCRIPTION, citation=CITATION,
+    card = _fill(_CARD, version=__version__, name=name, sdk=SPACE_SDK, description=_DESCRIPTION, citation=CITATION,
                  kwargs_description=_fill(_KWARGS_DESCRIPTION, name=name))
     return {f"{name}.py": evaluate_module_source(name), "README.md": card, "app.py": _fill(_APP, name=name),
             "requirements.txt": _REQUIREMENTS}
@@ -328,7 +330,7 @@ def write_evaluate_module(out: str | Path, overwrite: bool = False) -> Path:
     return out
 
 
-# -- command line --------------------------------------------------------------------------------------------------------
+# -- command line ------------------------------------------------------------------------------------------------------
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.epilog = ("The script is named after the folder, as evaluate.load expects: --out densesirst_voc writes "
                      "densesirst_voc/densesirst_voc.py, loaded with evaluate.load('./densesirst_voc').")
