@@ -345,5 +345,6 @@ def run(args: argparse.Namespace) -> int:
 
     out = write_evaluate_module(args.out, overwrite=args.overwrite)
     written = sorted(p.name for p in out.iterdir() if p.name != MARKER)
-    print(f"wrote {', '.join(written)} to {out}; load it with evaluate.load({str(out)!r})")
+    path = str(out) if out.is_absolute() or str(out).startswith(".") else f"./{out}"
+    print(f"wrote {', '.join(written)} to {out}; load it with evaluate.load({path!r})")
     return 0
