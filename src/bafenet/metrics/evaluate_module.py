@@ -34,15 +34,15 @@ from types import ModuleType
 
 from . import _checks, box
 
-__all__ = ["COMMAND", "DEFAULT_NAME", "SPACE_SDK", "check_module_name", "evaluate_module_files",
-           "evaluate_module_source", "undefined_names", "write_evaluate_module", "add_arguments", "run"]
+__all__ = ["COMMAND", "DEFAULT_NAME", "SPACE_SDK", "add_arguments", "check_module_name",
+           "evaluate_module_files", "evaluate_module_source", "run", "undefined_names", "write_evaluate_module"]
 
 COMMAND = "metric export"
 DEFAULT_NAME = "densesirst_voc"
 SPACE_SDK = "gradio"  # what `evaluate-cli create` makes: the metric card's front matter and the Space's app.py
 _LIBRARY: tuple[ModuleType, ...] = (_checks, box)  # in import order: box imports from _checks
 _ROOT = "voc_detection_metrics"
-_MODULE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_-]*")
+_MODULE_NAME = re.compile(r"[A-Za-z0-9_-]+")  # no dot: evaluate imports the script by this name
 
 _HEADER = '''\
 """DenseSIRST box metrics as a Hugging Face `evaluate` module: VOC mAP07 / mAP12 / recall, mmdet-exact.
@@ -264,8 +264,9 @@ def undefined_names(source: str) -> list[str]:
 def evaluate_module_source(name: str = DEFAULT_NAME) -> str:
     """The text of ``<name>.py``: header, imports, the library's VOC path, descriptions, citation, metric class.
 
-    Raises ``ValueError`` when the result does not compile or uses a name it does not define (the library's VOC path
-    now needs something `_IMPORTS` lacks)."""
+    Raises ``SyntaxError`` when the result does not compile, ``ValueError`` when it uses a name it does not define
+    (the library's VOC path now needs something `_IMPORTS` lacks). That the definitions come in a working order is
+    checked by running the module (tests/test_metrics_evaluate_module.py)."""
     from bafenet import CITATION, PAPER_URL, __version__
 
     def section(title: str) -> str:
