@@ -521,3 +521,47 @@ def test_pushed_config_with_backbone_weights_loads_from_config_in_a_fresh_proces
     report = json.loads(result.stdout.split("REPORT", 1)[1])
     assert report == {"class": "BafeNetForObjectDetection", "weights": None,
                       "provenance": {"name": "r18.pth", "source": "local file", "sha256": digest}}
+
+
+# -- the metric (`--metric-repo`) --------------------------------------------------------------------------------------
+LOAD_METRIC = textwrap.dedent("""
+    import json, sys
+    import evaluate
+
+    metric = evaluate.load(sys.argv[1])
+    result = metric.compute(predictions=[{"image_id": "a", "boxes": [[0, 0, 4, 4]], "scores": [0.9]}],
+                            references=[{"image_id": "a", "boxes": [[0, 0, 4, 4]]}])
+    print("REPORT" + json.dumps({"class": type(metric).__name__, "mAP07": result["mAP07"]}))
+""")
+
+
+def test_metric_repo_pushes_the_generated_module_as_a_space_that_evaluate_loads(hub_api, tmp_path, capsys):
+    """`--dry-run` lists the generated files and sends nothing; the push makes one Space commit holding exactly the
+    files of `bafenet metric export`; `evaluate.load("tester/densesirst_voc")` in a fresh process runs it."""
+    from bafenet import __version__
+    from bafenet.hub import main
+    from bafenet.metrics.evaluate_module import evaluate_module_files
+
+    repo = f"{USER}/densesirst_voc"
+    files = {name: text.encode() for name, text in evaluate_module_files("densesirst_voc").items()}
+    before = len(hub_api.state.requests)
+    _, out = _push(hub_api, metric_repo=repo, dry_run=True)
+    assert len(hub_api.state.requests) == before and "nothing was sent" in out
+    assert f"space {repo} (revision main)" in out and all(name in out for name in files)
+
+    _, out = _push(hub_api, metric_repo=repo)
+    assert f"Pushing space bafenet metric export (bafenet {__version__}) to {repo}: {len(files)} files" in out
+    assert {k: v for k, v in hub_api.files(repo, "space").items() if k != ".gitattributes"} == files
+    assert hub_api.commits(repo, "space")[-1] == "Upload DenseSIRST VOC metric with bafenet push"
+
+    env = {**os.environ, **hub_api.client_env(tmp_path, token=FAKE_TOKEN), "HF_UPDATE_DOWNLOAD_COUNTS": "0"}
+    result = subprocess.run([sys.executable, "-c", LOAD_METRIC, repo], env=env, capture_output=True, text=True,
+                            timeout=120, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert json.loads(result.stdout.split("REPORT", 1)[1]) == {"class": "DensesirstVoc", "mAP07": 1.0}
+
+    # a repo name evaluate cannot import is one line naming the option, before anything is sent
+    before = len(hub_api.state.requests)
+    assert main(["--metric-repo", f"{USER}/densesirst.voc", "--dry-run"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "--metric-repo" in err and len(hub_api.state.requests) == before

@@ -79,6 +79,8 @@ def test_every_writing_command_leaves_a_user_folder_intact(user_folder, syntheti
         ["quickstart", "--fast", "--out", out],
         ["quickstart", "--fast", "--out", out, "--overwrite"],
         ["export", "onnx", "--model", model, "--out", out],
+        ["metric", "export", "--out", out],
+        ["metric", "export", "--out", out, "--overwrite"],
     ]
     (user_folder / "README.json").write_text("{}")
     before = _snapshot(user_folder)
