@@ -109,6 +109,10 @@ def test_resume_applies_a_new_learning_rate_and_refuses_a_new_optimizer(one_epoc
     assert main(_args(synthetic_dataset_dir, tiny_model_dir, run, "--resume", "--optimizer", "dadapt_adam")) == 1
     assert "--optimizer dadapt_adam differs from the checkpoint's adamw" in capsys.readouterr().err
     _reset()
+    assert main(_args(synthetic_dataset_dir, tiny_model_dir, run, "--resume", "--processor-overrides",
+                      "normalization=imagenet")) == 1  # the model's inputs are fixed by the checkpoint too
+    assert "--processor-overrides normalization=imagenet differs from the checkpoint's None" in capsys.readouterr().err
+    _reset()
     assert main(_args(synthetic_dataset_dir, tiny_model_dir, run, "--resume", "--num-train-epochs", "2",
                       "--learning-rate", "1e-9", "--weight-decay", "0")) == 0
     assert "applying --learning-rate 1e-09 (was 0.0001)" in capsys.readouterr().out

@@ -247,6 +247,8 @@ def test_stored_operating_point_is_the_default_of_evaluate_and_predict(tiny_mode
                           **kwargs)["operating_threshold"] == 0.25
     with pytest.raises(TypeError, match="iou_treshold"):
         evaluate_model(model, processor, rows, iou_treshold=0.4, **kwargs)
+    with pytest.raises(TypeError, match="pass ScoringOptions"):  # 0.1.0's positional operating threshold
+        evaluate_model(model, processor, rows, 0.3, progress=False)
     model.config.operating_threshold = None
     assert evaluate_model(model, processor, rows, **kwargs)["operating_threshold"] == 0.5
     assert Predictor(folder, device="cpu").operating_threshold == pytest.approx(0.004)

@@ -182,12 +182,25 @@ def test_config_overrides_typos_and_bad_values_are_refused(overrides, needle, ca
     ("--config-overrides", "normalization=imagenet", "pass it as --processor-overrides normalization=\"imagenet\""),
     ("--processor-overrides", "fpn_channels=32", "pass it as --config-overrides fpn_channels=32"),
     ("--processor-overrides", "max_detections=ten", "must be a int"),
+    ("--processor-overrides", "detection_threshold=\"high\"", "must be a int or float"),
+    ("--processor-overrides", "input_mode=tiles", "pass it as --config-overrides input_mode=\"tiles\""),
+    ("--processor-overrides", "do_resize=false", "input geometry, which the config owns"),
+    ("--processor-overrides", "tile_scale=3", "--config-overrides"),
 ])
 def test_each_setting_is_given_to_its_owner(option, overrides, needle, capsys):
     """Model settings go to --config-overrides, image-processor settings to --processor-overrides; a key given to the
     wrong one names the right one."""
     assert main(["train", option, overrides]) == 2
     _one_line_error(capsys, option, needle)
+
+
+def test_a_bad_processor_setting_for_a_saved_model_is_one_line(tiny_model_dir, synthetic_dataset_dir, tmp_path,
+                                                                capsys):
+    assert main(["train", "--dataset", str(synthetic_dataset_dir), "--model-name-or-path", str(tiny_model_dir),
+                 "--processor-overrides", "detection_threshold=2.0", "--output-dir", str(tmp_path / "run"),
+                 "--report-to", "none", "--dataloader-num-workers", "0"]) == 1
+    _one_line_error(capsys, "--processor-overrides", "detection_threshold must be in [0, 1)")
+    assert not (tmp_path / "run" / "model.safetensors").exists()
 
 
 def _fake_png(path: Path, width: int, height: int) -> None:

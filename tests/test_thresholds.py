@@ -35,6 +35,8 @@ def test_an_old_config_file_with_processor_settings_still_gives_its_processor(tm
                 "_processor_settings"} & set(saved)
     assert BafeNetImageProcessor().detection_threshold == 0.05
     assert BafeNetImageProcessor(score_threshold=0.2).detection_threshold == 0.2  # old preprocessor_config.json
+    assert BafeNetImageProcessor(score_threshold=0.2, detection_threshold=0.4).detection_threshold == 0.4  # new wins
+    assert BafeNetConfig(score_threshold=0.2, detection_threshold=0.4).processor_settings["detection_threshold"] == 0.4
 
 
 @pytest.mark.parametrize(("module", "old", "new", "dest", "extra"), [

@@ -70,6 +70,9 @@ class ScoringOptions:
     @classmethod
     def of(cls, options: "ScoringOptions | None", **fields: Any) -> "ScoringOptions":
         """``options`` (default: the defaults) with ``fields`` changed: the keyword form of every scoring function."""
+        if options is not None and not isinstance(options, cls):
+            raise TypeError(f"options must be a ScoringOptions, got {type(options).__name__} {options!r}; pass "
+                            "ScoringOptions(...) or keyword arguments (operating_threshold=..., iou_threshold=...)")
         return replace(options or cls(), **fields)
 
     def at(self, fallback: float) -> "ScoringOptions":

@@ -30,15 +30,12 @@ import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from .data.transforms import to_grey
-
-if TYPE_CHECKING:
-    import torch
 
 IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".pgm", ".ppm"})
 DEFAULT_MAX_PIXELS = Image.MAX_IMAGE_PIXELS  # Pillow's decompression-bomb limit, 89,478,485 pixels
@@ -181,16 +178,13 @@ class Predictor:
 
     def forward(self, inputs: Mapping[str, Any]) -> Any:
         """Run the network on processor ``inputs``; returns the model output (or the equivalent from onnxruntime)."""
-        import torch
-
         if self.session is not None:
             from .export_onnx import run_onnx
 
             return run_onnx(self.session, inputs, self.config)
-        from .inference import model_inputs
+        from .inference import model_forward
 
-        with torch.inference_mode():
-            return self.model(**model_inputs(inputs, self.device, torch.float32))
+        return model_forward(self.model, self.device)(inputs)
 
     def __call__(self, images: Sequence[Image.Image], sky: bool = False) -> list[Detections]:
         """Detect targets in a batch of PIL images (any sizes); boxes come back in each image's own pixels."""

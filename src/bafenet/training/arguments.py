@@ -271,23 +271,33 @@ def check_config_overrides(overrides: dict[str, Any], option: str = "--config-ov
     (``--processor-overrides``) and values of the wrong kind, naming the option that takes a misplaced key."""
     from bafenet.models.bafenet import BafeNetConfig, BafeNetImageProcessor
 
-    owners = {"--config-overrides": BafeNetConfig, "--processor-overrides": BafeNetImageProcessor}
-    params = _init_parameters(owners[option])
+    from bafenet.models.bafenet.configuration_bafenet import PROCESSOR_SETTINGS
+
+    config_keys = _init_parameters(BafeNetConfig)
+    processor_keys = {k: p for k, p in _init_parameters(BafeNetImageProcessor).items()
+                      if k in PROCESSOR_SETTINGS + ("do_normalize", "do_rescale")}  # the input geometry is the config's
+    owners = {"--config-overrides": config_keys, "--processor-overrides": processor_keys}
+    params = owners[option]
     valid = ", ".join(sorted(params))
     for key, value in overrides.items():
         if key not in params:
-            other = next((o for o, cls in owners.items() if o != option and key in _init_parameters(cls)), None)
+            other = next((o for o, keys in owners.items() if o != option and key in keys), None)
             if other:
-                raise ValueError(f"{option}: {key!r} is a setting of {owners[other].__name__}; pass it as "
-                                 f"{other} {key}={json.dumps(value)}")
+                owner = "the model config" if other == "--config-overrides" else "the image processor"
+                raise ValueError(f"{option}: {key!r} is a setting of {owner}; pass it as {other} "
+                                 f"{key}={json.dumps(value)}")
+            if key in _init_parameters(BafeNetImageProcessor):  # size, input_mode, tile_*: the config's geometry
+                raise ValueError(f"{option}: {key!r} is the model's input geometry, which the config owns; set it "
+                                 "with --image-size or --config-overrides (input_mode, tile_scale, tile_window, "
+                                 "tile_overlap)")
             raise ValueError(f"{option}: unknown key {key!r}; valid keys: {valid}")
         default, annotation = params[key].default, str(params[key].annotation)
         if default is not None and not isinstance(default, str):
             kind = (bool,) if isinstance(default, bool) else (list, tuple) if isinstance(default, (list, tuple)) \
                 else (int, float) if isinstance(default, float) else (int,)
         else:
-            kind = next((t for word, t in (("list", (list,)), ("dict", (dict,)), ("str", (str,))) if word in annotation),
-                        None)
+            kind = next((t for word, t in (("list", (list,)), ("dict", (dict,)), ("str", (str,)), ("float", (int, float)),
+                                           ("int", (int,))) if word in annotation), None)
         bad_bool = isinstance(value, bool) and bool not in (kind or (bool,))
         if value is not None and kind is not None and (not isinstance(value, kind) or bad_bool):
             expected = " or ".join(t.__name__ for t in kind)

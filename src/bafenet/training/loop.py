@@ -180,7 +180,10 @@ class Trainer:
             check_model_path(args.model_name_or_path, "--model-name-or-path")
             model = BafeNetForObjectDetection.from_pretrained(args.model_name_or_path)
             processor = BafeNetImageProcessor.from_pretrained(args.model_name_or_path)
-            return model, processor.with_settings(**processor_settings)
+            try:
+                return model, processor.with_settings(**processor_settings)
+            except (ValueError, TypeError) as error:
+                raise ValueError(f"--processor-overrides {args.processor_overrides!r}: {error}") from None
         kwargs = dict(backbone=args.backbone, image_size=args.image_size, backbone_weights=args.backbone_weights)
         overrides = parse_config_overrides(args.config_overrides)
         if not args.backbone_weights and "freeze_backbone_bn" not in overrides:

@@ -12,7 +12,7 @@ CHECKPOINT_PREFIX = "step_"
 # the other optimisation settings (learning rate, weight decay, warm-up, milestones, gamma, clipping) may change on
 # --resume and are applied from the resumed update on.
 RESUME_FIXED = ("optimizer", "per_device_train_batch_size", "gradient_accumulation_steps", "train_repeats",
-                "max_train_images", "seed", "paper_protocol", "train_split")
+                "max_train_images", "seed", "paper_protocol", "train_split", "config_overrides", "processor_overrides")
 RESUME_CHANGEABLE = ("learning_rate", "weight_decay", "warmup_steps", "warmup_factor", "lr_milestones", "lr_gamma",
                      "max_grad_norm")
 

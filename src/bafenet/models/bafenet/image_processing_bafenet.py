@@ -121,7 +121,7 @@ class BafeNetImageProcessor(BaseImageProcessor):
         image_std: Sequence[float] | None = None,
         rescale_factor: float | None = None,
         channel_order: str | None = None,
-        detection_threshold: float = 0.05,
+        detection_threshold: float | None = None,
         pre_nms_top_k: int = 1000,
         nms_iou_threshold: float = 0.5,
         max_detections: int = 100,
@@ -132,8 +132,9 @@ class BafeNetImageProcessor(BaseImageProcessor):
         **kwargs: Any,
     ) -> None:
         kwargs.pop("use_fast", None), kwargs.pop("backend", None)  # one implementation (torch): nothing to choose
-        if "score_threshold" in kwargs:  # the name of `detection_threshold` in older files
-            detection_threshold = kwargs.pop("score_threshold")
+        old_name = kwargs.pop("score_threshold", None)  # the name of `detection_threshold` in older files
+        if detection_threshold is None:
+            detection_threshold = 0.05 if old_name is None else old_name
         super().__init__(**kwargs)
         if input_mode not in INPUT_MODES:
             raise ValueError(f"input_mode must be one of {INPUT_MODES}, got {input_mode!r}")
