@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from .data.transforms import to_grey
+from .data.transforms import row_name, to_grey
 
 __all__ = ["InferenceCollator", "SplitImages", "detect", "detection_threshold_of", "evaluation_loop", "inference_loader",
            "model_forward", "model_inputs"]
@@ -84,8 +84,7 @@ class SplitImages:
         row = self.rows[index]
         image = row["image"]
         if "width" in row and (image.height, image.width) != (int(row["height"]), int(row["width"])):
-            name = row.get("image_name", row.get("image_id"))
-            raise ValueError(f"image {name!r}: decoded size {image.width}x{image.height} != the row's width x height "
+            raise ValueError(f"image {row_name(row)!r}: decoded size {image.width}x{image.height} != the row's width x height "
                              f"{row['width']}x{row['height']}")
         return index, to_grey(image)
 
