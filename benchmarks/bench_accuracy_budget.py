@@ -72,18 +72,28 @@ def _env(threads: int) -> dict[str, str]:
 
 
 def training_commands(args: argparse.Namespace, dataset: Path, out: Path, threads: int) -> dict[str, list[str]]:
-    """The two training command lines (ours: the normal trainer; the peer: fcos_peer.py), same data and minutes."""
-    ours = [sys.executable, "-m", "bafenet", "train", "--dataset", str(dataset), "--output-dir", str(out / "ours"),
-            "--overwrite-output-dir", "--max-train-minutes", str(args.minutes), "--test-split", "",
-            "--report-to", "none", "--checkpointing-steps", "0", "--seed", str(args.seed)]
-    peer = [sys.executable, str(REPO / "benchmarks" / "fcos_peer.py"), "--dataset", str(dataset), "--output-dir",
-            str(out / "peer"), "--minutes", str(args.minutes), "--threads", str(threads), "--seed", str(args.seed)]
-    if not args.sequential:
-        ours += ["--dataloader-num-workers", "0"]
-    if args.max_eval_images is not None:
-        ours += ["--max-eval-images", str(args.max_eval_images)]
-        peer += ["--max-eval-images", str(args.max_eval_images)]
-    return {"ours": ours + shlex.split(args.ours_args), "peer": peer + shlex.split(args.peer_args)}
+    """The training command lines, same data and minutes: ours (the normal trainer), the FCOS peer (fcos_peer.py)
+    unless ``--no-peer``, and a second run of the normal trainer with ``--versus-args`` when given."""
+    def bafenet_train(name: str, extra: str) -> list[str]:
+        command = [sys.executable, "-m", "bafenet", "train", "--dataset", str(dataset), "--output-dir", str(out / name),
+                   "--overwrite-output-dir", "--max-train-minutes", str(args.minutes), "--test-split", "",
+                   "--report-to", "none", "--checkpointing-steps", "0", "--seed", str(args.seed)]
+        if not args.sequential:
+            command += ["--dataloader-num-workers", "0"]
+        if args.max_eval_images is not None:
+            command += ["--max-eval-images", str(args.max_eval_images)]
+        return command + shlex.split(extra)
+
+    commands = {"ours": bafenet_train("ours", args.ours_args)}
+    if args.versus_args is not None:
+        commands["versus"] = bafenet_train("versus", args.versus_args)
+    if not args.no_peer:
+        peer = [sys.executable, str(REPO / "benchmarks" / "fcos_peer.py"), "--dataset", str(dataset), "--output-dir",
+                str(out / "peer"), "--minutes", str(args.minutes), "--threads", str(threads), "--seed", str(args.seed)]
+        if args.max_eval_images is not None:
+            peer += ["--max-eval-images", str(args.max_eval_images)]
+        commands["peer"] = peer + shlex.split(args.peer_args)
+    return commands
 
 
 def run_all(commands: dict[str, list[str]], out: Path, threads: int, concurrent: bool, stage: str) -> None:
@@ -105,9 +115,9 @@ def run_all(commands: dict[str, list[str]], out: Path, threads: int, concurrent:
                 raise SystemExit(f"{stage} of {name} failed (exit {process.returncode}); end of {log}:\n{tail}")
 
 
-def evaluate_in_process(commands: dict[str, list[str]], out: Path) -> None:
+def evaluate_in_process(commands: dict[str, list[str]], out: Path) -> dict[str, float]:
     """``bafenet evaluate ARGS`` through its CLI entry point, in this process (one interpreter start-up less), every
-    thread; output to ``out/<name>_evaluate.log``."""
+    thread; output to ``out/<name>_evaluate.log``. Returns each evaluation's seconds."""
     import contextlib
 
     import torch
@@ -115,45 +125,61 @@ def evaluate_in_process(commands: dict[str, list[str]], out: Path) -> None:
     from bafenet.cli import main as bafenet_main
 
     torch.set_num_threads(os.cpu_count() or 1)
+    seconds = {}
     for name, argv in commands.items():
         log = out / f"{name}_evaluate.log"
         print(f"[evaluate] {name}: bafenet {shlex.join(argv)}\n    log: {log}", flush=True)
+        began = time.perf_counter()
         with log.open("w") as handle, contextlib.redirect_stdout(handle), contextlib.redirect_stderr(handle):
             code = bafenet_main(argv)
+        seconds[name] = round(time.perf_counter() - began, 1)
         if code != 0:
             raise SystemExit(f"bafenet evaluate of {name} failed (exit {code}); see {log}")
+    return seconds
 
 
-def training_figures(out: Path) -> dict[str, dict[str, Any]]:
+def bafenet_figures(metrics: dict[str, Any]) -> dict[str, Any]:
+    """Updates, training seconds, s/update, the selected and the last validation mAP07 of a `bafenet train` run."""
+    seconds = 60 * metrics["train_minutes"]
+    chosen = metrics.get("selected") or metrics["last"]  # --paper-protocol selects nothing
+    return {"updates": metrics["global_step"], "train_seconds": round(seconds, 1),
+            "seconds_per_update": round(seconds / max(metrics["global_step"], 1), 3),
+            "validation_mAP07": (chosen.get("validation") or {}).get("mAP07"), "selected_update": chosen["step"],
+            "last_validation_mAP07": (metrics["last"].get("validation") or {}).get("mAP07")}
+
+
+def training_figures(out: Path, names: list[str]) -> dict[str, dict[str, Any]]:
     """Updates, training seconds, s/update and the selected validation mAP07 of each run."""
-    ours = json.loads((out / "ours" / "metrics.json").read_text())
-    peer = json.loads((out / "peer" / "metrics.json").read_text())
-    ours_seconds = 60 * ours["train_minutes"]
-    chosen = ours.get("selected") or ours["last"]  # --paper-protocol in --ours-args selects nothing
-    return {
-        "ours": {"updates": ours["global_step"], "train_seconds": round(ours_seconds, 1),
-                 "seconds_per_update": round(ours_seconds / max(ours["global_step"], 1), 3),
-                 "validation_mAP07": (chosen.get("validation") or {}).get("mAP07"), "selected_update": chosen["step"]},
-        "peer": {"updates": peer["updates"], "train_seconds": peer["train_seconds"],
-                 "seconds_per_update": peer["seconds_per_update"], "validation_mAP07": peer["selected"]["mAP07"],
-                 "selected_update": peer["selected"]["update"]},
-    }
+    figures = {}
+    for name in names:
+        metrics = json.loads((out / name / "metrics.json").read_text())
+        if name == "peer":
+            figures[name] = {"updates": metrics["updates"], "train_seconds": metrics["train_seconds"],
+                             "seconds_per_update": metrics["seconds_per_update"],
+                             "validation_mAP07": metrics["selected"]["mAP07"],
+                             "selected_update": metrics["selected"]["update"]}
+        else:
+            figures[name] = bafenet_figures(metrics)
+    return figures
 
 
-def format_table(summary: dict[str, Any]) -> str:
-    """Side-by-side table: test metrics (overall, per size group), training figures, ours/peer ratios."""
+def format_table(summary: dict[str, Any], other: str = "peer") -> str:
+    """Side-by-side table: test metrics (overall, per size group), training figures, ratios of ours to ``other``
+    (``peer``: the FCOS peer, ``versus``: the second bafenet run)."""
     from bafenet.metrics.breakdown import SIZE_GROUPS
 
     rows: list[tuple[str, Any, Any]] = []
     for key in ("mAP07", "mAP12", "recall"):
-        rows.append((f"test {key}", summary["ours"]["test"][key], summary["peer"]["test"][key]))
+        rows.append((f"test {key}", summary["ours"]["test"][key], summary[other]["test"][key]))
     for name, _ in SIZE_GROUPS:  # bafenet.metrics.breakdown: the groups `bafenet evaluate` reports
-        ours, peer = summary["ours"]["size_groups"].get(name), summary["peer"]["size_groups"].get(name)
+        ours, peer = summary["ours"]["size_groups"].get(name), summary[other]["size_groups"].get(name)
         if ours and peer:
             for key in ("mAP07", "mAP12"):
                 rows.append((f"  {name}, {ours['images']} img: {key}", ours[key], peer[key]))
-    for key in ("validation_mAP07", "updates", "seconds_per_update", "train_seconds"):
-        rows.append((key.replace("_", " "), summary["ours"]["training"][key], summary["peer"]["training"][key]))
+    for key in ("validation_mAP07", "last_validation_mAP07", "updates", "seconds_per_update", "train_seconds"):
+        if key in summary["ours"]["training"] and key in summary[other]["training"]:
+            rows.append((key.replace("_", " "), summary["ours"]["training"][key], summary[other]["training"][key]))
+    rows.append(("test seconds", summary["ours"].get("test_seconds"), summary[other].get("test_seconds")))
 
     def cell(value: Any) -> str:
         if not isinstance(value, float):
@@ -161,7 +187,8 @@ def format_table(summary: dict[str, Any]) -> str:
         return f"{value:.4f}" if abs(value) < 10 else f"{value:.0f}"
 
     width = max(len(r[0]) for r in rows) + 2
-    lines = [f"{'':<{width}}{'ours':>10}{'FCOS peer':>12}{'ours/peer':>12}"]
+    title = "FCOS peer" if other == "peer" else other
+    lines = [f"{'':<{width}}{'ours':>10}{title:>12}{'ours/' + other:>12}"]
     for label, ours, peer in rows:
         ratio = f"{ours / peer:.2f}" if isinstance(ours, (int, float)) and peer else "n/a"
         lines.append(f"{label:<{width}}{cell(ours):>10}{cell(peer):>12}{ratio:>12}")
@@ -181,6 +208,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--ours-args", default=None,
                         help=f"extra `bafenet train` options for ours (default: `{DEFAULT_OURS_ARGS}`)")
     parser.add_argument("--peer-args", default="", help="extra benchmarks/fcos_peer.py options (e.g. --checkpoints 3)")
+    parser.add_argument("--versus-args", default=None,
+                        help="also train a second bafenet model with these `bafenet train` options (e.g. `--recipe "
+                             "cpu-tiles`), concurrently and for the same minutes, scored the same way")
+    parser.add_argument("--no-peer", action="store_true", help="do not train the FCOS peer (with --versus-args)")
     parser.add_argument("--sequential", action="store_true",
                         help="train one after the other with every thread instead of concurrently on 1 thread each")
     parser.add_argument("--smoke", action="store_true",
@@ -195,6 +226,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         args.peer_args = f"{SMOKE_PEER_ARGS} {args.peer_args}"
     elif args.ours_args is None:
         args.ours_args = DEFAULT_OURS_ARGS
+    if args.no_peer and args.versus_args is None:
+        parser.error("--no-peer leaves nothing to compare with: pass --versus-args too")
     if args.minutes <= 0:
         parser.error("--minutes must be > 0")
     if args.dataset is not None and not (args.dataset / "README.md").is_file():
@@ -218,27 +251,33 @@ def main(argv: list[str] | None = None) -> int:
     print(f"ours vs FCOS peer: {args.minutes} min each ({mode}) on {dataset}; output in {out}", flush=True)
 
     start = time.perf_counter()
-    run_all(training_commands(args, dataset, out, threads), out, threads, not args.sequential, "train")
+    commands = training_commands(args, dataset, out, threads)
+    run_all(commands, out, threads, not args.sequential, "train")
     print(f"trainings done after {time.perf_counter() - start:.0f} s", flush=True)
     test_split = "test" if args.max_eval_images is None else f"test[:{args.max_eval_images}]"
     evaluate = ["evaluate", "--dataset", str(dataset), "--split", test_split]
-    evaluate_in_process({"ours": [*evaluate, "--model", str(out / "ours"), "--device", "cpu",
-                                  "--out", str(out / "ours_test.json")],
-                         "peer": [*evaluate, "--predictions", str(out / "peer" / "test_detections.json"),
-                                  "--out", str(out / "peer_test.json")]}, out)
+    evaluations = {name: [*evaluate, "--model", str(out / name), "--device", "cpu", "--out",
+                          str(out / f"{name}_test.json")] for name in commands if name != "peer"}
+    if "peer" in commands:
+        evaluations["peer"] = [*evaluate, "--predictions", str(out / "peer" / "test_detections.json"), "--out",
+                               str(out / "peer_test.json")]
+    test_seconds = evaluate_in_process(evaluations, out)
 
     test_rows = datasets.load_dataset(str(dataset), "default", split=test_split)
-    figures = training_figures(out)
+    figures = training_figures(out, list(commands))
     summary: dict[str, Any] = {"minutes": args.minutes, "mode": mode, "dataset": str(dataset),
-                               "ours_args": args.ours_args, "peer_args": args.peer_args}
-    for name in ("ours", "peer"):
+                               "ours_args": args.ours_args, "peer_args": args.peer_args,
+                               "versus_args": args.versus_args}
+    for name in commands:
         results = json.loads((out / f"{name}_test.json").read_text())
         summary[name] = {"test": {k: results[k] for k in ("mAP07", "mAP12", "recall", "num_detections")},
-                         "size_groups": results["by_size"], "training": figures[name]}
+                         "size_groups": results["by_size"], "training": figures[name],
+                         "test_seconds": test_seconds[name], "sky_iou": results.get("sky_IoU")}
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     print(f"\nequal wall time: {args.minutes} min of training each ({mode}); test split ({len(test_rows)} images) "
           f"scored by `bafenet evaluate`; {time.perf_counter() - start:.0f} s in all")
-    print(format_table(summary))
+    for other in (name for name in ("versus", "peer") if name in commands):
+        print(format_table(summary, other))
     print(f"wrote {out / 'summary.json'}")
     return 0
 

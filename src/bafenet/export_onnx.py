@@ -5,7 +5,7 @@ Usage::
     bafenet export onnx --model runs/quickstart/model --out model.onnx [--opset 17] [--dynamo]
 
 What is exported is the *dense network* only: ``pixel_values`` (B, 3, H, W) float32, already pre-processed at the
-model size ``config.image_size``, with a dynamic batch dimension) to the outputs of the PyTorch model, same names:
+model size ``config.image_size``, with a dynamic batch dimension; in zoom mode height and width are dynamic too) to the outputs of the PyTorch model, same names:
 
 - ``logits`` (B, P, 1) class logits and ``centerness`` (B, P) logits over all P points of the three levels;
 - ``pred_boxes`` (B, P, 4) absolute xyxy in input pixels (decoded point -/+ exp-distances);
@@ -83,24 +83,20 @@ def outputs_from_onnx(arrays: list[np.ndarray], pixel_values_shape: tuple[int, .
 
 def run_onnx(session: Any, inputs: Mapping[str, Any], config: Any) -> dict[str, Any]:
     """The dense outputs of an onnxruntime ``session`` for processor ``inputs``, as the PyTorch model returns them:
-    one pass in resize mode; in tiles mode (``image_sizes`` present) the model's own sliding windows and stitching
-    (``modeling_bafenet.run_windows``) around window-sized session runs."""
+    one pass in resize mode; with ``image_sizes`` (tiles and zoom modes) the model's own image path
+    (``tiling_bafenet.run_image_path``: windows, coarse pass, stitching) around session runs."""
     pixel_values = torch.as_tensor(inputs["pixel_values"]).float()
 
     def dense(batch: torch.Tensor) -> dict[str, Any]:
         arrays = session.run(list(OUTPUT_NAMES), {"pixel_values": batch.cpu().numpy()})
         return outputs_from_onnx(arrays, tuple(batch.shape))
 
-    if inputs.get("image_sizes") is None:
+    if inputs.get("image_sizes") is None or config.input_mode == "resize":
         return dense(pixel_values)
-    from bafenet.models.bafenet.modeling_bafenet import run_windows
+    from bafenet.models.bafenet.tiling_bafenet import run_image_path
 
     sizes = [(int(h), int(w)) for h, w in torch.as_tensor(inputs["image_sizes"]).tolist()]
-    outputs = run_windows(dense, pixel_values, sizes, config.tile_window, config.tile_overlap, config.strides,
-                          config.tile_batch_size)
-    outputs["input_size"] = torch.tensor(pixel_values.shape[-2:])
-    outputs["image_sizes"] = torch.tensor(sizes)
-    return outputs
+    return run_image_path(dense, pixel_values, sizes, config)
 
 
 def _load_model(model: str | Path | torch.nn.Module) -> torch.nn.Module:
@@ -114,7 +110,7 @@ def _load_model(model: str | Path | torch.nn.Module) -> torch.nn.Module:
 def _image_size(model: torch.nn.Module) -> tuple[int, int]:
     """The exported input size: the model size, or the sliding window in tiles mode."""
     config = model.config
-    size = config.tile_window if config.input_mode == "tiles" else config.image_size
+    size = config.tile_window if config.input_mode in ("tiles", "zoom") else config.image_size
     return (size, size) if isinstance(size, int) else tuple(size)
 
 
@@ -128,10 +124,12 @@ def export_onnx(
     """Export the dense network of ``model`` (a folder/repo id or a loaded model) to ``out``; returns the path.
 
     The batch dimension is dynamic; height and width are fixed to ``config.image_size`` (the image processor resizes
-    every image to it), or to ``config.tile_window`` in tiles mode (:func:`run_onnx` runs the windows).
+    every image to it), or to ``config.tile_window`` in tiles mode (:func:`run_onnx` runs the windows); in zoom mode
+    they are dynamic too (the coarse pass runs on whole images, the windows at ``tile_window``).
     """
     model = _load_model(model).float().eval().cpu()
     height, width = _image_size(model)
+    spatial = model.config.input_mode == "zoom"
     dense = DenseNetwork(model).eval()
     dummy = torch.randn(batch_size, 3, height, width)
     out = Path(out)
@@ -140,8 +138,17 @@ def export_onnx(
     if dynamo:
         kwargs["opset_version"] = max(opset, 18)  # the dynamo exporter implements opset >= 18 only
         kwargs["dynamic_shapes"] = ({0: torch.export.Dim("batch", min=1, max=1024)},)
+        if spatial:
+            raise ValueError("--dynamo exports a fixed input size; the zoom mode needs whole images of any size: "
+                             "export without --dynamo")
     else:
         kwargs["dynamic_axes"] = {"pixel_values": {0: "batch"}, **{name: {0: "batch"} for name in BATCHED_OUTPUTS}}
+        if spatial:  # the zoom mode's coarse pass runs on whole images of any size
+            kwargs["dynamic_axes"] = {"pixel_values": {0: "batch", 2: "height", 3: "width"},
+                                      **{name: {0: "batch", 1: "points"} for name in ("logits", "pred_boxes",
+                                                                                      "centerness")},
+                                      "sky_logits": {0: "batch", 2: "sky_height", 3: "sky_width"},
+                                      "strides": {0: "points"}}
     with torch.no_grad(), warnings.catch_warnings():
         warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)  # shapes -> Python ints; checked below
         warnings.filterwarnings("ignore", category=DeprecationWarning)
@@ -166,6 +173,7 @@ def compare_with_pytorch(
 
     model = _load_model(model).float().eval().cpu()
     height, width = _image_size(model)
+    spatial = model.config.input_mode == "zoom"
     generator = torch.Generator().manual_seed(seed)
     pixel_values = torch.randn(batch_size, 3, height, width, generator=generator)
     session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])

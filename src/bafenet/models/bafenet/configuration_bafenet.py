@@ -1,6 +1,6 @@
 """BAFE-Net configuration (arXiv 2407.20078, GrokCV/BAFE-Net).
 
-Self-contained (third-party imports only), so `save_pretrained` ships it as remote code.
+Self-contained (third-party imports plus the sibling tiling module), so `save_pretrained` ships it as remote code.
 
 Two modes, never mixed silently:
 
@@ -21,28 +21,18 @@ from typing import Any
 
 from transformers import PreTrainedConfig
 
+# The geometry of the tiles and zoom modes lives in tiling_bafenet.py; importable from here as before 0.3.0.
+from .tiling_bafenet import scaled_size, window_starts  # noqa: F401
+
 MODES = ("faithful", "improved")
 BACKBONE_INITS = ("imagenet", "random")
 PAPER_BACKBONES = ("resnet18", "resnet50")  # timm names of the paper's torchvision ImageNet ResNets
-INPUT_MODES = ("resize", "tiles")
+INPUT_MODES = ("resize", "tiles", "zoom")
 # Settings of the image processor (normalisation, post-processing), which owns them: older config files carried them
 # (`score_threshold` is the old name of `detection_threshold`); `BafeNetConfig` reads them from such files, keeps them
 # for `BafeNetImageProcessor.from_model_config` and no longer saves them.
 PROCESSOR_SETTINGS = ("normalization", "image_mean", "image_std", "rescale_factor", "channel_order",
                       "detection_threshold", "pre_nms_top_k", "nms_iou_threshold", "max_detections")
-
-
-def scaled_size(height: int, width: int, scale: float) -> tuple[int, int]:
-    """(height, width) of an image scaled by `scale` with its aspect ratio kept (tiles input mode)."""
-    return max(1, int(round(height * scale))), max(1, int(round(width * scale)))
-
-
-def window_starts(length: int, window: int, overlap: int) -> list[int]:
-    """Start offsets of the sliding windows covering `length` pixels: step `window - overlap`, the last window may
-    reach past the end (the image processor pads the image to `window_starts(...)[-1] + window`)."""
-    step = window - overlap
-    count = 1 if length <= window else 1 + math.ceil((length - window) / step)
-    return [i * step for i in range(count)]
 
 
 def _default_regress_ranges(strides: list[int]) -> list[list[float]]:
@@ -95,16 +85,25 @@ class BafeNetConfig(PreTrainedConfig):
             pass and the gradient through the sigmoid scores, so the scorer learns. Off in the original.
         assign_tiny_boxes: improvement (b): after FCOS assignment, every GT box without a positive point gets the
             nearest free point of the finest level (regression target = the box grown to contain that point).
-        input_mode: `"resize"` (the paper: every image resized to `image_size` squared, aspect ratio not kept) or
+        input_mode: `"resize"` (the paper: every image resized to `image_size` squared, aspect ratio not kept),
             `"tiles"` (improvement: every image is scaled by `tile_scale` with its aspect ratio kept; training uses
             `image_size` squared crops, mostly around targets; inference runs overlapping `tile_window` squared windows
-            and stitches their dense outputs so every point of the scaled image comes from exactly one window).
+            and stitches their dense outputs so every point of the scaled image comes from exactly one window) or
+            `"zoom"` (improvement: a coarse whole-image pass at `zoom_coarse_scale` gives the sky and proposals, and
+            only the `tile_scale` windows the proposals point to run; see `zoom_*` and `tiling_bafenet.py`).
         tile_scale: scale factor of the tiles mode (2.0 = targets reach the network twice their original size).
         tile_window: inference window side in pixels (default `image_size`); a multiple of the largest stride.
         tile_overlap: overlap of neighbouring windows in pixels, a multiple of twice the largest stride; each window
             contributes the points of its core (half the overlap cut off at inner borders), so a target cut by one
             window's border lies whole inside the window that reports it when it is smaller than half the overlap.
         tile_batch_size: windows per forward pass at inference.
+        zoom_coarse_scale: zoom mode (`input_mode="zoom"`, an improvement): scale of the coarse pass, which runs the
+            network once over every whole image for the sky and for target proposals (1.0 = the image as it is).
+            Training then mixes windows at this scale with the `tile_scale` windows.
+        zoom_threshold: sigmoid(cls) at or above which a coarse point proposes a target.
+        zoom_margin: pixels (at `tile_scale`) by which each proposal box grows before choosing windows.
+        zoom_max_fraction: an image whose proposals choose more than this fraction of its `tile_scale` windows runs
+            all of them (the tiles result); see `tiling_bafenet.py`.
 
     Normalisation and post-processing (`normalization`, `image_mean`, ..., `detection_threshold`, `max_detections`:
     `PROCESSOR_SETTINGS`) belong to [`BafeNetImageProcessor`], saved as `preprocessor_config.json`. Passed here (or
@@ -144,6 +143,10 @@ class BafeNetConfig(PreTrainedConfig):
         tile_window: int | None = None,
         tile_overlap: int = 64,
         tile_batch_size: int = 8,
+        zoom_coarse_scale: float = 1.0,
+        zoom_threshold: float = 0.05,
+        zoom_margin: int = 16,
+        zoom_max_fraction: float = 0.5,
         **kwargs: Any,
     ) -> None:
         if "score_threshold" in kwargs:  # the name of `detection_threshold` in older config files
@@ -195,6 +198,10 @@ class BafeNetConfig(PreTrainedConfig):
         self.tile_window = int(tile_window) if tile_window is not None else self.image_size
         self.tile_overlap = int(tile_overlap)
         self.tile_batch_size = int(tile_batch_size)
+        self.zoom_coarse_scale = float(zoom_coarse_scale)
+        self.zoom_threshold = float(zoom_threshold)
+        self.zoom_margin = int(zoom_margin)
+        self.zoom_max_fraction = float(zoom_max_fraction)
         super().__init__(**kwargs)
         self.validate_bafenet()
 
@@ -271,7 +278,7 @@ class BafeNetConfig(PreTrainedConfig):
         if self.mode == "improved" and not self.improvements:
             raise ValueError(
                 f"{err}mode='improved' needs at least one improvement (learned_selector, assign_tiny_boxes, a "
-                "stride-4 level, input_mode='tiles'); with none, use mode='faithful'."
+                "stride-4 level, input_mode='tiles' or 'zoom'); with none, use mode='faithful'."
             )
         if len(self.strides) < 1 or sorted(self.strides) != self.strides or len(set(self.strides)) != len(self.strides):
             raise ValueError(f"{err}strides must be strictly increasing, got {self.strides}")
@@ -305,6 +312,12 @@ class BafeNetConfig(PreTrainedConfig):
                              f"largest stride) in [0, tile_window)")
         if self.tile_batch_size < 1:
             raise ValueError(f"{err}tile_batch_size must be >= 1, got {self.tile_batch_size}")
+        if not 0 < self.zoom_coarse_scale <= 1:
+            raise ValueError(f"{err}zoom_coarse_scale must be in (0, 1] (the coarse pass reads the image at its own "
+                             f"size or smaller), got {self.zoom_coarse_scale}")
+        if not 0 <= self.zoom_threshold < 1 or self.zoom_margin < 0 or not 0 <= self.zoom_max_fraction <= 1:
+            raise ValueError(f"{err}zoom_threshold must be in [0, 1), zoom_margin >= 0 and zoom_max_fraction in "
+                             f"[0, 1], got {self.zoom_threshold}, {self.zoom_margin}, {self.zoom_max_fraction}")
         if self.operating_threshold is not None and not 0 <= self.operating_threshold <= 1:
             raise ValueError(f"{err}operating_threshold must be in [0, 1] or None, got {self.operating_threshold}")
 

@@ -1,7 +1,7 @@
 """Image processor of BAFE-Net: images (and COCO annotations, sky masks) in, `pixel_values`/`labels` out; detections
 and sky masks back in original pixels.
 
-Self-contained (third-party imports only plus the sibling config), so `save_pretrained` ships it as remote code.
+Self-contained (third-party imports only plus the sibling config and tiling modules), so `save_pretrained` ships it as remote code.
 """
 
 from __future__ import annotations
@@ -17,7 +17,8 @@ from transformers.feature_extraction_utils import BatchFeature
 from transformers.image_processing_utils import BaseImageProcessor
 from transformers.utils import logging
 
-from .configuration_bafenet import INPUT_MODES, scaled_size, window_starts
+from .configuration_bafenet import INPUT_MODES
+from .tiling_bafenet import scaled_size, window_canvas
 
 logger = logging.get_logger(__name__)
 
@@ -91,9 +92,13 @@ class BafeNetImageProcessor(BaseImageProcessor):
         size: `{"height": H, "width": W}` of the model input (512x512 in the original).
         do_resize: resize to `size` (resize mode) or scale by `tile_scale` (tiles mode); `False` for images already
             resized/augmented to the model input.
-        input_mode: `"resize"` (the paper) or `"tiles"`: each image is scaled by `tile_scale` with its aspect ratio
+        input_mode: `"resize"` (the paper), `"tiles"`: each image is scaled by `tile_scale` with its aspect ratio
             kept and padded (raw value 0, bottom/right) to the batch's sliding-window grid (`tile_window`,
             `tile_overlap`); `image_sizes` (B, 2) gives each scaled image's extent, and the model runs the windows.
+            Or `"zoom"`: each image at its own size, padded (raw value 0) by at least one pixel to a multiple of
+            `size_divisor`; `image_sizes` gives each image's extent, and the model makes the coarse pass and scales
+            the windows it selects by `tile_scale` itself.
+        size_divisor: zoom mode: the padded input is a multiple of it (the model's largest stride).
         do_rescale: multiply by `rescale_factor`; `False` for inputs already on the rescaled scale.
         do_normalize: subtract `image_mean`, divide by `image_std`.
         use_fast, backend: accepted for `AutoImageProcessor.from_pretrained(..., use_fast=/backend=)`; there is one
@@ -129,6 +134,7 @@ class BafeNetImageProcessor(BaseImageProcessor):
         tile_scale: float = 2.0,
         tile_window: int = 512,
         tile_overlap: int = 64,
+        size_divisor: int = 32,
         **kwargs: Any,
     ) -> None:
         kwargs.pop("use_fast", None), kwargs.pop("backend", None)  # one implementation (torch): nothing to choose
@@ -142,6 +148,7 @@ class BafeNetImageProcessor(BaseImageProcessor):
         self.tile_scale = float(tile_scale)
         self.tile_window = int(tile_window)
         self.tile_overlap = int(tile_overlap)
+        self.size_divisor = int(size_divisor)
         self.do_rescale = bool(do_rescale)
         if normalization not in NORMALIZATION_PRESETS:
             raise ValueError(f"unknown normalization {normalization!r}; choose one of {sorted(NORMALIZATION_PRESETS)}")
@@ -183,6 +190,7 @@ class BafeNetImageProcessor(BaseImageProcessor):
             tile_scale=config.tile_scale,
             tile_window=config.tile_window,
             tile_overlap=config.tile_overlap,
+            size_divisor=config.strides[-1],
         )
         params.update(getattr(config, "processor_settings", {}))
         params.update(kwargs)
@@ -265,6 +273,7 @@ class BafeNetImageProcessor(BaseImageProcessor):
         out_h, out_w = int(size["height"]), int(size["width"])
 
         tiles = do_resize and self.input_mode == "tiles"
+        whole_images = do_resize and self.input_mode in ("tiles", "zoom")  # padded, with `image_sizes`
         pixels, labels = [], []
         for i, image in enumerate(images):
             chw = _to_float_chw(image, i)
@@ -273,6 +282,8 @@ class BafeNetImageProcessor(BaseImageProcessor):
                 target = scaled_size(orig_h, orig_w, self.tile_scale)
                 if target != (orig_h, orig_w):
                     chw = F.interpolate(chw[None], size=target, mode="bilinear", align_corners=False)[0]
+            elif do_resize and self.input_mode == "zoom":
+                pass  # the model scales what it zooms into
             elif do_resize and (orig_h, orig_w) != (out_h, out_w):
                 chw = F.interpolate(chw[None], size=(out_h, out_w), mode="bilinear", align_corners=False)[0]
             elif not do_resize and len(images) > 1 and i > 0 and chw.shape != pixels[0].shape:
@@ -286,15 +297,15 @@ class BafeNetImageProcessor(BaseImageProcessor):
                         mask = F.interpolate(mask[None, None], size=chw.shape[-2:], mode="nearest")[0, 0]
                     target["sky_mask"] = mask
                 labels.append(target)
-        if tiles:
+        if whole_images:
             if annotations is not None:
-                raise ValueError("annotations with input_mode='tiles' and do_resize=True are not supported; training "
-                                 "crops are made by the data pipeline (pass do_resize=False)")
+                raise ValueError(f"annotations with input_mode={self.input_mode!r} and do_resize=True are not "
+                                 "supported; training crops are made by the data pipeline (pass do_resize=False)")
             image_sizes = torch.tensor([tuple(p.shape[-2:]) for p in pixels], dtype=torch.long)
-            canvas = self.window_canvas(image_sizes.tolist())
+            canvas = self.window_canvas(image_sizes.tolist()) if tiles else self.zoom_canvas(image_sizes.tolist())
             pixels = [F.pad(p, (0, canvas[1] - p.shape[-1], 0, canvas[0] - p.shape[-2])) for p in pixels]
         data: dict[str, Any] = {"pixel_values": self.normalize_pixels(torch.stack(pixels), **pixel_options)}
-        if tiles:
+        if whole_images:
             data["image_sizes"] = image_sizes
         if annotations is not None:
             data["labels"] = labels
@@ -315,9 +326,14 @@ class BafeNetImageProcessor(BaseImageProcessor):
 
     def window_canvas(self, image_sizes: Sequence[Sequence[int]]) -> tuple[int, int]:
         """(height, width) covering every image's sliding-window grid (tiles mode): the padded input size."""
-        window, overlap = self.tile_window, self.tile_overlap
-        return (max(window_starts(int(h), window, overlap)[-1] + window for h, _ in image_sizes),
-                max(window_starts(int(w), window, overlap)[-1] + window for _, w in image_sizes))
+        return window_canvas(image_sizes, self.tile_window, self.tile_overlap)
+
+    def zoom_canvas(self, image_sizes: Sequence[Sequence[int]]) -> tuple[int, int]:
+        """(height, width) of the padded input of the zoom mode: the next multiple of `size_divisor` above every
+        image, so each image has at least one padding row and column (the model reads its padding value there)."""
+        step = self.size_divisor
+        return (max(int(h) // step + 1 for h, _ in image_sizes) * step,
+                max(int(w) // step + 1 for _, w in image_sizes) * step)
 
     @staticmethod
     def _convert_annotation(annotation: dict, index: int, height: int, width: int) -> dict[str, torch.Tensor]:
@@ -416,6 +432,8 @@ class BafeNetImageProcessor(BaseImageProcessor):
         input size), sigmoid > `threshold`. Returns one (H, W) bool tensor per image. (The original computes but never
         uses the sky head at test time.)"""
         finest = outputs["sky_logits"][0].float()
+        if outputs.get("sky_input_size") is not None:  # zoom mode: the coarse pass's own geometry
+            outputs = {"input_size": outputs["sky_input_size"], "image_sizes": outputs["sky_image_sizes"]}
         in_h, in_w = (int(v) for v in outputs["input_size"]) if outputs.get("input_size") is not None else (
             self.size["height"], self.size["width"])
         extents = self._extents(outputs, finest.shape[0], (in_h, in_w))

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import math
 from collections import OrderedDict
-from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -34,7 +33,10 @@ from transformers import PreTrainedModel
 from transformers import initialization as init
 from transformers.utils import ModelOutput, logging
 
-from .configuration_bafenet import BafeNetConfig, window_starts
+from .configuration_bafenet import BafeNetConfig
+from .tiling_bafenet import make_points, run_image_path
+# Moved to tiling_bafenet.py in 0.3.0; importable from here as before.
+from .tiling_bafenet import EMPTY_LOGIT, run_windows, stitch_windows, window_layout  # noqa: F401, E402
 
 logger = logging.get_logger(__name__)
 
@@ -56,7 +58,11 @@ class BafeNetObjectDetectionOutput(ModelOutput):
         points: (P, 2) x, y of every point in input pixels.
         strides: (P,) stride of every point's level.
         input_size: (2,) height and width of `pixel_values`.
-        image_sizes: (B, 2) height and width of each image inside the padded input (tiles mode), else `None`.
+        image_sizes: (B, 2) height and width of each image inside the padded input (tiles and zoom modes: the
+            scaled image), else `None`.
+        sky_input_size, sky_image_sizes: zoom mode only: the sky comes from the coarse pass, whose input size (2,) and
+            image extents (B, 2) these are (`None`: the sky maps share `input_size` / `image_sizes`).
+        windows: (K, 3) image index, y0, x0 of every window the network ran on (tiles and zoom modes).
     """
 
     loss: torch.Tensor | None = None
@@ -69,6 +75,9 @@ class BafeNetObjectDetectionOutput(ModelOutput):
     strides: torch.Tensor | None = None
     input_size: torch.Tensor | None = None
     image_sizes: torch.Tensor | None = None
+    sky_input_size: torch.Tensor | None = None
+    sky_image_sizes: torch.Tensor | None = None
+    windows: torch.Tensor | None = None
 
 
 # ---------------------------------------------------------------------------------------------------- backbone
@@ -371,18 +380,6 @@ class BafeNetHead(nn.Module):
 
 
 # ------------------------------------------------------------------------------------------ targets and losses
-def make_points(sizes: list[tuple[int, int]], strides: list[int], device: torch.device) -> tuple[torch.Tensor, ...]:
-    """Points ((j + 0.5) s, (i + 0.5) s) of every level, row-major, concatenated: (P, 2) and per-point strides (P,)."""
-    points, point_strides = [], []
-    for (h, w), s in zip(sizes, strides):
-        ys = (torch.arange(h, device=device, dtype=torch.float32) + 0.5) * s
-        xs = (torch.arange(w, device=device, dtype=torch.float32) + 0.5) * s
-        yy, xx = torch.meshgrid(ys, xs, indexing="ij")
-        points.append(torch.stack([xx.reshape(-1), yy.reshape(-1)], dim=-1))
-        point_strides.append(torch.full((h * w,), float(s), device=device))
-    return torch.cat(points), torch.cat(point_strides)
-
-
 def pad_gt(boxes: list[torch.Tensor], classes: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Pad per-image GT to (B, N, 4) boxes, (B, N) classes and a (B, N) validity mask."""
     n = max([len(b) for b in boxes] + [1])
@@ -541,90 +538,6 @@ def sky_loss(sky_logits: tuple[torch.Tensor, ...], sky_masks: torch.Tensor) -> t
 
 
 # ---------------------------------------------------------------------------------------------------------- model
-# ------------------------------------------------------------------------------------------ sliding windows
-EMPTY_LOGIT = -1e4  # logit of canvas points no window covers (sigmoid = 0: never a detection)
-
-
-def window_layout(image_sizes: list[tuple[int, int]], window: int, overlap: int) -> list[tuple[int, int, int, tuple]]:
-    """Windows of each image, `(image index, y0, x0, core)`, with `core = (y_lo, y_hi, x_lo, x_hi)` in input pixels.
-
-    The cores of one image partition its window grid: inner borders are cut half-way through the overlap, so every
-    point of the grid is reported by exactly one window, one that sees `overlap / 2` pixels of context beyond it.
-    """
-    half, out = overlap // 2, []
-    for index, (height, width) in enumerate(image_sizes):
-        ys, xs = window_starts(height, window, overlap), window_starts(width, window, overlap)
-        for iy, y0 in enumerate(ys):
-            for ix, x0 in enumerate(xs):
-                core = (y0 + (half if iy else 0), y0 + window - (half if iy < len(ys) - 1 else 0),
-                        x0 + (half if ix else 0), x0 + window - (half if ix < len(xs) - 1 else 0))
-                out.append((index, y0, x0, core))
-    return out
-
-
-def stitch_windows(window_outputs: dict[str, torch.Tensor], layout: list, batch: int, canvas: tuple[int, int],
-                   window: int, strides: list[int]) -> dict[str, torch.Tensor]:
-    """Dense outputs of `window`-sized windows -> the outputs of the whole padded input (one implementation for the
-    PyTorch model and the ONNX path).
-
-    `window_outputs`: `logits` (N, Pw, C), `pred_boxes` (N, Pw, 4) in window pixels, `centerness` (N, Pw) and
-    `sky_logits` (a tuple of (N, 1, window / s, window / s) maps, finest first) for the N windows of `layout`. Each
-    canvas point takes the values of the window whose core holds it; points no window covers get `EMPTY_LOGIT`.
-    """
-    logits = window_outputs["logits"]
-    device, num_classes = logits.device, logits.shape[-1]
-    sizes = [(canvas[0] // s, canvas[1] // s) for s in strides]
-    parts = {"logits": [], "pred_boxes": [], "centerness": []}
-    sky_levels = list(window_outputs["sky_logits"])
-    sky_out = [torch.full((batch, 1, h, w), EMPTY_LOGIT, dtype=m.dtype, device=device)
-               for m, (h, w) in zip(sky_levels, sizes)]
-    start = 0
-    for level, (s, (h, w)) in enumerate(zip(strides, sizes)):
-        side = window // s  # the window's points per row at this level
-        n = side * side
-        grid = {
-            "logits": torch.full((batch, h, w, num_classes), EMPTY_LOGIT, dtype=logits.dtype, device=device),
-            "pred_boxes": torch.zeros((batch, h, w, 4), dtype=window_outputs["pred_boxes"].dtype, device=device),
-            "centerness": torch.full((batch, h, w), EMPTY_LOGIT, dtype=window_outputs["centerness"].dtype,
-                                     device=device),
-        }
-        for k, (index, y0, x0, (y_lo, y_hi, x_lo, x_hi)) in enumerate(layout):
-            rows = slice((y_lo - y0) // s, (y_hi - y0) // s)
-            cols = slice((x_lo - x0) // s, (x_hi - x0) // s)
-            target = (index, slice(y_lo // s, y_hi // s), slice(x_lo // s, x_hi // s))
-            offset = torch.tensor([x0, y0, x0, y0], dtype=grid["pred_boxes"].dtype, device=device)
-            for key in grid:
-                values = window_outputs[key][k, start : start + n].reshape(side, side, *grid[key].shape[3:])
-                grid[key][target] = values[rows, cols] + (offset if key == "pred_boxes" else 0)
-            if level < len(sky_levels):
-                sky_out[level][index, :, target[1], target[2]] = sky_levels[level][k, :, rows, cols]
-        start += n
-        for key, values in grid.items():  # back to the flattened (B, P_level, ...) layout of the dense outputs
-            parts[key].append(values.reshape(batch, h * w, *values.shape[3:]))
-    points, point_strides = make_points(sizes, strides, device)
-    return {**{key: torch.cat(value, dim=1) for key, value in parts.items()}, "sky_logits": tuple(sky_out),
-            "points": points, "strides": point_strides}
-
-
-def run_windows(dense: Callable[[torch.Tensor], dict], pixel_values: torch.Tensor, image_sizes: list[tuple[int, int]], window: int,
-                overlap: int, strides: list[int], batch_size: int) -> dict[str, torch.Tensor]:
-    """Sliding-window inference: cut the windows of every image, run `dense` (window batch -> dict of dense outputs,
-    as `stitch_windows` takes them) on `batch_size` windows at a time, and stitch the results."""
-    batch, _, height, width = pixel_values.shape
-    layout = window_layout(image_sizes, window, overlap)
-    needed = (max(y0 for _, y0, _, _ in layout) + window, max(x0 for _, _, x0, _ in layout) + window)
-    if needed[0] > height or needed[1] > width:
-        raise ValueError(f"input {height}x{width} is smaller than the window grid {needed[0]}x{needed[1]} of "
-                         "image_sizes; pad it with the image processor (input_mode='tiles')")
-    chunks = []
-    for start in range(0, len(layout), batch_size):
-        crops = [pixel_values[i, :, y0 : y0 + window, x0 : x0 + window] for i, y0, x0, _ in layout[start:start + batch_size]]
-        chunks.append(dense(torch.stack(crops)))
-    merged = {key: torch.cat([c[key] for c in chunks]) for key in ("logits", "pred_boxes", "centerness")}
-    merged["sky_logits"] = tuple(torch.cat(maps) for maps in zip(*(c["sky_logits"] for c in chunks)))
-    return stitch_windows(merged, layout, batch, (height, width), window, strides)
-
-
 class BafeNetPreTrainedModel(PreTrainedModel):
     config_class = BafeNetConfig
     # `model.gradient_checkpointing_enable()`: the timm backbone recomputes its stages and the head towers recompute
@@ -709,13 +622,15 @@ class BafeNetForObjectDetection(BafeNetPreTrainedModel):
         **kwargs,
     ) -> BafeNetObjectDetectionOutput | tuple:
         r"""
-        pixel_values: (B, 3, H, W) normalised as the config says (see `BafeNetImageProcessor`); H, W multiples of the
-            largest stride.
+        pixel_values: (B, 3, H, W) normalised as the image processor does (see `BafeNetImageProcessor`); H, W
+            multiples of the largest stride.
         labels: optional list of B dicts with `class_labels` (N,), `boxes` (N, 4) normalised cxcywh of the input and
-            optionally `sky_mask` (H, W); other keys are ignored.
-        image_sizes: (B, 2) extent of each scaled image in the padded input (from the image processor in
-            `input_mode="tiles"`). In that mode, inference (no `labels`) runs `tile_window` squared sliding windows
-            over each image (see `run_windows`); `None` treats the whole input as the image.
+            optionally `sky_mask` (H, W); other keys are ignored. Training inputs are model-sized windows.
+        image_sizes: (B, 2) extent of each image in the padded input, from the image processor in the tiles and zoom
+            modes: it marks `pixel_values` as whole images, which run the image path of `config.input_mode`
+            (`tiling_bafenet.run_image_path`: every sliding window, or the coarse pass and the windows it selects).
+            Without it the network runs once over the input (resize mode, training windows); in tiles mode an
+            input without `image_sizes` or `labels` is taken as whole images filling the input (as before 0.3.0).
         """
         if pixel_values.ndim != 4 or pixel_values.shape[1] != 3:
             raise ValueError(f"pixel_values must be (B, 3, H, W), got {tuple(pixel_values.shape)}")
@@ -723,14 +638,18 @@ class BafeNetForObjectDetection(BafeNetPreTrainedModel):
         if height % self.config.strides[-1] or width % self.config.strides[-1]:
             raise ValueError(f"input {height}x{width} must be a multiple of the largest stride {self.config.strides[-1]}")
         config = self.config
-        if labels is None and config.input_mode == "tiles":
-            sizes = [(int(h), int(w)) for h, w in image_sizes.tolist()] if image_sizes is not None else \
-                [(int(height), int(width))] * pixel_values.shape[0]
-            dense = run_windows(self.dense_outputs, pixel_values, sizes, config.tile_window, config.tile_overlap,
-                                config.strides, config.tile_batch_size)
-            image_sizes = torch.tensor(sizes, device=pixel_values.device)
+        if image_sizes is None and labels is None and config.input_mode == "tiles":
+            image_sizes = torch.tensor([[height, width]] * pixel_values.shape[0], device=pixel_values.device)
+        whole_images = image_sizes is not None and config.input_mode != "resize"
+        if whole_images and labels is not None:
+            raise ValueError("labels go with model-sized training windows, not with image_sizes (whole images); "
+                             "training crops windows in the data pipeline")
+        if whole_images:
+            sizes = [(int(h), int(w)) for h, w in image_sizes.tolist()]
+            dense = run_image_path(self.dense_outputs, pixel_values, sizes, config)
         else:
             dense = self.dense_outputs(pixel_values, keep_distances=labels is not None)
+            dense.update(input_size=torch.tensor([height, width], device=pixel_values.device), image_sizes=image_sizes)
 
         loss, loss_dict = None, None
         if labels is not None:
@@ -741,12 +660,9 @@ class BafeNetForObjectDetection(BafeNetPreTrainedModel):
             weights = self.config.loss_weights
             loss = sum(weights[k] * v for k, v in loss_dict.items())
 
-        output = BafeNetObjectDetectionOutput(
-            loss=loss, loss_dict=loss_dict, logits=dense["logits"], pred_boxes=dense["pred_boxes"],
-            centerness=dense["centerness"], sky_logits=dense["sky_logits"], points=dense["points"],
-            strides=dense["strides"], input_size=torch.tensor([height, width], device=pixel_values.device),
-            image_sizes=image_sizes,
-        )
+        fields = ("logits", "pred_boxes", "centerness", "sky_logits", "points", "strides", "input_size", "image_sizes",
+                  "sky_input_size", "sky_image_sizes", "windows")
+        output = BafeNetObjectDetectionOutput(loss=loss, loss_dict=loss_dict, **{k: dense.get(k) for k in fields})
         return output if return_dict is not False else output.to_tuple()
 
     def dense_outputs(self, pixel_values: torch.Tensor, keep_distances: bool = False) -> dict[str, torch.Tensor]:

@@ -1,0 +1,294 @@
+"""Where BAFE-Net runs on a large image, and how its dense outputs come back together: sliding windows (``tiles``)
+and a coarse whole-image pass that chooses the windows to zoom into (``zoom``).
+
+Self-contained (torch only), so `save_pretrained` ships it as remote code beside the model files. One
+implementation for the PyTorch model and the ONNX path: both hand in ``dense``, a function from a batch of inputs
+to the dense outputs of the network (``logits`` (N, P, C), ``pred_boxes`` (N, P, 4) in input pixels,
+``centerness`` (N, P), ``sky_logits`` (a tuple of (N, 1, h, w) maps, finest level first)).
+
+* ``tiles`` (:func:`run_windows`): the image processor scales each image by ``tile_scale`` and pads it to the window
+  grid; every ``tile_window`` squared window runs, and each point of the scaled image takes the values of the one
+  window whose *core* holds it (inner borders are cut half-way through the overlap), so nothing is counted twice.
+* ``zoom`` (:func:`run_zoom`): the processor hands over each image at its own size (x1), padded by at least one
+  pixel. A *coarse pass* runs the network once over every whole image at ``zoom_coarse_scale``: its sky logits are
+  the sky output (whole-image context), and its points with sigmoid(cls) >= ``zoom_threshold`` are *proposals*.
+  Of the ``tile_scale`` window grid (the windows ``tiles`` would run), only the windows whose core meets a proposal
+  box (grown by ``zoom_margin`` pixels) run, at the fine scale, and are stitched exactly as in ``tiles``; points of
+  the other windows get ``EMPTY_LOGIT`` (never a detection). An image whose proposals select more than
+  ``zoom_max_fraction`` of its windows runs all of them (the ``tiles`` result).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+EMPTY_LOGIT = -1e4  # logit of canvas points no window covers (sigmoid = 0: never a detection)
+Dense = Callable[[torch.Tensor], dict]
+Size = tuple[int, int]
+Window = tuple[int, int, int, tuple[int, int, int, int]]  # (image index, y0, x0, core (y_lo, y_hi, x_lo, x_hi))
+
+
+# ------------------------------------------------------------------------------------------------------ geometry
+def scaled_size(height: int, width: int, scale: float) -> Size:
+    """(height, width) of an image scaled by `scale` with its aspect ratio kept."""
+    return max(1, int(round(height * scale))), max(1, int(round(width * scale)))
+
+
+def window_starts(length: int, window: int, overlap: int) -> list[int]:
+    """Start offsets of the sliding windows covering `length` pixels: step `window - overlap`, the last window may
+    reach past the end (the input is padded to `window_starts(...)[-1] + window`)."""
+    step = window - overlap
+    count = 1 if length <= window else 1 + math.ceil((length - window) / step)
+    return [i * step for i in range(count)]
+
+
+def window_canvas(image_sizes: Sequence[Sequence[int]], window: int, overlap: int) -> Size:
+    """(height, width) covering every image's window grid: the padded input of the tiles mode."""
+    return (max(window_starts(int(h), window, overlap)[-1] + window for h, _ in image_sizes),
+            max(window_starts(int(w), window, overlap)[-1] + window for _, w in image_sizes))
+
+
+def make_points(sizes: Sequence[Size], strides: Sequence[int], device: torch.device) -> tuple[torch.Tensor, ...]:
+    """Points ((j + 0.5) s, (i + 0.5) s) of every level, row-major, concatenated: (P, 2) and per-point strides (P,)."""
+    points, point_strides = [], []
+    for (h, w), s in zip(sizes, strides):
+        ys = (torch.arange(h, device=device, dtype=torch.float32) + 0.5) * s
+        xs = (torch.arange(w, device=device, dtype=torch.float32) + 0.5) * s
+        yy, xx = torch.meshgrid(ys, xs, indexing="ij")
+        points.append(torch.stack([xx.reshape(-1), yy.reshape(-1)], dim=-1))
+        point_strides.append(torch.full((h * w,), float(s), device=device))
+    return torch.cat(points), torch.cat(point_strides)
+
+
+def window_layout(image_sizes: Sequence[Size], window: int, overlap: int) -> list[Window]:
+    """Windows of each image, `(image index, y0, x0, core)`, with `core = (y_lo, y_hi, x_lo, x_hi)` in input pixels.
+
+    The cores of one image partition its window grid: inner borders are cut half-way through the overlap, so every
+    point of the grid is reported by exactly one window, one that sees `overlap / 2` pixels of context beyond it.
+    """
+    half, out = overlap // 2, []
+    for index, (height, width) in enumerate(image_sizes):
+        ys, xs = window_starts(height, window, overlap), window_starts(width, window, overlap)
+        for iy, y0 in enumerate(ys):
+            for ix, x0 in enumerate(xs):
+                core = (y0 + (half if iy else 0), y0 + window - (half if iy < len(ys) - 1 else 0),
+                        x0 + (half if ix else 0), x0 + window - (half if ix < len(xs) - 1 else 0))
+                out.append((index, y0, x0, core))
+    return out
+
+
+# ------------------------------------------------------------------------------------------------------ stitching
+def stitch_windows(window_outputs: dict[str, Any], layout: Sequence[Window], batch: int, canvas: Size, window: int,
+                   strides: Sequence[int]) -> dict[str, Any]:
+    """Dense outputs of `window`-sized windows -> the dense outputs of the whole padded input.
+
+    `window_outputs`: `logits` (N, Pw, C), `pred_boxes` (N, Pw, 4) in window pixels, `centerness` (N, Pw) and
+    `sky_logits` (per level (N, 1, window / s, window / s)) for the N windows of `layout` (N may be 0). Each canvas
+    point takes the values of the window whose core holds it; points no window covers get `EMPTY_LOGIT`.
+    """
+    logits = window_outputs["logits"]
+    device, num_classes = logits.device, logits.shape[-1]
+    sizes = [(canvas[0] // s, canvas[1] // s) for s in strides]
+    sky_levels = list(window_outputs["sky_logits"])
+    sky_out = [torch.full((batch, 1, h, w), EMPTY_LOGIT, dtype=m.dtype, device=device)
+               for m, (h, w) in zip(sky_levels, sizes)]
+    parts: dict[str, list[torch.Tensor]] = {"logits": [], "pred_boxes": [], "centerness": []}
+    tails = {"logits": (num_classes,), "pred_boxes": (4,), "centerness": ()}
+    fills = {"logits": EMPTY_LOGIT, "pred_boxes": 0.0, "centerness": EMPTY_LOGIT}
+    offsets = torch.tensor([[x0, y0, x0, y0] for _, y0, x0, _ in layout], device=device).reshape(-1, 4)
+    start = 0
+    for level, (s, (h, w)) in enumerate(zip(strides, sizes)):
+        side = window // s  # the window's points per row at this level
+        grid = {key: torch.full((batch, h, w, *tails[key]), fills[key], dtype=window_outputs[key].dtype,
+                                device=device) for key in parts}
+        level_values = {key: window_outputs[key][:, start : start + side * side].reshape(-1, side, side, *tails[key])
+                        for key in parts}
+        level_values["pred_boxes"] = level_values["pred_boxes"] + offsets[:, None, None].to(grid["pred_boxes"].dtype)
+        for k, (index, y0, x0, (y_lo, y_hi, x_lo, x_hi)) in enumerate(layout):
+            rows = slice((y_lo - y0) // s, (y_hi - y0) // s)
+            cols = slice((x_lo - x0) // s, (x_hi - x0) // s)
+            target = (index, slice(y_lo // s, y_hi // s), slice(x_lo // s, x_hi // s))
+            for key, values in level_values.items():
+                grid[key][target] = values[k, rows, cols]
+            if level < len(sky_levels):  # the ONNX graph returns the finest level only
+                sky_out[level][index, :, target[1], target[2]] = sky_levels[level][k, :, rows, cols]
+        start += side * side
+        for key, values in grid.items():  # back to the flattened (B, P_level, ...) layout of the dense outputs
+            parts[key].append(values.reshape(batch, h * w, *tails[key]))
+    points, point_strides = make_points(sizes, strides, device)
+    return {**{key: torch.cat(value, dim=1) for key, value in parts.items()}, "sky_logits": tuple(sky_out),
+            "points": points, "strides": point_strides}
+
+
+def run_batches(dense: Dense, crops: Callable[[Sequence[Window]], torch.Tensor], layout: Sequence[Window],
+                batch_size: int, like: dict[str, Any] | None = None) -> dict[str, Any]:
+    """``dense`` over the windows of ``layout``, ``batch_size`` at a time (``crops`` cuts a list of windows); the
+    outputs concatenated as :func:`stitch_windows` takes them. With no window, empty outputs shaped like ``like``'s
+    per-window outputs (a dense output of any size: only its classes, dtypes and sky levels are used)."""
+    chunks = [dense(crops(layout[i : i + batch_size])) for i in range(0, len(layout), batch_size)]
+    if not chunks:
+        assert like is not None, "run_batches: no window and no outputs to shape the empty result like"
+        empty = lambda t, *tail: t.new_empty((0, 0, *tail))  # noqa: E731
+        return {"logits": empty(like["logits"], like["logits"].shape[-1]),
+                "pred_boxes": empty(like["pred_boxes"], 4), "centerness": empty(like["centerness"]),
+                "sky_logits": tuple(m.new_empty((0, 1, 0, 0)) for m in like["sky_logits"])}
+    merged = {key: torch.cat([c[key] for c in chunks]) for key in ("logits", "pred_boxes", "centerness")}
+    merged["sky_logits"] = tuple(torch.cat(maps) for maps in zip(*(c["sky_logits"] for c in chunks)))
+    return merged
+
+
+def run_windows(dense: Dense, pixel_values: torch.Tensor, image_sizes: Sequence[Size], window: int, overlap: int,
+                strides: Sequence[int], batch_size: int) -> dict[str, Any]:
+    """Sliding-window inference (tiles mode): every window of every image through ``dense``, stitched."""
+    batch, _, height, width = pixel_values.shape
+    needed = window_canvas(image_sizes, window, overlap)
+    if needed[0] > height or needed[1] > width:
+        raise ValueError(f"input {height}x{width} is smaller than the window grid {needed[0]}x{needed[1]} of "
+                         "image_sizes; pad it with the image processor (input_mode='tiles')")
+    layout = window_layout(image_sizes, window, overlap)
+
+    def crops(windows: Sequence[Window]) -> torch.Tensor:
+        return torch.stack([pixel_values[i, :, y0 : y0 + window, x0 : x0 + window] for i, y0, x0, _ in windows])
+
+    outputs = stitch_windows(run_batches(dense, crops, layout, batch_size), layout, batch, (height, width), window,
+                             strides)
+    return {**outputs, "windows": windows_tensor(layout, pixel_values.device)}
+
+
+def windows_tensor(layout: Sequence[Window], device: torch.device) -> torch.Tensor:
+    """(K, 3) long: image index, y0, x0 of each window run (in the scaled image's pixels)."""
+    return torch.tensor([[i, y0, x0] for i, y0, x0, _ in layout], dtype=torch.long, device=device).reshape(-1, 3)
+
+
+# ----------------------------------------------------------------------------------------------------------- zoom
+def resample_axis(start: int, count: int, scaled: int, size: int, device: torch.device
+                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Bilinear source indices of output pixels ``start .. start + count - 1`` of an axis of ``size`` pixels scaled
+    to ``scaled`` (half-pixel centres, as ``F.interpolate(..., size=scaled, mode="bilinear", align_corners=False)``
+    and the training windows): (low, high, weight of high). Pixels at or past ``scaled`` (the padding) read index
+    ``size``, the first padding pixel of the input."""
+    position = torch.arange(start, start + count, device=device, dtype=torch.float32)
+    source = ((position + 0.5) * (size / scaled) - 0.5).clamp(min=0)
+    low = source.floor().long().clamp(max=size - 1)
+    high = (low + 1).clamp(max=size - 1)
+    weight = source - low
+    outside = position >= scaled
+    low, high = low.masked_fill(outside, size), high.masked_fill(outside, size)
+    return low, high, weight.masked_fill(outside, 0.0)
+
+
+def scaled_window(image: torch.Tensor, extent: Size, scaled: Size, y0: int, x0: int, window: int) -> torch.Tensor:
+    """The (C, window, window) window at (``y0``, ``x0``) of ``image`` (C, H, W) whose ``extent`` is scaled to
+    ``scaled``, computed for the window's pixels only; past the scaled image it holds ``image``'s padding (the input
+    holds at least one padding row and column)."""
+    rows = resample_axis(y0, window, scaled[0], extent[0], image.device)
+    cols = resample_axis(x0, window, scaled[1], extent[1], image.device)
+    first, last = int(rows[0].min()), int(rows[1].max()) + 1
+    band = image[:, first:last]
+    band = band[:, rows[0] - first] * (1 - rows[2])[:, None] + band[:, rows[1] - first] * rows[2][:, None]
+    return (band[:, :, cols[0]] * (1 - cols[2]) + band[:, :, cols[1]] * cols[2]).to(image.dtype)
+
+
+def coarse_input(pixel_values: torch.Tensor, image_sizes: Sequence[Size], scale: float, multiple: int
+                 ) -> tuple[torch.Tensor, list[Size]]:
+    """The images scaled by ``scale`` (bilinear, as the training windows), padded with each input's padding value to
+    a canvas that is a multiple of ``multiple``; at ``scale`` 1 the input itself. Returns the canvas and the sizes."""
+    if scale == 1.0:
+        return pixel_values, [tuple(s) for s in image_sizes]
+    sizes = [scaled_size(h, w, scale) for h, w in image_sizes]
+    height = math.ceil(max(h for h, _ in sizes) / multiple) * multiple
+    width = math.ceil(max(w for _, w in sizes) / multiple) * multiple
+    canvas = []
+    for b, ((h, w), target) in enumerate(zip(image_sizes, sizes)):
+        pad = pixel_values[b, :, h, w]  # the first padding pixel
+        out = pad[:, None, None].expand(-1, height, width).clone()
+        out[:, : target[0], : target[1]] = F.interpolate(pixel_values[b : b + 1, :, :h, :w], size=target,
+                                                         mode="bilinear", align_corners=False)[0]
+        canvas.append(out)
+    return torch.stack(canvas), sizes
+
+
+def proposal_boxes(coarse: dict[str, Any], points: torch.Tensor, coarse_sizes: Sequence[Size],
+                   fine_sizes: Sequence[Size], threshold: float, margin: float) -> list[torch.Tensor]:
+    """Per image, the boxes (M, 4) xyxy in fine pixels of the coarse points (``points`` (P, 2)) with sigmoid(cls)
+    >= ``threshold`` inside the image, grown by ``margin`` pixels."""
+    found = []
+    for b, ((h, w), (fine_h, fine_w)) in enumerate(zip(coarse_sizes, fine_sizes)):
+        keep = (coarse["logits"][b].float().sigmoid().amax(-1) >= threshold) & (points[:, 0] < w) & (points[:, 1] < h)
+        scale = torch.tensor([fine_w / w, fine_h / h, fine_w / w, fine_h / h], device=points.device)
+        grow = torch.tensor([-margin, -margin, margin, margin], device=points.device)
+        found.append(coarse["pred_boxes"][b][keep].float() * scale + grow)
+    return found
+
+
+def select_windows(layout: Sequence[Window], proposals: Sequence[torch.Tensor], max_fraction: float) -> list[Window]:
+    """The windows whose core meets a proposal box of their image; every window of an image whose selection would
+    exceed ``max_fraction`` of its windows (too many proposals to gain from zooming: the tiles result)."""
+    chosen = []
+    for index, boxes in enumerate(proposals):
+        windows = [w for w in layout if w[0] == index]
+        if not windows or not len(boxes):
+            continue
+        cores = torch.tensor([core for *_, core in windows], dtype=boxes.dtype, device=boxes.device)  # y_lo y_hi x_lo x_hi
+        meets = ((boxes[None, :, 0] < cores[:, None, 3]) & (boxes[None, :, 2] > cores[:, None, 2])
+                 & (boxes[None, :, 1] < cores[:, None, 1]) & (boxes[None, :, 3] > cores[:, None, 0])).any(1)
+        picked = [w for w, hit in zip(windows, meets.tolist()) if hit]
+        chosen += windows if len(picked) > max_fraction * len(windows) else picked
+    return chosen
+
+
+def run_zoom(dense: Dense, pixel_values: torch.Tensor, image_sizes: Sequence[Size], *, coarse_scale: float,
+             fine_scale: float, window: int, overlap: int, strides: Sequence[int], batch_size: int,
+             threshold: float, margin: float, max_fraction: float) -> dict[str, Any]:
+    """Zoom inference (see the module docstring): the coarse pass over the whole images, the selected windows of the
+    ``fine_scale`` grid, stitched. Returns the dense outputs over the fine canvas (``image_sizes`` the fine extents,
+    ``input_size`` the fine canvas), the coarse pass's sky (``sky_logits``, ``sky_input_size``,
+    ``sky_image_sizes``) and the ``windows`` run."""
+    batch, _, height, width = pixel_values.shape
+    if any(h >= height or w >= width for h, w in image_sizes):
+        raise ValueError(f"input {height}x{width} holds an image of image_sizes {list(image_sizes)} without a "
+                         "padding row and column; prepare it with the image processor (input_mode='zoom')")
+    coarse_pixels, coarse_sizes = coarse_input(pixel_values, image_sizes, coarse_scale, strides[-1])
+    coarse = dense(coarse_pixels)
+    fine_sizes = [scaled_size(h, w, fine_scale) for h, w in image_sizes]
+    coarse_h, coarse_w = coarse_pixels.shape[-2:]
+    points, _ = make_points([(coarse_h // s, coarse_w // s) for s in strides], strides, pixel_values.device)
+    proposals = proposal_boxes(coarse, points, coarse_sizes, fine_sizes, threshold, margin)
+    layout = select_windows(window_layout(fine_sizes, window, overlap), proposals, max_fraction)
+
+    def crops(windows: Sequence[Window]) -> torch.Tensor:
+        return torch.stack([scaled_window(pixel_values[i], image_sizes[i], fine_sizes[i], y0, x0, window)
+                            for i, y0, x0, _ in windows])
+
+    canvas = window_canvas(fine_sizes, window, overlap)
+    outputs = stitch_windows(run_batches(dense, crops, layout, batch_size, like=coarse), layout, batch, canvas,
+                             window, strides)
+    device = pixel_values.device
+    return {**outputs, "sky_logits": coarse["sky_logits"], "windows": windows_tensor(layout, device),
+            "input_size": torch.tensor(canvas, device=device), "image_sizes": torch.tensor(fine_sizes, device=device),
+            "sky_input_size": torch.tensor(coarse_pixels.shape[-2:], device=device),
+            "sky_image_sizes": torch.tensor(coarse_sizes, device=device)}
+
+
+def run_image_path(dense: Dense, pixel_values: torch.Tensor, image_sizes: Sequence[Size], config: Any
+                   ) -> dict[str, Any]:
+    """Whole images through the network as ``config.input_mode`` says (``tiles``: every window; ``zoom``: the coarse
+    pass and the selected windows): the one dispatch of the PyTorch model and the ONNX path."""
+    common = dict(window=config.tile_window, overlap=config.tile_overlap, strides=config.strides,
+                  batch_size=config.tile_batch_size)
+    if config.input_mode == "zoom":
+        return run_zoom(dense, pixel_values, image_sizes, coarse_scale=config.zoom_coarse_scale,
+                        fine_scale=config.tile_scale, threshold=config.zoom_threshold, margin=config.zoom_margin,
+                        max_fraction=config.zoom_max_fraction, **common)
+    outputs = run_windows(dense, pixel_values, image_sizes, **common)
+    return {**outputs, "input_size": torch.tensor(pixel_values.shape[-2:], device=pixel_values.device),
+            "image_sizes": torch.tensor(image_sizes, device=pixel_values.device)}
+
+
+__all__ = ["EMPTY_LOGIT", "make_points", "run_image_path", "run_windows", "run_zoom", "scaled_size", "scaled_window",
+           "select_windows", "stitch_windows", "window_canvas", "window_layout", "window_starts"]
