@@ -144,10 +144,13 @@ def assert_same_detections(scores, boxes, reference, atol: float) -> None:
         free[best] = False
 
 @pytest.mark.slow
-def test_detections_identical_through_every_entry_point(synthetic_dataset_dir, tmp_path):
+@pytest.mark.parametrize("mode", [{}, {"input_mode": "zoom", "zoom_threshold": 0.45, "zoom_max_fraction": 1.0}],
+                         ids=["tiles", "zoom"])
+def test_detections_identical_through_every_entry_point(synthetic_dataset_dir, tmp_path, mode):
     """Validation during training, `bafenet evaluate`, `bafenet predict` (PyTorch and ONNX) and the transformers
     pipeline give the same detections on images larger than one window (320x256 in 128 px windows: 3 x 3 windows,
-    detections straddling the window borders included)."""
+    detections straddling the window borders included), in the tiles mode and in the zoom mode (a coarse pass over
+    the whole image chooses the windows)."""
     import datasets
     from transformers import pipeline
 
@@ -160,7 +163,7 @@ def test_detections_identical_through_every_entry_point(synthetic_dataset_dir, t
     # scores tie on flat backgrounds, so no cap and no NMS: every point above the threshold is compared
     start = tmp_path / "start"
     model, processor = tiles_model(dict(max_detections=100_000, pre_nms_top_k=100_000, nms_iou_threshold=1.0),
-                                   prior_prob=0.5)
+                                   prior_prob=0.5, **mode)
     with torch.no_grad():
         model.head.conv_reg.bias.fill_(float(np.log(10.0)))
     model.save_pretrained(start)
@@ -204,6 +207,10 @@ def test_detections_identical_through_every_entry_point(synthetic_dataset_dir, t
             straddling += int(((boxes[:, 0] < border) & (boxes[:, 2] > border)).sum())
             straddling += int(((boxes[:, 1] < border) & (boxes[:, 3] > border)).sum())
     assert straddling > 0
+    if mode:  # the coarse pass chose some of the 9 windows, not all, on some image
+        with torch.no_grad():
+            runs = [len(model(**processor(images=[image])).windows) for image in images]
+        assert any(0 < n < 9 for n in runs), runs
 
 
 @pytest.mark.parametrize("height,width,scale", [(240, 320, 2.5), (1024, 1280, 2.5), (209, 300, 1.5), (1, 1, 0.3)])

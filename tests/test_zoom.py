@@ -1,0 +1,183 @@
+"""The zoom input mode: a coarse whole-image pass for the sky and for proposals, the fine windows only where they point."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from bafenet.data.transforms import DetectionSample, TileTransform
+from bafenet.models.bafenet import BafeNetConfig, BafeNetForObjectDetection, BafeNetImageProcessor
+from bafenet.models.bafenet.tiling_bafenet import (EMPTY_LOGIT, make_points, run_zoom, scaled_size, scaled_window,
+                                                   window_layout)
+
+pytestmark = pytest.mark.usefixtures("one_thread_module")
+
+ZOOM = dict(backbone="resnet18", fpn_channels=32, num_head_convs=1, adapter_channels=16, image_size=64,
+            strides=(8, 16), input_mode="zoom", tile_scale=2.0, tile_window=128, tile_overlap=32)
+
+
+def zoom_model(**overrides) -> tuple[BafeNetForObjectDetection, BafeNetImageProcessor]:
+    torch.manual_seed(0)
+    config = BafeNetConfig.improved(**{**ZOOM, **overrides})
+    return BafeNetForObjectDetection(config).eval(), BafeNetImageProcessor.from_model_config(config)
+
+
+def image(height: int = 90, width: int = 130, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 255, (height, width), dtype=np.uint8)
+
+
+# ----------------------------------------------------------------------------------------------------- geometry
+def test_config_validates_zoom_settings_and_calls_zoom_an_improvement():
+    assert "input_mode=zoom" in BafeNetConfig.improved(**ZOOM).improvements
+    with pytest.raises(ValueError, match="faithful"):
+        BafeNetConfig(input_mode="zoom")
+    with pytest.raises(ValueError, match="zoom_coarse_scale"):
+        BafeNetConfig.improved(**ZOOM, zoom_coarse_scale=1.5)
+    with pytest.raises(ValueError, match="zoom_threshold"):
+        BafeNetConfig.improved(**ZOOM, zoom_max_fraction=2.0)
+
+
+def test_processor_keeps_images_at_their_size_with_a_padding_row_and_column():
+    _, processor = zoom_model()
+    inputs = processor(images=[image(90, 130), image(64, 32)])
+    assert inputs["image_sizes"].tolist() == [[90, 130], [64, 32]]
+    assert tuple(inputs["pixel_values"].shape) == (2, 3, 96, 144)  # next multiple of 16 above each side
+    assert tuple(processor(images=[image(64, 64)])["pixel_values"].shape[-2:]) == (80, 80)  # 64 -> 80, never 64
+    padding = processor(images=[np.zeros((1, 1), np.uint8)])["pixel_values"][0, :, 0, 0]
+    torch.testing.assert_close(inputs["pixel_values"][1, :, 70, 40], padding)
+
+
+@pytest.mark.parametrize("y0,x0", [(0, 0), (96, 96), (96, 192)])
+def test_scaled_window_equals_the_tiles_processors_scaled_image(y0, x0):
+    """A fine window cut from the x1 input equals the same window of the image the tiles mode scales and pads."""
+    _, zoom = zoom_model()
+    tiles = zoom.with_settings(input_mode="tiles")
+    picture = image(90, 130)
+    small = zoom(images=[picture])["pixel_values"][0]
+    big = tiles(images=[picture])["pixel_values"][0]
+    window = scaled_window(small, (90, 130), scaled_size(90, 130, 2.0), y0, x0, 128)
+    torch.testing.assert_close(window, big[:, y0 : y0 + 128, x0 : x0 + 128], atol=1e-4, rtol=0)
+
+
+# --------------------------------------------------------------------------------------------- window selection
+def fake_dense(strides=(8, 16)):
+    """A stand-in network whose class logit at a point is high where the input is bright (mean of its cell), with
+    4 px boxes around every point: proposals appear exactly where the image is bright."""
+    calls = []
+
+    def dense(pixels: torch.Tensor) -> dict:
+        calls.append(tuple(pixels.shape))
+        maps = [F.avg_pool2d(pixels.mean(1, keepdim=True), s) for s in strides]
+        points, _ = make_points([m.shape[-2:] for m in maps], strides, pixels.device)
+        flat = torch.cat([m.flatten(1) for m in maps], 1)
+        boxes = torch.cat([points - 2, points + 2], -1).expand(len(pixels), -1, -1)
+        return {"logits": (flat * 20 - 10)[..., None], "pred_boxes": boxes, "centerness": torch.zeros_like(flat),
+                "sky_logits": tuple(maps)}
+
+    return dense, calls
+
+
+def run_fake(pixels: torch.Tensor, sizes, max_fraction: float = 0.5):
+    dense, calls = fake_dense()
+    out = run_zoom(dense, pixels, sizes, coarse_scale=1.0, fine_scale=2.0, window=128, overlap=32, strides=(8, 16),
+                   batch_size=4, threshold=0.5, margin=0.0, max_fraction=max_fraction)
+    return out, calls
+
+
+def test_only_the_windows_whose_core_meets_a_proposal_run():
+    pixels = torch.zeros(1, 3, 208, 304)
+    pixels[0, :, 144:152, 248:256] = 1.0  # one bright stride-8 cell: a 4 px proposal at (252, 148) x1
+    out, calls = run_fake(pixels, [(200, 300)])
+    layout = window_layout([(400, 600)], 128, 32)  # the proposal at x2: x 500..508, y 292..300
+    hit = [(y0, x0) for _, y0, x0, (y_lo, y_hi, x_lo, x_hi) in layout if y_lo < 300 and y_hi > 292 and x_lo < 508
+           and x_hi > 500]
+    assert sorted(map(tuple, out["windows"][:, 1:].tolist())) == sorted(hit) and 1 <= len(hit) <= 4
+    assert calls[0] == (1, 3, 208, 304) and sum(c[0] for c in calls[1:]) == len(hit)  # coarse pass, then the windows
+    assert out["input_size"].tolist() == [416, 608] and out["image_sizes"].tolist() == [[400, 600]]
+    # points outside the windows run are empty: never a detection
+    assert (out["logits"] > EMPTY_LOGIT / 2).sum() < out["logits"].numel() / 4
+
+
+def test_no_proposal_runs_no_window_and_too_many_run_them_all():
+    empty, _ = run_fake(torch.zeros(1, 3, 208, 304), [(200, 300)])
+    assert len(empty["windows"]) == 0 and (empty["logits"] == EMPTY_LOGIT).all()
+    bright = torch.ones(1, 3, 208, 304)
+    bright[0, :, 200:, :] = bright[0, :, :, 300:] = 0  # padding
+    full, _ = run_fake(bright, [(200, 300)], max_fraction=0.5)
+    assert len(full["windows"]) == len(window_layout([(400, 600)], 128, 32))
+
+
+def test_sky_comes_from_the_coarse_pass_in_its_own_geometry():
+    pixels = torch.zeros(1, 3, 208, 304)
+    pixels[0, :, :100] = 1.0  # the top half is "sky"
+    out, _ = run_fake(pixels, [(200, 300)])
+    assert out["sky_input_size"].tolist() == [208, 304] and out["sky_image_sizes"].tolist() == [[200, 300]]
+    _, processor = zoom_model()
+    sky = processor.post_process_sky_segmentation({**out, "sky_logits": tuple(m * 20 - 10 for m in out["sky_logits"])},
+                                                  target_sizes=[(200, 300)])[0]
+    assert sky.shape == (200, 300) and sky[:90].all() and not sky[110:].any()
+
+
+# ---------------------------------------------------------------------------------------------------- the model
+def test_zoom_equals_tiles_when_every_window_runs():
+    """With every window selected (threshold 0), the zoom model's detections are the tiles model's."""
+    model, processor = zoom_model(zoom_threshold=0.0, zoom_max_fraction=1.0)
+    tiles_processor = processor.with_settings(input_mode="tiles")
+    picture = image(90, 130)
+    with torch.no_grad():
+        zoomed = model(**processor(images=[picture]))
+        model.config.input_mode = "tiles"
+        tiled = model(**tiles_processor(images=[picture]))
+    assert len(zoomed.windows) == len(tiled.windows) == len(window_layout([(180, 260)], 128, 32))
+    for key in ("logits", "pred_boxes", "centerness"):
+        torch.testing.assert_close(zoomed[key], tiled[key], atol=2e-3, rtol=1e-3)
+    detections = [processor.post_process_object_detection(out, target_sizes=[(90, 130)])[0] for out in (zoomed, tiled)]
+    torch.testing.assert_close(detections[0]["boxes"], detections[1]["boxes"], atol=2e-3, rtol=0)
+
+
+def test_zoom_sky_is_the_coarse_pass_of_the_image_at_its_size():
+    model, processor = zoom_model()
+    inputs = processor(images=[image(90, 130)])
+    with torch.no_grad():
+        out = model(**inputs)
+        coarse = model.dense_outputs(inputs["pixel_values"])
+    torch.testing.assert_close(out.sky_logits[0], coarse["sky_logits"][0])
+    mask = processor.post_process_sky_segmentation(out, target_sizes=[(90, 130)])[0]
+    assert mask.shape == (90, 130)
+
+
+def test_coarse_scale_below_one_reads_a_downscaled_image():
+    model, processor = zoom_model(zoom_coarse_scale=0.5)
+    inputs = processor(images=[image(90, 130)])
+    with torch.no_grad():
+        out = model(**inputs)
+    assert out.sky_image_sizes.tolist() == [list(scaled_size(90, 130, 0.5))]
+    assert out.sky_input_size.tolist() == [48, 80]  # 45 x 65 padded to multiples of 16
+
+
+def test_labels_with_image_sizes_are_refused():
+    model, processor = zoom_model()
+    inputs = processor(images=[image()])
+    with pytest.raises(ValueError, match="training windows"):
+        model(**inputs, labels=[{"class_labels": torch.zeros(0, dtype=torch.long), "boxes": torch.zeros(0, 4)}])
+
+
+# ------------------------------------------------------------------------------------------------------ training
+def test_training_mixes_coarse_and_fine_windows():
+    picture = image(200, 300)
+    sample = DetectionSample(image=picture, boxes=np.array([[100, 100, 104, 104]], np.float32),
+                             points=np.array([[102, 102]], np.float32), target_mask=np.zeros_like(picture, bool),
+                             sky_mask=np.ones_like(picture, bool))
+    transform = TileTransform(64, 2.5, flip_probability=0.0, copy_paste=None, target_probability=1.0,
+                              coarse_scale=1.0, coarse_probability=0.3)
+    sides = [float(np.diff(transform(sample, None, np.random.default_rng(seed)).boxes[0, ::2])[0]) for seed in range(200)]
+    coarse = sum(side == pytest.approx(4.0) for side in sides)
+    assert sum(side == pytest.approx(10.0) for side in sides) + coarse == 200 and 40 < coarse < 80
+    tiles = TileTransform(64, 2.5, flip_probability=0.0, copy_paste=None, target_probability=1.0)
+    plain = TileTransform(64, 2.5, flip_probability=0.0, copy_paste=None, target_probability=1.0, coarse_scale=None,
+                          coarse_probability=0.9)
+    for seed in range(5):  # without a coarse scale no extra random draw: the tiles mode's windows are unchanged
+        a, b = (t(sample, None, np.random.default_rng(seed)) for t in (tiles, plain))
+        assert np.array_equal(a.image, b.image)
