@@ -4,6 +4,7 @@ options win over; `--resume` with an optional value; booleans with `--no-...`; t
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 import pytest
 
@@ -75,3 +76,47 @@ def test_command_line_rebuilds_the_arguments():
                              test_split="", copy_paste_gain=(0.2, 0.3))
     assert _parse(command_line(args)) == args
     assert command_line(TrainingArguments()) == []
+
+
+def test_the_namespace_holds_only_the_options_given_and_the_help_shows_every_default():
+    namespace = build_parser().parse_args(["--output-dir", "runs/x", "--score-threshold", "0.2", "--no-paper-protocol"])
+    assert vars(namespace) == {"output_dir": "runs/x", "detection_threshold": 0.2, "paper_protocol": False}
+    text = build_parser().format_help()
+    for shown in ("(default: 512)", "(default: False)", "(default: (8, 16))", "(default: None)"):
+        assert shown in text
+
+
+def test_bad_values_end_in_argparse_messages(capsys):
+    for argv, message in ((["--optimizer", "sgd"], "invalid choice: 'sgd' (choose from 'dadapt_adam', 'adamw')"),
+                          (["--paper-protocol", "maybe"], "Truthy value expected: got maybe"),
+                          (["--image-size", "big"], "invalid int value: 'big'"),
+                          (["--recipe", "gpu"], "invalid choice: 'gpu' (choose from 'cpu')")):
+        with pytest.raises(SystemExit):
+            build_parser().parse_args(argv)
+        assert message in capsys.readouterr().err
+    assert _parse(["--paper-protocol", "false", "--mixed-precision", "bf16"]).mixed_precision == "bf16"
+    with pytest.raises(ValueError, match="--image-size must be >= 1"):
+        _parse(["--image-size", "0"])
+
+
+def test_the_parser_uses_no_private_argparse_or_hf_argument_parser_api():
+    import inspect
+    import re
+
+    from bafenet.training import arguments
+
+    source = inspect.getsource(arguments)
+    assert "__class__" not in source and "_parse_dataclass_field" not in source
+    assert not re.search(r"\b(argparse|parser|HfArgumentParser)\._[a-zA-Z]", source)
+
+
+def test_override_values_are_checked_against_the_resolved_types():
+    from bafenet.training.arguments import _accepted_types
+
+    assert _accepted_types(list[int] | tuple[int, ...]) == (list, tuple) and _accepted_types(float | None) == (int, float)
+    assert _accepted_types(dict[str, int] | None) == (dict,) and _accepted_types(Any) is None
+    args = TrainingArguments(processor_overrides="image_mean=[0.5,0.5,0.5],image_std=[0.2,0.2,0.2]",
+                             config_overrides="strides=[8,16,32],backbone_out_indices=[2,3,4]")
+    assert "image_mean=[0.5,0.5,0.5]" in args.processor_overrides  # a sequence, once refused as "a int or float"
+    with pytest.raises(ValueError, match="strides=8 must be a list or tuple"):
+        TrainingArguments(config_overrides="strides=8")
