@@ -48,7 +48,10 @@ from .metrics.render import box_centers, boxes_to_mask
 __all__ = ["ScoringOptions", "add_arguments", "evaluate_model", "evaluate_predictions", "load_predictions",
            "predict_split", "run", "score_detections", "write_pr_curve"]
 
-FALLBACK_OPERATING_THRESHOLD = 0.5  # at-a-score metrics of a model without a stored operating point
+# The operating point of a model without a stored one (and of detections without a model): the at-a-score metrics of
+# `bafenet evaluate` and what `bafenet predict` keeps and draws. The one fallback of the package; the remote-code
+# pipeline (models/bafenet/pipeline_bafenet.py, which cannot import bafenet) repeats the same 0.5.
+FALLBACK_OPERATING_THRESHOLD = 0.5
 
 
 @dataclass(frozen=True)
