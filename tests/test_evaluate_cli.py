@@ -254,3 +254,15 @@ def test_stored_operating_point_is_the_default_of_evaluate_and_predict(tiny_mode
     assert Predictor(folder, device="cpu").operating_threshold == pytest.approx(0.004)
     assert Predictor(folder, operating_threshold=0.1, device="cpu").operating_threshold == 0.1
     assert Predictor(tiny_model_dir, device="cpu").operating_threshold == FALLBACK_OPERATING_THRESHOLD
+
+
+def test_scoring_options_old_names_are_deprecated_aliases():
+    from bafenet.evaluation import ScoringOptions
+
+    options = ScoringOptions.from_arguments(None, iou_threshold=0.4)
+    assert options.with_fallback_threshold(0.2).operating_threshold == 0.2
+    assert options.with_fallback_threshold(0.2).with_fallback_threshold(0.7).operating_threshold == 0.2
+    with pytest.warns(DeprecationWarning, match="from_arguments"):
+        assert ScoringOptions.of(None, iou_threshold=0.4) == options
+    with pytest.warns(DeprecationWarning, match="with_fallback_threshold"):
+        assert options.at(0.2) == options.with_fallback_threshold(0.2)

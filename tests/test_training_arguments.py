@@ -14,6 +14,7 @@ from bafenet.training import (
     DataArguments,
     ModelArguments,
     RunArguments,
+    BafeNetTrainingArguments,
     TrainingArguments,
     arguments_from_namespace,
     build_parser,
@@ -21,7 +22,7 @@ from bafenet.training import (
 )
 
 
-def _parse(argv: list[str]) -> TrainingArguments:
+def _parse(argv: list[str]) -> BafeNetTrainingArguments:
     return arguments_from_namespace(build_parser().parse_args(argv))
 
 
@@ -40,11 +41,12 @@ def test_parser_is_an_hf_argument_parser_and_takes_snake_and_kebab_flags():
 
 def test_groups_hold_every_option_once_and_rebuild_the_flat_arguments():
     names = [f.name for group in ARGUMENT_GROUPS for f in dataclasses.fields(group)]
-    assert sorted(names) == sorted(f.name for f in dataclasses.fields(TrainingArguments)) and len(set(names)) == len(names)
-    args = TrainingArguments.from_groups(ModelArguments(backbone="resnet50"), DataArguments(train_repeats=1),
+    assert sorted(names) == sorted(f.name for f in dataclasses.fields(BafeNetTrainingArguments))
+    assert len(set(names)) == len(names)
+    args = BafeNetTrainingArguments.from_groups(ModelArguments(backbone="resnet50"), DataArguments(train_repeats=1),
                                          RunArguments(output_dir="runs/y"))
     assert (args.backbone, args.train_repeats, args.output_dir, args.seed) == ("resnet50", 1, "runs/y", 42)
-    assert TrainingArguments.from_groups(*args.groups()) == args
+    assert BafeNetTrainingArguments.from_groups(*args.groups()) == args
 
 
 def test_explicit_options_win_over_the_recipe_even_at_their_default():
@@ -72,10 +74,10 @@ def test_resume_booleans_and_tuples():
 
 
 def test_command_line_rebuilds_the_arguments():
-    args = TrainingArguments(output_dir="runs/z", paper_protocol=True, lr_milestones=(4,), learning_rate=0.01,
+    args = BafeNetTrainingArguments(output_dir="runs/z", paper_protocol=True, lr_milestones=(4,), learning_rate=0.01,
                              test_split="", copy_paste_gain=(0.2, 0.3))
     assert _parse(command_line(args)) == args
-    assert command_line(TrainingArguments()) == []
+    assert command_line(BafeNetTrainingArguments()) == []
 
 
 def test_the_namespace_holds_only_the_options_given_and_the_help_shows_every_default():
@@ -113,10 +115,17 @@ def test_the_parser_uses_no_private_argparse_or_hf_argument_parser_api():
 def test_override_values_are_checked_against_the_resolved_types():
     from bafenet.training.arguments import _accepted_types
 
-    assert _accepted_types(list[int] | tuple[int, ...]) == (list, tuple) and _accepted_types(float | None) == (int, float)
+    assert _accepted_types(list[int] | tuple[int, ...]) == (list, tuple)
+    assert _accepted_types(float | None) == (int, float)
     assert _accepted_types(dict[str, int] | None) == (dict,) and _accepted_types(Any) is None
-    args = TrainingArguments(processor_overrides="image_mean=[0.5,0.5,0.5],image_std=[0.2,0.2,0.2]",
+    args = BafeNetTrainingArguments(processor_overrides="image_mean=[0.5,0.5,0.5],image_std=[0.2,0.2,0.2]",
                              config_overrides="strides=[8,16,32],backbone_out_indices=[2,3,4]")
     assert "image_mean=[0.5,0.5,0.5]" in args.processor_overrides  # a sequence, once refused as "a int or float"
     with pytest.raises(ValueError, match="strides=8 must be a list or tuple"):
-        TrainingArguments(config_overrides="strides=8")
+        BafeNetTrainingArguments(config_overrides="strides=8")
+
+
+def test_training_arguments_is_the_deprecated_alias_of_bafenet_training_arguments():
+    from bafenet.training import arguments
+
+    assert TrainingArguments is BafeNetTrainingArguments is arguments.TrainingArguments  # transformers' name, kept

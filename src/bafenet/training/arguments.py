@@ -2,8 +2,8 @@
 command-line parser built from them: a `transformers.HfArgumentParser` with one public ``add_argument`` per field
 (``--output-dir`` and ``--output_dir`` both work, as in transformers' examples).
 
-`TrainingArguments` is all groups in one flat object, which the trainer reads; build it directly, from the groups
-(`TrainingArguments.from_groups`) or from a recipe (`TrainingArguments.from_recipe`).
+`BafeNetTrainingArguments` (formerly `TrainingArguments`, still an alias) is all groups in one flat object, which the
+trainer reads; build it directly, from the groups (`.from_groups`) or from a recipe (`.from_recipe`).
 """
 
 from __future__ import annotations
@@ -193,7 +193,8 @@ ARGUMENT_GROUPS = (ModelArguments, DataArguments, AugmentationArguments, Optimiz
 
 
 @dataclass
-class TrainingArguments(RunArguments, OptimizationArguments, AugmentationArguments, DataArguments, ModelArguments):
+class BafeNetTrainingArguments(RunArguments, OptimizationArguments, AugmentationArguments, DataArguments,
+                               ModelArguments):
     """Every option of ``train_accelerate.py`` / ``bafenet train``: the five groups in one object (``--help`` prints
     them with defaults)."""
 
@@ -216,13 +217,13 @@ class TrainingArguments(RunArguments, OptimizationArguments, AugmentationArgumen
                                "--processor-overrides")
 
     @classmethod
-    def from_groups(cls, *groups: Any) -> "TrainingArguments":
+    def from_groups(cls, *groups: Any) -> "BafeNetTrainingArguments":
         """One object from group instances (`ModelArguments(...)`, `RunArguments(...)`, ...); missing groups take
         their defaults."""
         return cls(**{k: v for group in groups for k, v in dataclasses.asdict(group).items()})
 
     @classmethod
-    def from_recipe(cls, recipe: str | None, **kwargs: Any) -> "TrainingArguments":
+    def from_recipe(cls, recipe: str | None, **kwargs: Any) -> "BafeNetTrainingArguments":
         """Arguments of the named recipe (:data:`RECIPES`), ``kwargs`` winning; ``config_overrides`` are merged
         key by key (yours win). ``recipe=None`` is the paper's recipe (the dataclass defaults)."""
         if recipe is not None and recipe not in RECIPES:
@@ -245,6 +246,11 @@ class TrainingArguments(RunArguments, OptimizationArguments, AugmentationArgumen
         if self.learning_rate is not None:
             return self.learning_rate
         return 1.0 if self.optimizer == "dadapt_adam" else 1e-4
+
+
+# Deprecated alias (0.3.0): the name of transformers' own, different class. Kept for old imports, without a warning
+# (training/loop.py and optim.py still import it).
+TrainingArguments = BafeNetTrainingArguments
 
 
 def parse_config_overrides(text: str | None, option: str = "--config-overrides") -> dict[str, Any]:
@@ -385,7 +391,7 @@ def build_parser(prog: str = "train_accelerate.py") -> argparse.ArgumentParser:
     return parser
 
 
-def command_line(args: TrainingArguments) -> list[str]:
+def command_line(args: BafeNetTrainingArguments) -> list[str]:
     """The ``train_accelerate.py`` options that rebuild ``args``: every value that differs from its default."""
     argv: list[str] = []
     for dataclass_field in dataclasses.fields(args):
@@ -402,9 +408,9 @@ def command_line(args: TrainingArguments) -> list[str]:
     return argv
 
 
-def arguments_from_namespace(namespace: argparse.Namespace) -> TrainingArguments:
+def arguments_from_namespace(namespace: argparse.Namespace) -> BafeNetTrainingArguments:
     """The options the command line gave (`add_arguments` leaves the others out of the namespace), the
     ``--recipe``'s values for the rest, the defaults for what neither sets."""
-    given = {f.name: getattr(namespace, f.name) for f in dataclasses.fields(TrainingArguments)
+    given = {f.name: getattr(namespace, f.name) for f in dataclasses.fields(BafeNetTrainingArguments)
              if hasattr(namespace, f.name)}
-    return TrainingArguments.from_recipe(given.pop("recipe", None), **given)
+    return BafeNetTrainingArguments.from_recipe(given.pop("recipe", None), **given)
