@@ -9,6 +9,7 @@ importing ``a/b.py`` (or ``a/b/__init__.py``), not the parent packages Python al
 from __future__ import annotations
 
 import ast
+import functools
 import re
 from pathlib import Path
 
@@ -43,10 +44,15 @@ def imported_modules(path: Path, modules: dict[str, Path]) -> set[str]:
     return {name for name in found if name in modules} - {_module_name(path)}
 
 
-def import_graph() -> dict[str, set[str]]:
-    """Module -> the modules it imports, for the whole package."""
+@functools.cache
+def _package_graph() -> dict[str, frozenset[str]]:
     modules = _modules()
-    return {name: imported_modules(path, modules) for name, path in modules.items()}
+    return {name: frozenset(imported_modules(path, modules)) for name, path in modules.items()}
+
+
+def import_graph() -> dict[str, set[str]]:
+    """Module -> the modules it imports, for the whole package (read once per session, a fresh copy per call)."""
+    return {name: set(imports) for name, imports in _package_graph().items()}
 
 
 def readme_rows() -> list[tuple[str, list[str]]]:
