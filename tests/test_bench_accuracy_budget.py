@@ -26,10 +26,13 @@ def test_smoke_mode_trains_both_for_the_same_time_and_scores_both_with_bafenet_e
         assert label in table, label
 
     summary = json.loads((out / "summary.json").read_text())
-    budget = 60 * summary["minutes"]
+    assert summary["mode"].startswith("concurrent")  # both trained at once, one thread each
+    # each stopped by the same time budget, not by an epoch or update ceiling (no upper bound on the seconds: a loaded
+    # machine may overrun the budget by any amount, which says nothing about the benchmark)
+    assert json.loads((out / "ours" / "metrics.json").read_text())["stopped_early"] == "max_train_minutes"
     for name in ("ours", "peer"):
         training = summary[name]["training"]
-        assert training["updates"] > 0 and budget <= training["train_seconds"] < budget + 30, (name, training)
+        assert training["updates"] > 0 and training["train_seconds"] >= 60 * summary["minutes"], (name, training)
         assert set(summary[name]["test"]) >= {"mAP07", "mAP12", "recall"} and summary[name]["size_groups"]
     # ours: the normal trainer, pinned to 0 loader workers; selected on validation, scored as a model folder
     train_args = json.loads((out / "ours" / "train_args.json").read_text())

@@ -145,6 +145,7 @@ def test_missing_images_fail_with_a_list_or_are_skipped_and_reported(synthetic_d
     assert train["image_name"] == [i for i in devkit.split_ids("train_v2") if i not in gone]
 
 
+@pytest.mark.slow  # two worker processes
 def test_parallel_build_is_identical_and_reports_bad_files(synthetic_devkit, synthetic_dataset_dir, tmp_path):
     out = build_dataset(synthetic_devkit, tmp_path / "densesirst", num_proc=2, configs=["default"], stats=False)
     for split in ("train", "validation", "test"):
@@ -187,6 +188,7 @@ def test_real_devkit_needs_skip_missing(real_devkit, tmp_path):
         build_dataset(real_devkit, tmp_path / "densesirst", stats=False)
 
 
+@pytest.mark.slow  # reads the real test split (seconds)
 @pytest.mark.real_data
 def test_real_test_split_is_complete_and_equal_to_the_xml(real_devkit, tmp_path):
     out = build_dataset(real_devkit, tmp_path / "densesirst", configs=["default"], splits=["test"], stats=False)

@@ -13,6 +13,8 @@ import torch
 from bafenet.checkpoints import REQUIRED_FILES
 from bafenet.training import list_checkpoints, main
 
+pytestmark = pytest.mark.slow  # every test trains a tiny model first (several seconds)
+
 
 @pytest.fixture(autouse=True)
 def _fresh_accelerate_state():

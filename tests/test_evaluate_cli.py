@@ -223,10 +223,10 @@ def test_model_and_predictions_are_exclusive(tmp_path, capsys):
 
 def test_stored_operating_point_is_the_default_of_evaluate_and_predict(tiny_model_dir, test_split, tmp_path):
     """config.operating_threshold (the trainer's best-F1 score on validation) sets the at-a-score metrics of
-    `evaluate` and the `predict` threshold unless given; without one they fall back to 0.5 / 0.3."""
+    `evaluate` and the `predict` threshold unless given; without one both fall back to FALLBACK_OPERATING_THRESHOLD."""
     import shutil
 
-    from bafenet.evaluation import ScoringOptions, evaluate_model
+    from bafenet.evaluation import FALLBACK_OPERATING_THRESHOLD, ScoringOptions, evaluate_model
     from bafenet.models.bafenet import BafeNetForObjectDetection, BafeNetImageProcessor
     from bafenet.predict import Predictor
 
@@ -250,7 +250,19 @@ def test_stored_operating_point_is_the_default_of_evaluate_and_predict(tiny_mode
     with pytest.raises(TypeError, match="pass ScoringOptions"):  # 0.1.0's positional operating threshold
         evaluate_model(model, processor, rows, 0.3, progress=False)
     model.config.operating_threshold = None
-    assert evaluate_model(model, processor, rows, **kwargs)["operating_threshold"] == 0.5
+    assert evaluate_model(model, processor, rows, **kwargs)["operating_threshold"] == FALLBACK_OPERATING_THRESHOLD == 0.5
     assert Predictor(folder, device="cpu").operating_threshold == pytest.approx(0.004)
     assert Predictor(folder, operating_threshold=0.1, device="cpu").operating_threshold == 0.1
-    assert Predictor(tiny_model_dir, device="cpu").operating_threshold == 0.3
+    assert Predictor(tiny_model_dir, device="cpu").operating_threshold == FALLBACK_OPERATING_THRESHOLD
+
+
+def test_scoring_options_old_names_are_deprecated_aliases():
+    from bafenet.evaluation import ScoringOptions
+
+    options = ScoringOptions.from_arguments(None, iou_threshold=0.4)
+    assert options.with_fallback_threshold(0.2).operating_threshold == 0.2
+    assert options.with_fallback_threshold(0.2).with_fallback_threshold(0.7).operating_threshold == 0.2
+    with pytest.warns(DeprecationWarning, match="from_arguments"):
+        assert ScoringOptions.of(None, iou_threshold=0.4) == options
+    with pytest.warns(DeprecationWarning, match="with_fallback_threshold"):
+        assert options.at(0.2) == options.with_fallback_threshold(0.2)

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-pytestmark = pytest.mark.usefixtures("one_thread_module")
+pytestmark = [pytest.mark.usefixtures("one_thread_module"), pytest.mark.slow]  # trains a DETR-style recipe
 
 
 def format_image_annotations_as_coco(image_id, categories, areas, bboxes):

@@ -225,6 +225,7 @@ def test_token_never_appears_in_output_logs_requests_or_files(pushed, loaded_bac
 
 
 # -- in-process behaviour ----------------------------------------------------------------------------------------------
+@pytest.mark.slow  # local Hub server
 def test_dry_run_lists_every_file_and_sends_nothing(hub, tiny_model_dir, synthetic_dataset_dir, capsys, monkeypatch):
     from bafenet.hub import main
 
@@ -248,6 +249,7 @@ def _auto_map_code_file(model_dir: Path) -> str:
     return next(v for k, v in auto_map.items() if k != "AutoConfig").rsplit(".", 1)[0] + ".py"
 
 
+@pytest.mark.slow  # local Hub server
 @pytest.mark.parametrize("missing", ["model.safetensors", "config.json", "preprocessor_config.json", "<auto_map code>"])
 def test_incomplete_model_folder_fails_before_sending(hub_api, tiny_model_dir, tmp_path, missing):
     from bafenet.hub import HubFolderError
@@ -269,6 +271,7 @@ def test_incomplete_folder_cli_exits_1_with_message(tiny_model_dir, tmp_path, ca
     assert "model.safetensors: missing" in capsys.readouterr().err
 
 
+@pytest.mark.slow  # local Hub server
 def test_incomplete_dataset_folder_fails_before_sending(hub_api, synthetic_dataset_dir, tmp_path):
     from bafenet.hub import HubFolderError
 
@@ -286,6 +289,7 @@ def test_incomplete_dataset_folder_fails_before_sending(hub_api, synthetic_datas
     assert len(hub_api.state.requests) == before
 
 
+@pytest.mark.slow  # local Hub server
 def test_folder_holding_the_token_is_refused(hub_api, tiny_model_dir, tmp_path):
     from bafenet.hub import HubFolderError
 
@@ -297,6 +301,7 @@ def test_folder_holding_the_token_is_refused(hub_api, tiny_model_dir, tmp_path):
     assert FAKE_TOKEN not in str(info.value) and len(hub_api.state.requests) == before
 
 
+@pytest.mark.slow  # local Hub server
 def test_push_without_flag_keeps_remote_files_and_dry_run_lists_deletions(hub_api, tiny_model_dir, tmp_path):
     repo = "tester/bafenet-keep"
     folder = _linked_copy(tiny_model_dir, tmp_path / "model")
@@ -318,6 +323,7 @@ def test_push_without_flag_keeps_remote_files_and_dry_run_lists_deletions(hub_ap
     assert "notes.txt" not in hub_api.files(repo) and "extra.txt" in hub_api.files(repo)
 
 
+@pytest.mark.slow  # local Hub server
 def test_token_found_in_large_binary_file_across_chunk_boundary(hub_api, tiny_model_dir, tmp_path):
     from bafenet.hub import SCAN_CHUNK_BYTES, HubFolderError, file_contains
 
@@ -361,6 +367,7 @@ def test_model_card_licence_defaults_to_other_pointing_to_the_data(tiny_model_di
     assert meta["license"] == "mit" and "license_link" not in meta and "(mit) was chosen" in card
 
 
+@pytest.mark.slow  # local Hub server
 def test_push_again_updates_in_one_commit_and_deletes_stale_files(hub_api, tiny_model_dir, tmp_path):
     repo = "tester/bafenet-repush"
     folder = _linked_copy(tiny_model_dir, tmp_path / "model")
@@ -384,6 +391,7 @@ def test_push_again_updates_in_one_commit_and_deletes_stale_files(hub_api, tiny_
     assert len(hub_api.commits(repo)) == 3
 
 
+@pytest.mark.slow  # local Hub server
 def test_revision_and_pull_request_leave_main_alone(hub_api, synthetic_dataset_dir, tmp_path):
     repo = "tester/densesirst-branches"
     folder = _linked_copy(synthetic_dataset_dir, tmp_path / "data")
@@ -398,6 +406,7 @@ def test_revision_and_pull_request_leave_main_alone(hub_api, synthetic_dataset_d
     assert hub_api.files(repo, "dataset") == main_files
 
 
+@pytest.mark.slow  # local Hub server
 def test_missing_token_is_a_clear_error(hub, tiny_model_dir, monkeypatch, tmp_path):
     from bafenet.hub import HubFolderError
 
@@ -457,6 +466,7 @@ def test_training_run_folder_uploads_only_the_final_model(tiny_model_dir, tmp_pa
     assert "- `meta.seconds`: 3.5" in card and "`detections` (list of 9 entries)" in card
 
 
+@pytest.mark.slow  # local Hub server
 def test_local_hub_stops_by_itself():
     hub = LocalHub(lifetime=0.3).start()
     with pytest.raises(urllib.error.HTTPError, match="404"):
@@ -490,6 +500,7 @@ FROM_CONFIG = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow  # local Hub server and a fresh process
 def test_pushed_config_with_backbone_weights_loads_from_config_in_a_fresh_process(hub_api, tmp_path):
     """config.json travels: the local weights file is gone (another machine), `from_config` still builds the model."""
     torchvision = pytest.importorskip("torchvision")
@@ -535,6 +546,7 @@ LOAD_METRIC = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow  # local Hub server and a fresh process
 def test_metric_repo_pushes_the_generated_module_as_a_space_that_evaluate_loads(hub_api, tmp_path, capsys):
     """`--dry-run` lists the generated files and sends nothing; the push makes one Space commit holding exactly the
     files of `bafenet metric export`; `evaluate.load("tester/densesirst_voc")` in a fresh process runs it."""

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from bafenet.metrics.evaluate_module import evaluate_module_files, undefined_names, write_evaluate_module
+from bafenet.metric_export import write_evaluate_module
+from bafenet.metrics.evaluate_module import evaluate_module_files, undefined_names
 from bafenet.outputs import MARKER
 
 # imported before `no_network` sets HF_HUB_OFFLINE: huggingface_hub reads it once, at import, and later tests push

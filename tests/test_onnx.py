@@ -14,6 +14,8 @@ from PIL import Image
 
 from conftest import TINY_MODEL_KWARGS
 
+pytestmark = pytest.mark.slow  # exports ONNX (several seconds)
+
 ort = pytest.importorskip("onnxruntime")
 pytest.importorskip("onnx")
 

@@ -180,6 +180,7 @@ def test_bad_input_names_the_image():
         S.compute_target_stats(datasets.Dataset.from_dict({"image_id": ["x"]}), progress=False)
 
 
+@pytest.mark.slow  # draws every plot (seconds)
 def test_write_card_stats_files_and_relative_links(tmp_path):
     import datasets
 
@@ -234,6 +235,7 @@ def test_built_dataset_card_embeds_the_statistics(synthetic_dataset_dir):
         assert f"]({link})" in card and (synthetic_dataset_dir / link).is_file()
 
 
+@pytest.mark.slow  # measures 64 real images
 @pytest.mark.real_data
 def test_readme_claims_on_real_test_split(real_devkit):
     """Size and brightness claims on 64 real test_v2 images (the full numbers are in the README section 'stats')."""

@@ -213,6 +213,7 @@ def test_sigkill_and_resume_reaches_the_same_weights(synthetic_dataset_dir, tiny
     assert resumed_metrics["global_step"] == 6
 
 
+@pytest.mark.slow  # trains
 def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_good_checkpoint(
     synthetic_dataset_dir, tiny_model_dir, tmp_path, capsys
 ):

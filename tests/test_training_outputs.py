@@ -9,6 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+pytestmark = pytest.mark.slow  # trains a tiny model
+
 
 @pytest.fixture(autouse=True)
 def _fresh_accelerate_state():

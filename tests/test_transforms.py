@@ -209,6 +209,7 @@ def test_bag_cp_pastes_targets_of_the_real_size_on_the_synthetic_devkit(syntheti
     np.testing.assert_allclose(pasted, real, atol=0.2)
 
 
+@pytest.mark.slow  # reads the real devkit (seconds)
 @pytest.mark.real_data
 def test_bag_cp_pastes_targets_of_the_real_size_on_the_real_devkit(real_devkit, tmp_path):
     """Measured at 512²: real 3.52 x 4.43 px; pasted 4.41 x 4.86 before the fix (floor..ceil), 3.50 x 4.40 after."""

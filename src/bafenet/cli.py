@@ -27,7 +27,7 @@ COMMANDS: dict[tuple[str, ...], tuple[str, str]] = {
     ("evaluate",): ("bafenet.evaluation", "score a model on a dataset split (VOC, COCO, IoU/nIoU/Pd/Fa, points)"),
     ("predict",): ("bafenet.predict", "detect targets in image files and draw them"),
     ("export", "onnx"): ("bafenet.export_onnx", "export the dense network to ONNX"),
-    ("metric", "export"): ("bafenet.metrics.evaluate_module",
+    ("metric", "export"): ("bafenet.metric_export",
                            "write the VOC box metrics as a standalone Hugging Face `evaluate` module folder"),
     ("push",): ("bafenet.hub", "publish a model, a dataset and/or the metric to the Hub (same code as push_to_hub.py)"),
 }

@@ -29,6 +29,7 @@ import json
 import math
 import platform
 import time
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -48,7 +49,10 @@ from .metrics.render import box_centers, boxes_to_mask
 __all__ = ["ScoringOptions", "add_arguments", "evaluate_model", "evaluate_predictions", "load_predictions",
            "predict_split", "run", "score_detections", "write_pr_curve"]
 
-FALLBACK_OPERATING_THRESHOLD = 0.5  # at-a-score metrics of a model without a stored operating point
+# The operating point of a model without a stored one (and of detections without a model): the at-a-score metrics of
+# `bafenet evaluate` and what `bafenet predict` keeps and draws. The one fallback of the package; the remote-code
+# pipeline (models/bafenet/pipeline_bafenet.py, which cannot import bafenet) repeats the same 0.5.
+FALLBACK_OPERATING_THRESHOLD = 0.5
 
 
 @dataclass(frozen=True)
@@ -68,16 +72,29 @@ class ScoringOptions:
     pd_matching: str = "greedy"
 
     @classmethod
-    def of(cls, options: "ScoringOptions | None", **fields: Any) -> "ScoringOptions":
+    def from_arguments(cls, options: "ScoringOptions | None", **fields: Any) -> "ScoringOptions":
         """``options`` (default: the defaults) with ``fields`` changed: the keyword form of every scoring function."""
         if options is not None and not isinstance(options, cls):
             raise TypeError(f"options must be a ScoringOptions, got {type(options).__name__} {options!r}; pass "
                             "ScoringOptions(...) or keyword arguments (operating_threshold=..., iou_threshold=...)")
         return replace(options or cls(), **fields)
 
-    def at(self, fallback: float) -> "ScoringOptions":
+    def with_fallback_threshold(self, fallback: float) -> "ScoringOptions":
         """These options with ``operating_threshold`` resolved (``fallback`` when it is None)."""
         return self if self.operating_threshold is not None else replace(self, operating_threshold=float(fallback))
+
+    @classmethod
+    def of(cls, options: "ScoringOptions | None", **fields: Any) -> "ScoringOptions":
+        """Deprecated (0.3.0) name of :meth:`from_arguments`."""
+        warnings.warn("ScoringOptions.of is deprecated; use ScoringOptions.from_arguments", DeprecationWarning,
+                      stacklevel=2)
+        return cls.from_arguments(options, **fields)
+
+    def at(self, fallback: float) -> "ScoringOptions":
+        """Deprecated (0.3.0) name of :meth:`with_fallback_threshold`."""
+        warnings.warn("ScoringOptions.at is deprecated; use ScoringOptions.with_fallback_threshold",
+                      DeprecationWarning, stacklevel=2)
+        return self.with_fallback_threshold(fallback)
 
 
 def _binary_mask(image: Any, column: str, image_id: str, shape: tuple[int, int]) -> np.ndarray:
@@ -240,7 +257,7 @@ def evaluate_predictions(
     """
     from tqdm.auto import tqdm
 
-    opts = ScoringOptions.of(options, **scoring).at(FALLBACK_OPERATING_THRESHOLD)
+    opts = ScoringOptions.from_arguments(options, **scoring).with_fallback_threshold(FALLBACK_OPERATING_THRESHOLD)
     operating_threshold, iou_threshold, legacy_plus_one = (opts.operating_threshold, opts.iou_threshold,
                                                            opts.legacy_plus_one)
 
@@ -396,7 +413,7 @@ def evaluate_model(model: Any, processor: Any, dataset: Any, options: ScoringOpt
 
     ``options`` / ``scoring``: see :class:`ScoringOptions`; an unset ``operating_threshold`` is the model's stored
     operating point (:func:`stored_operating_threshold`)."""
-    opts = ScoringOptions.of(options, **scoring).at(stored_operating_threshold(model))
+    opts = ScoringOptions.from_arguments(options, **scoring).with_fallback_threshold(stored_operating_threshold(model))
     sky = SkyIoU() if "sky_mask" in dataset.column_names and hasattr(processor, "post_process_sky_segmentation") else None
     detections = predict_split(model, processor, dataset, batch_size, device, detection_threshold, sky, progress)
     return score_detections(detections, dataset, opts, detection_threshold, progress, sky=sky)
@@ -415,7 +432,7 @@ def score_detections(
     """Score detections of a model or of a predictions file alike; returns ``{**metrics, "conventions",
     "detections"}`` (``options`` / ``scoring``: see :class:`ScoringOptions`; ``sky``: a filled :class:`SkyIoU` to
     report; ``predictions``: the file they came from)."""
-    opts = ScoringOptions.of(options, **scoring).at(FALLBACK_OPERATING_THRESHOLD)
+    opts = ScoringOptions.from_arguments(options, **scoring).with_fallback_threshold(FALLBACK_OPERATING_THRESHOLD)
     metrics = evaluate_predictions(detections, dataset, opts, progress)
     if sky is not None:
         metrics.update(sky.compute())

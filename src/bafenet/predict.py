@@ -36,6 +36,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from .data.transforms import to_grey
+from .evaluation import FALLBACK_OPERATING_THRESHOLD
 
 IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".pgm", ".ppm"})
 DEFAULT_MAX_PIXELS = Image.MAX_IMAGE_PIXELS  # Pillow's decompression-bomb limit, 89,478,485 pixels
@@ -125,9 +126,6 @@ class Detections:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-FALLBACK_OPERATING_THRESHOLD = 0.3  # for a model without a stored operating point
-
-
 class Predictor:
     """Image processor + BAFE-Net (PyTorch, or the dense network in onnxruntime) + post-processing.
 
@@ -137,7 +135,7 @@ class Predictor:
             onnxruntime and only the image processor is loaded from ``model``.
         operating_threshold: keep detections whose final score (sigmoid(cls) x sigmoid(centerness)) is at least
             this; None: the model's stored operating point (``config.operating_threshold``, the best-F1 score on
-            validation), else 0.3.
+            validation), else `bafenet.evaluation.FALLBACK_OPERATING_THRESHOLD` (0.5, as `bafenet evaluate`).
         detection_threshold: the post-processing cut on sigmoid(cls) before NMS; None: the image processor's
             ``detection_threshold`` (0.05).
         device: torch device for the PyTorch path (default: CUDA when available, else CPU).
@@ -303,7 +301,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, type=Path, help="output folder (predictions.json, overlays/, sky/)")
     parser.add_argument("--operating-threshold", type=float, default=None,
                         help="minimum final detection score drawn and written (default: the model's "
-                        "operating_threshold, the best-F1 score on validation stored by training; 0.3 without one)")
+                        "operating_threshold, the best-F1 score on validation stored by training; "
+                        f"{FALLBACK_OPERATING_THRESHOLD} without one)")
     parser.add_argument("--detection-threshold", type=float, default=None,
                         help="detection cut of the post-processing, on sigmoid(cls) before NMS (default: the image "
                         "processor's detection_threshold, 0.05)")

@@ -145,11 +145,11 @@ def _run_steps(out: Path, settings: QuickstartSettings, overwrite: bool) -> dict
 
     # 3. training ------------------------------------------------------------------------------------------------
     t = _step(3, total, "train a small BAFE-Net (bafenet train = train_accelerate.py)")
-    from .training import TrainingArguments, command_line, train
+    from .training import BafeNetTrainingArguments, command_line, train
 
     _set_threads()
     overrides = {"config_overrides": settings.config_overrides} if settings.config_overrides else {}
-    train_args = TrainingArguments.from_recipe(
+    train_args = BafeNetTrainingArguments.from_recipe(
         settings.recipe, dataset=str(dataset_dir), output_dir=str(model_dir), overwrite_output_dir=True,
         num_train_epochs=settings.epochs, per_device_train_batch_size=settings.batch_size,
         eval_every_epochs=settings.epochs, test_split="", checkpointing_steps=0,

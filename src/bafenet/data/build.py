@@ -6,7 +6,7 @@ The folder holds only Parquet shards and the dataset card::
       README.md                                    card + YAML `configs:` (with `features:`)
       data/default/{train,validation,test}-00000-of-00001.parquet
       data/v1/{train,validation,test}-00000-of-00001.parquet
-      stats/                                       plots/JSON of `bafenet.data.stats` (when available)
+      stats/                                       plots/JSON of `bafenet.data.stats` (unless --no-stats)
 
 Every image is read and validated once (it may be in several configs), in ``num_proc`` processes; the original PNG
 bytes are embedded, so nothing is re-encoded. The rows are those of the `DenseSirst` GeneratorBasedBuilder
@@ -73,15 +73,12 @@ def _write_split(table: pa.Table, folder: Path, split: str) -> None:
         pq.write_table(shard, folder / f"{split}-{k:05d}-of-{num_shards:05d}.parquet", row_group_size=ROW_GROUP_SIZE)
 
 
-def _card_stats(tables: dict[str, pa.Table], out_dir: Path) -> str | None:
-    """Call `bafenet.data.stats.write_card_stats` on the default config, when that module is available."""
-    try:
-        from .stats import write_card_stats
-    except ImportError:
-        logger.info("bafenet.data.stats is not available: the card has no statistics section")
-        return None
+def _card_stats(tables: dict[str, pa.Table], out_dir: Path) -> str:
+    """Call `bafenet.data.stats.write_card_stats` on the default config."""
     import datasets
     from datasets.table import InMemoryTable
+
+    from .stats import write_card_stats
 
     info = datasets.DatasetInfo(features=FEATURES)
     dataset = datasets.DatasetDict(
@@ -119,7 +116,7 @@ def build_dataset(
         configs: restrict to these configs (``"default"``, ``"v1"``); default all.
         splits: restrict to these dataset splits (``"train"``, ``"validation"``, ``"test"``); default all. E.g.
             ``configs=["default"], splits=["test"]`` builds only the test split, which is complete in the real devkit.
-        stats: embed `bafenet.data.stats.write_card_stats` plots/tables in the card (when that module exists).
+        stats: embed `bafenet.data.stats.write_card_stats` plots/tables in the card.
         overwrite: also replace an earlier build to which files were added since.
     """
     start = time.perf_counter()

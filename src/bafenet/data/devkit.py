@@ -26,8 +26,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from .sample import DetectionSample
-from .transforms import to_grey
+from .sample import DetectionSample, to_grey
 
 DevkitSample = DetectionSample  # the devkit reader returns the one sample type (name kept for old imports)
 

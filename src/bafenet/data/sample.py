@@ -1,13 +1,15 @@
-"""The one sample type: an image with its boxes, points and masks (``DetectionSample``)."""
+"""The one sample type: an image with its boxes, points and masks (``DetectionSample``), and the one grey
+conversion (``to_grey``) of the devkit reader, the samples, the statistics and prediction."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-__all__ = ["DetectionSample"]
+__all__ = ["DetectionSample", "to_grey"]
 
 
 @dataclass
@@ -54,3 +56,16 @@ class DetectionSample:
     @property
     def width(self) -> int:
         return int(self.image.shape[1])
+
+
+def to_grey(image: Any) -> np.ndarray:
+    """PIL image or array (L, LA, RGB, RGBA, I;16) -> (H, W) uint8 luminance (ITU-R 601, as PIL's ``convert("L")``)."""
+    if hasattr(image, "convert"):
+        if image.mode not in ("L", "RGB"):
+            image = image.convert("RGB")
+        return np.asarray(image.convert("L"), dtype=np.uint8)
+    array = np.asarray(image)
+    if array.ndim == 3:
+        rgb = array[..., :3].astype(np.float32)
+        array = np.rint(rgb @ np.array([0.299, 0.587, 0.114], dtype=np.float32))
+    return np.clip(array, 0, 255).astype(np.uint8)

@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from .sample import DetectionSample
+from .sample import DetectionSample, to_grey  # to_grey re-exported: its home is the dataset row
 
 __all__ = [
     "BagCopyPaste",
@@ -43,19 +43,6 @@ __all__ = [
     "to_grey",
     "to_coco_annotation",
 ]
-
-
-def to_grey(image: Any) -> np.ndarray:
-    """PIL image or array (L, LA, RGB, RGBA, I;16) -> (H, W) uint8 luminance (ITU-R 601, as PIL's ``convert("L")``)."""
-    if hasattr(image, "convert"):
-        if image.mode not in ("L", "RGB"):
-            image = image.convert("RGB")
-        return np.asarray(image.convert("L"), dtype=np.uint8)
-    array = np.asarray(image)
-    if array.ndim == 3:
-        rgb = array[..., :3].astype(np.float32)
-        array = np.rint(rgb @ np.array([0.299, 0.587, 0.114], dtype=np.float32))
-    return np.clip(array, 0, 255).astype(np.uint8)
 
 
 def _to_mask(mask: Any) -> np.ndarray:

@@ -16,14 +16,14 @@ The result is compiled and every global name it uses is checked to be defined (`
 that makes the VOC path call something new fails here, not on the Hub. ``evaluate.load(path)`` looks for the script
 named after its folder (or Hub repo), hence ``<name>/<name>.py``.
 
-`write_evaluate_module` (``bafenet metric export --out DIR``) writes it with its metric card (README.md, with the
-front matter of an ``evaluate`` Space), ``app.py`` (the Space's widget) and ``requirements.txt``;
-``bafenet push --metric-repo NS/NAME`` publishes the same files as a Hub Space.
+`evaluate_module_files` adds its metric card (README.md, with the front matter of an ``evaluate`` Space), ``app.py``
+(the Space's widget) and ``requirements.txt``. This module only makes text: `bafenet.metric_export`
+(``bafenet metric export --out DIR``) writes the files into a folder, ``bafenet push --metric-repo NS/NAME``
+publishes them as a Hub Space.
 """
 
 from __future__ import annotations
 
-import argparse
 import ast
 import builtins
 import inspect
@@ -34,10 +34,9 @@ from types import ModuleType
 
 from . import _checks, box
 
-__all__ = ["COMMAND", "DEFAULT_NAME", "SPACE_SDK", "add_arguments", "check_module_name",
-           "evaluate_module_files", "evaluate_module_source", "run", "undefined_names", "write_evaluate_module"]
+__all__ = ["DEFAULT_NAME", "SPACE_SDK", "check_module_name", "evaluate_module_files", "evaluate_module_source",
+           "undefined_names"]
 
-COMMAND = "metric export"
 DEFAULT_NAME = "densesirst_voc"
 SPACE_SDK = "gradio"  # what `evaluate-cli create` makes: the metric card's front matter and the Space's app.py
 _LIBRARY: tuple[ModuleType, ...] = (_checks, box)  # in import order: box imports from _checks
@@ -312,40 +311,3 @@ def evaluate_module_files(name: str = DEFAULT_NAME) -> dict[str, str]:
                  kwargs_description=_fill(_KWARGS_DESCRIPTION, name=name))
     return {f"{name}.py": evaluate_module_source(name), "README.md": card, "app.py": _fill(_APP, name=name),
             "requirements.txt": _REQUIREMENTS}
-
-
-def write_evaluate_module(out: str | Path, overwrite: bool = False) -> Path:
-    """Write the module into the folder ``out`` (script ``<folder name>.py``) and return ``out``; then
-    ``evaluate.load(str(out))`` loads it.
-
-    ``out`` must be new, empty or an earlier output of ``bafenet metric export`` (replaced; with ``overwrite`` even
-    when files were added since); any other folder is refused (`bafenet.outputs`).
-    """
-    from bafenet.outputs import replaced_dir
-
-    out = Path(out).expanduser()
-    files = evaluate_module_files(check_module_name(out.resolve().name, given=out))
-    with replaced_dir(out, COMMAND, overwrite=overwrite) as tmp:
-        for file_name, text in files.items():
-            (tmp / file_name).write_text(text, encoding="utf-8")
-    return out
-
-
-# -- command line ------------------------------------------------------------------------------------------------------
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.epilog = ("The script is named after the folder, as evaluate.load expects: --out densesirst_voc writes "
-                     "densesirst_voc/densesirst_voc.py, loaded with evaluate.load('./densesirst_voc').")
-    parser.add_argument("--out", required=True, type=Path,
-                        help="folder to write (new, empty or an earlier `bafenet metric export` output)")
-    parser.add_argument("--overwrite", action="store_true",
-                        help="also replace an earlier export to which files were added (never another folder)")
-
-
-def run(args: argparse.Namespace) -> int:
-    from bafenet.outputs import MARKER
-
-    out = write_evaluate_module(args.out, overwrite=args.overwrite)
-    written = sorted(p.name for p in out.iterdir() if p.name != MARKER)
-    path = str(out) if out.is_absolute() or str(out).startswith(".") else f"./{out}"
-    print(f"wrote {', '.join(written)} to {out}; load it with evaluate.load({path!r})")
-    return 0

@@ -27,6 +27,7 @@ from .arguments import (
     ARGUMENT_GROUPS,
     RECIPES,
     AugmentationArguments,
+    BafeNetTrainingArguments,
     DataArguments,
     ModelArguments,
     OptimizationArguments,
@@ -47,9 +48,10 @@ from .probe import parameters_without_gradient
 from .state import CHECKPOINT_PREFIX, RESUME_CHANGEABLE, RESUME_FIXED, TrainerState, list_checkpoints
 
 __all__ = [
-    "ARGUMENT_GROUPS", "RECIPES", "AugmentationArguments", "DataArguments", "ModelArguments",
-    "OptimizationArguments", "RunArguments", "TrainingArguments", "add_arguments", "arguments_from_namespace",
-    "build_parser", "check_config_overrides", "command_line", "parse_config_overrides", "main", "run", "AugmentedTrainDataset",
+    "ARGUMENT_GROUPS", "RECIPES", "AugmentationArguments", "BafeNetTrainingArguments", "DataArguments",
+    "ModelArguments", "OptimizationArguments", "RunArguments", "TrainingArguments", "add_arguments",
+    "arguments_from_namespace", "build_parser", "check_config_overrides", "command_line", "parse_config_overrides",
+    "main", "run", "AugmentedTrainDataset",
     "EpochShuffleSampler", "ground_truths", "COMMAND", "NonFiniteLossError", "Trainer",
     "train", "RecipeSchedule", "build_optimizer", "parameter_groups", "parameters_without_gradient",
     "CHECKPOINT_PREFIX", "RESUME_CHANGEABLE", "RESUME_FIXED", "TrainerState", "list_checkpoints",

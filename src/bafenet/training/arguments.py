@@ -1,18 +1,20 @@
 """The training options: five typed groups (model, data, augmentation, optimisation, run), the named recipes, and the
-command-line parser built from them with `transformers.HfArgumentParser` (``--output-dir`` and ``--output_dir`` both
-work, as in transformers' examples).
+command-line parser built from them: a `transformers.HfArgumentParser` with one public ``add_argument`` per field
+(``--output-dir`` and ``--output_dir`` both work, as in transformers' examples).
 
-`TrainingArguments` is all groups in one flat object, which the trainer reads; build it directly, from the groups
-(`TrainingArguments.from_groups`) or from a recipe (`TrainingArguments.from_recipe`).
+`BafeNetTrainingArguments` (formerly `TrainingArguments`, still an alias) is all groups in one flat object, which the
+trainer reads; build it directly, from the groups (`.from_groups`) or from a recipe (`.from_recipe`).
 """
 
 from __future__ import annotations
 
 import argparse
+import collections.abc
 import dataclasses
 import inspect
 import json
 import re
+import types
 import typing
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -52,7 +54,7 @@ RECIPES["cpu"] = RECIPES["cpu-tiles"]  # the recommended CPU recipe (see the REA
 
 def _arg(help: str, cli: dict[str, Any] | None = None, **kwargs: Any) -> Any:
     """A dataclass field with its ``--help`` text; ``cli``: extra `argparse.add_argument` keywords (nargs, const,
-    choices), passed on by `HfArgumentParser`; ``default`` / ``default_factory`` in kwargs."""
+    choices), passed to `add_argument`; ``default`` / ``default_factory`` in kwargs."""
     return field(metadata={"help": help, **(cli or {})}, **kwargs)
 
 
@@ -205,7 +207,8 @@ ARGUMENT_GROUPS = (ModelArguments, DataArguments, AugmentationArguments, Optimiz
 
 
 @dataclass
-class TrainingArguments(RunArguments, OptimizationArguments, AugmentationArguments, DataArguments, ModelArguments):
+class BafeNetTrainingArguments(RunArguments, OptimizationArguments, AugmentationArguments, DataArguments,
+                               ModelArguments):
     """Every option of ``train_accelerate.py`` / ``bafenet train``: the five groups in one object (``--help`` prints
     them with defaults)."""
 
@@ -228,13 +231,13 @@ class TrainingArguments(RunArguments, OptimizationArguments, AugmentationArgumen
                                "--processor-overrides")
 
     @classmethod
-    def from_groups(cls, *groups: Any) -> "TrainingArguments":
+    def from_groups(cls, *groups: Any) -> "BafeNetTrainingArguments":
         """One object from group instances (`ModelArguments(...)`, `RunArguments(...)`, ...); missing groups take
         their defaults."""
         return cls(**{k: v for group in groups for k, v in dataclasses.asdict(group).items()})
 
     @classmethod
-    def from_recipe(cls, recipe: str | None, **kwargs: Any) -> "TrainingArguments":
+    def from_recipe(cls, recipe: str | None, **kwargs: Any) -> "BafeNetTrainingArguments":
         """Arguments of the named recipe (:data:`RECIPES`), ``kwargs`` winning; ``config_overrides`` are merged
         key by key (yours win). ``recipe=None`` is the paper's recipe (the dataclass defaults)."""
         if recipe is not None and recipe not in RECIPES:
@@ -259,6 +262,11 @@ class TrainingArguments(RunArguments, OptimizationArguments, AugmentationArgumen
         return 1.0 if self.optimizer == "dadapt_adam" else 1e-4
 
 
+# Deprecated alias (0.3.0): the name of transformers' own, different class. Kept for old imports, without a warning
+# (training/loop.py and optim.py still import it).
+TrainingArguments = BafeNetTrainingArguments
+
+
 def parse_config_overrides(text: str | None, option: str = "--config-overrides") -> dict[str, Any]:
     """``"fpn_channels=32,strides=[4,8,16,32]"`` -> dict (JSON values where they parse). Brackets may hold commas."""
     out: dict[str, Any] = {}
@@ -280,6 +288,17 @@ def _init_parameters(cls: type) -> dict[str, inspect.Parameter]:
             if name != "self" and p.kind is p.POSITIONAL_OR_KEYWORD}
 
 
+def _accepted_types(hint: Any) -> tuple[type, ...] | None:
+    """The JSON value types an option of type ``hint`` accepts (None: any): ``X | Y`` those of both (None left
+    out), a float an int too, a tuple or sequence a list."""
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        members = [_accepted_types(a) for a in typing.get_args(hint) if a is not type(None)]
+        return None if None in members else tuple(dict.fromkeys(t for m in members for t in m))
+    origin = typing.get_origin(hint) or hint
+    accepted = {float: (int, float), list: (list,), tuple: (list, tuple), collections.abc.Sequence: (list, tuple)}
+    return accepted.get(origin, (origin,) if origin in (bool, int, str, dict) else None)
+
+
 def check_config_overrides(overrides: dict[str, Any], option: str = "--config-overrides") -> None:
     """Refuse keys that are not arguments of `BafeNetConfig` (``--config-overrides``) or `BafeNetImageProcessor`
     (``--processor-overrides``) and values of the wrong kind, naming the option that takes a misplaced key."""
@@ -292,6 +311,7 @@ def check_config_overrides(overrides: dict[str, Any], option: str = "--config-ov
                       if k in PROCESSOR_SETTINGS + ("do_normalize", "do_rescale")}  # the input geometry is the config's
     owners = {"--config-overrides": config_keys, "--processor-overrides": processor_keys}
     params = owners[option]
+    hints = typing.get_type_hints((BafeNetConfig if option == "--config-overrides" else BafeNetImageProcessor).__init__)
     valid = ", ".join(sorted(params))
     for key, value in overrides.items():
         if key not in params:
@@ -305,13 +325,7 @@ def check_config_overrides(overrides: dict[str, Any], option: str = "--config-ov
                                  "with --image-size or --config-overrides (input_mode, tile_scale, tile_window, "
                                  "tile_overlap)")
             raise ValueError(f"{option}: unknown key {key!r}; valid keys: {valid}")
-        default, annotation = params[key].default, str(params[key].annotation)
-        if default is not None and not isinstance(default, str):
-            kind = (bool,) if isinstance(default, bool) else (list, tuple) if isinstance(default, (list, tuple)) \
-                else (int, float) if isinstance(default, float) else (int,)
-        else:
-            kind = next((t for word, t in (("list", (list,)), ("dict", (dict,)), ("str", (str,)), ("float", (int, float)),
-                                           ("int", (int,))) if word in annotation), None)
+        default, kind = params[key].default, _accepted_types(hints[key])
         bad_bool = isinstance(value, bool) and bool not in (kind or (bool,))
         if value is not None and kind is not None and (not isinstance(value, kind) or bad_bool):
             expected = " or ".join(t.__name__ for t in kind)
@@ -320,48 +334,55 @@ def check_config_overrides(overrides: dict[str, Any], option: str = "--config-ov
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Command line: the groups through HfArgumentParser
+# Command line: one public `add_argument` per field, as HfArgumentParser would make it
 
 
-def _recording(action: type[argparse.Action]) -> type[argparse.Action]:
-    """``action`` that also notes its ``dest`` in ``namespace._explicit`` (so a recipe never overrides an option the
-    user gave, even one equal to the default)."""
-
-    class Recording(action):  # type: ignore[misc, valid-type]
-        def __call__(self, parser, namespace, values, option_string=None):  # noqa: ANN001
-            explicit = getattr(namespace, "_explicit", set())
-            explicit.add(self.dest)
-            namespace._explicit = explicit
-            super().__call__(parser, namespace, values, option_string)
-
-    return Recording
+def _without_none(hint: Any) -> Any:
+    """``X | None`` -> ``X`` (the option's type; None stays the default)."""
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        return args[0] if len(args) == 1 else hint
+    return hint
 
 
-def _add_field(group: Any, dataclass_field: dataclasses.Field) -> None:
-    """One option through `HfArgumentParser._parse_dataclass_field` (``--snake_case`` and ``--kebab-case``), plus
-    what it leaves out: tuples with their length, ``--no-...`` for every boolean, the default in the help."""
-    from transformers import HfArgumentParser
+def _field_kwargs(hint: Any, dataclass_field: dataclasses.Field) -> dict[str, Any]:
+    """`add_argument` keywords of a field: its type as `HfArgumentParser` reads it (Literal -> choices, bool ->
+    ``--flag [BOOL]``), tuples with their length, the ``cli`` extras of `_arg`, the default shown in the help and left
+    out of the namespace (``argparse.SUPPRESS``: the namespace holds only what the command line gave)."""
+    from transformers.hf_argparser import make_choice_type_function, string_to_bool
 
-    name, hint = dataclass_field.name, dataclass_field.type
-    options = [f"--{name}"] + ([f"--{name.replace('_', '-')}"] if "_" in name else [])
-    help_text = dataclass_field.metadata["help"] + ("" if hint is bool else " (default: %(default)s)")
-    if typing.get_origin(hint) is tuple:
+    hint = _without_none(hint)
+    metadata = dict(dataclass_field.metadata)
+    shown = f" (default: {dataclass_field.default})".replace("%", "%%")
+    kwargs: dict[str, Any] = {"help": metadata.pop("help") + shown, "default": argparse.SUPPRESS,
+                              "dest": dataclass_field.name}
+    if hint is bool:
+        kwargs.update(type=string_to_bool, nargs="?", const=True)
+    elif typing.get_origin(hint) is Literal:
+        choices = list(typing.get_args(hint))
+        kwargs.update(type=make_choice_type_function(choices), choices=choices)
+    elif typing.get_origin(hint) is tuple:
         items = typing.get_args(hint)
-        group.add_argument(*options, type=items[0], nargs="*" if items[-1] is Ellipsis else len(items),
-                           default=dataclass_field.default, help=help_text)
-        return
-    described = dataclasses.field(default=dataclass_field.default, metadata={**dataclass_field.metadata,
-                                                                             "help": help_text})
-    described.name, described.type = name, hint
-    HfArgumentParser._parse_dataclass_field(group, described)
-    if hint is bool and dataclass_field.default is False:  # HfArgumentParser adds --no-X only for True defaults
+        kwargs.update(type=items[0], nargs="*" if items[-1] is Ellipsis else len(items))
+    else:
+        kwargs["type"] = hint
+    return {**kwargs, **metadata}
+
+
+def _add_field(group: Any, dataclass_field: dataclasses.Field, hint: Any) -> None:
+    """One option, ``--snake_case`` and ``--kebab-case``; a boolean also gets a hidden ``--no-...``."""
+    name = dataclass_field.name
+    options = [f"--{name}"] + ([f"--{name.replace('_', '-')}"] if "_" in name else [])
+    group.add_argument(*options, **_field_kwargs(hint, dataclass_field))
+    if hint is bool:
         group.add_argument(f"--no_{name}", f"--no-{name.replace('_', '-')}", action="store_false", dest=name,
-                           help=argparse.SUPPRESS)
+                           default=argparse.SUPPRESS, help=argparse.SUPPRESS)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add every option of the five groups to ``parser`` (one argument group each), record which ones the command
-    line gives (for ``--recipe``), and accept the deprecated ``--score-threshold`` for ``--detection-threshold``."""
+    """Add every option of the five groups to ``parser`` (one argument group each; an option the command line does
+    not give stays out of the namespace, so a ``--recipe`` never overrides one it gives) and accept the deprecated
+    ``--score-threshold`` for ``--detection-threshold``."""
     from bafenet.inputs import add_deprecated_alias
 
     groups = {}
@@ -369,13 +390,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         group = groups[group_type._argument_group_name] = parser.add_argument_group(group_type._argument_group_name)
         hints = typing.get_type_hints(group_type)
         for dataclass_field in dataclasses.fields(group_type):
-            dataclass_field.type = hints[dataclass_field.name]
-            _add_field(group, dataclass_field)
+            _add_field(group, dataclass_field, hints[dataclass_field.name])
     add_deprecated_alias(groups["run"], "--score-threshold", "--detection-threshold", "detection_threshold",
                          type=float)
-    for action in parser._actions:
-        if not isinstance(action, argparse._HelpAction):
-            action.__class__ = _recording(type(action))
 
 
 def build_parser(prog: str = "train_accelerate.py") -> argparse.ArgumentParser:
@@ -388,7 +405,7 @@ def build_parser(prog: str = "train_accelerate.py") -> argparse.ArgumentParser:
     return parser
 
 
-def command_line(args: TrainingArguments) -> list[str]:
+def command_line(args: BafeNetTrainingArguments) -> list[str]:
     """The ``train_accelerate.py`` options that rebuild ``args``: every value that differs from its default."""
     argv: list[str] = []
     for dataclass_field in dataclasses.fields(args):
@@ -405,9 +422,9 @@ def command_line(args: TrainingArguments) -> list[str]:
     return argv
 
 
-def arguments_from_namespace(namespace: argparse.Namespace) -> TrainingArguments:
-    """The parsed options, with the ``--recipe``'s values for every option the user did not give."""
-    values = {f.name: getattr(namespace, f.name) for f in dataclasses.fields(TrainingArguments)}
-    explicit = getattr(namespace, "_explicit", set())
-    return TrainingArguments.from_recipe(values.pop("recipe"), **{k: v for k, v in values.items()
-                                                                   if k in explicit or k == "config_overrides"})
+def arguments_from_namespace(namespace: argparse.Namespace) -> BafeNetTrainingArguments:
+    """The options the command line gave (`add_arguments` leaves the others out of the namespace), the
+    ``--recipe``'s values for the rest, the defaults for what neither sets."""
+    given = {f.name: getattr(namespace, f.name) for f in dataclasses.fields(BafeNetTrainingArguments)
+             if hasattr(namespace, f.name)}
+    return BafeNetTrainingArguments.from_recipe(given.pop("recipe", None), **given)

@@ -5,14 +5,25 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import numpy as np
 
-from .measure import CONTRAST_THRESHOLD
+from .measure import CONTRAST_THRESHOLD, _Example
 
-if TYPE_CHECKING:
-    from .summary import DatasetStats
+
+class PlottedStats(Protocol):
+    """What the plots read of a `summary.DatasetStats` (named here, so that summary.py imports plots.py and not
+    the other way round)."""
+
+    targets: dict[str, np.ndarray]
+    images: dict[str, np.ndarray]
+    ring_gap: int
+    ring_width: int
+    examples: list[_Example]
+
+    @property
+    def num_targets(self) -> int: ...
 
 
 _BLUE, _ORANGE, _GREEN, _GREY = "#1f77b4", "#ff7f0e", "#2ca02c", "#555555"
@@ -33,7 +44,7 @@ def _save(fig: Any, path: Path) -> Path:
     return path
 
 
-def _plot_sizes(stats: DatasetStats, path: Path) -> Path:
+def _plot_sizes(stats: PlottedStats, path: Path) -> Path:
     t = stats.targets
     cap = 10
     w = np.clip(np.rint(t["w"]).astype(int), 1, cap)
@@ -69,7 +80,7 @@ def _plot_sizes(stats: DatasetStats, path: Path) -> Path:
     return _save(fig, path)
 
 
-def _plot_contrast(stats: DatasetStats, path: Path) -> Path:
+def _plot_contrast(stats: PlottedStats, path: Path) -> Path:
     fig, ax = _figure(7, 4.6)
     t = stats.targets
     series = [
@@ -103,7 +114,7 @@ def _plot_contrast(stats: DatasetStats, path: Path) -> Path:
     return _save(fig, path)
 
 
-def _plot_brightness(stats: DatasetStats, path: Path) -> Path:
+def _plot_brightness(stats: PlottedStats, path: Path) -> Path:
     edges = [1, 2, 11, 101, 1_001, 10_001, 100_001, np.inf]
     labels = ["1\n(brightest)", "2–10", "11–100", "101–1k", "1k–10k", "10k–100k", ">100k"]
     t = stats.targets
@@ -125,7 +136,7 @@ def _plot_brightness(stats: DatasetStats, path: Path) -> Path:
     return _save(fig, path)
 
 
-def _plot_distance(stats: DatasetStats, path: Path) -> Path:
+def _plot_distance(stats: PlottedStats, path: Path) -> Path:
     d = stats.targets["nearest_target_distance"]
     d = d[np.isfinite(d)]
     # zoom on where the mass is (1-px bins up to 40 px), the long tail piles up in the last bin
@@ -148,7 +159,7 @@ def _plot_distance(stats: DatasetStats, path: Path) -> Path:
     return _save(fig, path)
 
 
-def _plot_per_image(stats: DatasetStats, path: Path) -> Path:
+def _plot_per_image(stats: PlottedStats, path: Path) -> Path:
     im = stats.images
     fig, (ax, ax2) = _figure(11, 4.2, 2)
     counts = im["num_targets"].astype(int)
@@ -174,7 +185,7 @@ def _stretch(grey: np.ndarray, sky: np.ndarray, sky_rgb: np.ndarray, alpha: floa
     return rgb
 
 
-def _plot_examples(stats: DatasetStats, path: Path) -> Path:
+def _plot_examples(stats: PlottedStats, path: Path) -> Path:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
     from matplotlib.lines import Line2D
@@ -232,7 +243,7 @@ def _plot_examples(stats: DatasetStats, path: Path) -> Path:
     return _save(fig, path)
 
 
-def _write_plots(stats: DatasetStats, out: Path) -> dict[str, Path]:
+def _write_plots(stats: PlottedStats, out: Path) -> dict[str, Path]:
     return {
         "sizes": _plot_sizes(stats, out / "sizes.png"),
         "contrast_cdf": _plot_contrast(stats, out / "contrast_cdf.png"),
