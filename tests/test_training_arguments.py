@@ -92,7 +92,7 @@ def test_bad_values_end_in_argparse_messages(capsys):
     for argv, message in ((["--optimizer", "sgd"], "invalid choice: 'sgd' (choose from 'dadapt_adam', 'adamw')"),
                           (["--paper-protocol", "maybe"], "Truthy value expected: got maybe"),
                           (["--image-size", "big"], "invalid int value: 'big'"),
-                          (["--recipe", "gpu"], "invalid choice: 'gpu' (choose from 'cpu')")):
+                          (["--recipe", "gpu"], "invalid choice: 'gpu' (choose from 'cpu', 'cpu-tiles', 'cpu-zoom')")):
         with pytest.raises(SystemExit):
             build_parser().parse_args(argv)
         assert message in capsys.readouterr().err
