@@ -474,7 +474,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     from .inputs import add_deprecated_alias
 
     source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--model", help="model folder or Hub repo id (save_pretrained with remote code)")
+    source.add_argument("--model", help="model folder or Hub repo id (save_pretrained)")
     source.add_argument("--predictions", type=Path, default=None,
                         help="score another detector's detections instead of a model: JSON list of {image_id, boxes "
                         "(xyxy, original pixels), scores}, one entry per image of the split")
@@ -500,6 +500,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--pd-matching", choices=("greedy", "optimal"), default="greedy",
                         help="Pd/Fa target matching: greedy (BasicIRSTD, the field's numbers) or optimal (Hungarian)")
     parser.add_argument("--revision", default=None, help="model revision on the Hub")
+    parser.add_argument("--trust-remote-code", action="store_true",
+                        help="run the model folder's own .py files (default: the installed BAFE-Net classes load it)")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace --out (and its PR curve) even when they are not an earlier evaluate output")
 
@@ -535,12 +537,13 @@ def _predictions_results(args: argparse.Namespace, dataset: Any) -> dict[str, An
 def _model_results(args: argparse.Namespace, dataset: Any) -> tuple[dict[str, Any], str]:
     """``--model``: run the model over the split and score it; returns the results and the device used."""
     import torch
-    from transformers import AutoImageProcessor, AutoModelForObjectDetection
+
+    from .models.loading import load_model, load_processor
 
     # float32 whatever the checkpoint's dtype (a Hub model may be stored in fp16/bf16): the scores are not rounded
-    model = AutoModelForObjectDetection.from_pretrained(str(args.model), trust_remote_code=True, revision=args.revision,
-                                                        dtype=torch.float32)
-    processor = AutoImageProcessor.from_pretrained(str(args.model), trust_remote_code=True, revision=args.revision)
+    trust = dict(trust_remote_code=args.trust_remote_code, revision=args.revision)
+    model = load_model(args.model, dtype=torch.float32, **trust)
+    processor = load_processor(args.model, **trust)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     args.operating_threshold_source = (
         "--operating-threshold" if args.operating_threshold is not None else "model config operating_threshold"
