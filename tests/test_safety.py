@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import socket
 import struct
@@ -122,16 +123,26 @@ def test_rebuild_replaces_only_its_own_files(synthetic_devkit, tmp_path, capsys)
     _one_line_error(capsys, "holds the output of `bafenet data build`")
 
 
+def _held_elsewhere(lock: OutputLock) -> int:
+    """Hold ``lock`` as another process would (another open file, to flock) with a record naming pid 1; returns the
+    descriptor, whose closing releases it."""
+    import fcntl
+
+    lock.path.write_text(json.dumps({"pid": 1, "host": socket.gethostname(), "command": lock.command,
+                                     "since": "2024-01-01T00:00:00"}))
+    holder = os.open(lock.path, os.O_RDWR)
+    fcntl.flock(holder, fcntl.LOCK_EX)
+    return holder
+
+
 def test_a_second_writer_is_kept_out_by_the_lock_and_a_dead_holder_is_taken_over(synthetic_devkit, tmp_path,
                                                                                   capsys):
     out = tmp_path / "densesirst"
     lock = OutputLock(out, "data build")
-    lock.path.write_text(json.dumps({"pid": 1, "host": socket.gethostname(), "command": "data build",
-                                     "since": "2024-01-01T00:00:00"}))  # pid 1 always runs
+    holder = _held_elsewhere(lock)
     assert main(["data", "build", "--devkit", str(synthetic_devkit), "--out", str(out), "--split", "test"]) == 1
     _one_line_error(capsys, "in use by `bafenet data build` (pid 1", str(lock.path))
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
-    lock.path.write_text(json.dumps({"pid": int(dead.stdout), "host": socket.gethostname(), "command": "train"}))
+    os.close(holder)  # the holder ends: the kernel releases its lock, the record stays and is ignored
     build_dataset(synthetic_devkit, out, splits=["test"], stats=False)
     assert (out / "README.md").is_file() and not lock.path.exists()
 
@@ -269,3 +280,137 @@ def test_debug_shows_the_traceback(tmp_path, capsys):
     (tmp_path / "taken").write_text("mine")
     with pytest.raises(UserError, match="is or holds the input"):
         main(["predict", "--model", "x", str(tmp_path / "taken"), "--out", str(tmp_path / "taken"), "--debug"])
+
+
+def _predictions_file(dataset_dir: Path, path: Path) -> Path:
+    from datasets import load_dataset
+
+    ids = load_dataset(str(dataset_dir), split="test")["image_id"]
+    path.write_text(json.dumps([{"image_id": i, "boxes": [], "scores": []} for i in ids]))
+    return path
+
+
+def test_no_output_is_or_holds_or_lies_inside_any_input(tiny_model_dir, synthetic_dataset_dir, tmp_path, capsys):
+    image = tmp_path / "in.png"
+    Image.fromarray(np.zeros((32, 32), np.uint8)).save(image)
+    project = tmp_path / "P"
+    assert main(["predict", "--model", str(tiny_model_dir), str(image), "--out", str(project), "--no-draw"]) == 0
+    shutil.copytree(tiny_model_dir, project / "mymodel")  # the user keeps a model inside an earlier output
+    model = tmp_path / "M"
+    shutil.copytree(tiny_model_dir, model)
+    predictions = _predictions_file(synthetic_dataset_dir, tmp_path / "preds.json")
+    dataset = str(synthetic_dataset_dir)
+    before = {**_snapshot(project), **_snapshot(model), "preds": predictions.read_bytes()}
+    refused = [
+        (["predict", "--model", str(project / "mymodel"), str(image), "--out", str(project), "--overwrite"],
+         "holds the input"),
+        (["predict", "--model", str(model), str(image), "--out", str(model / "preds"), "--overwrite"],
+         "lies inside the input"),
+        (["predict", "--model", str(tiny_model_dir), str(tmp_path), "--out", str(tmp_path / "out")],
+         "lies inside the input"),
+        (["export", "onnx", "--model", str(model), "--out", str(model / "model.safetensors"), "--overwrite"],
+         "lies inside the input"),
+        (["evaluate", "--model", str(model), "--dataset", dataset, "--out", str(model / "config.json"),
+          "--overwrite"], "lies inside the input"),
+        (["evaluate", "--predictions", str(predictions), "--dataset", dataset, "--out", str(predictions),
+          "--overwrite"], "is or holds the input"),
+        (["data", "stats", "--dataset", dataset, "--out", str(synthetic_dataset_dir / "stats2"), "--overwrite"],
+         "lies inside the input"),
+        (["train", "--dataset", dataset, "--output-dir", str(synthetic_dataset_dir / "run"), "--report-to",
+          "none"], "lies inside the input"),
+    ]
+    for command, needle in refused:
+        assert main(command) == 1, command
+        _one_line_error(capsys, needle)
+    assert {**_snapshot(project), **_snapshot(model), "preds": predictions.read_bytes()} == before
+
+
+def test_an_out_that_is_a_symbolic_link_is_refused_before_writing(tmp_path, capsys):
+    target = tmp_path / "target"
+    assert main(["metric", "export", "--out", str(target)]) == 0
+    link = tmp_path / "link"
+    link.symlink_to(target, target_is_directory=True)
+    before = _snapshot(target)
+    for command in (["metric", "export", "--out", str(link), "--overwrite"],
+                    ["evaluate", "--predictions", "p.json", "--dataset", "d", "--out", str(tmp_path / "r.json")]):
+        if command[0] == "evaluate":
+            (tmp_path / "r.json").symlink_to(tmp_path / "elsewhere.json")
+        assert main(command) == 1
+        _one_line_error(capsys, "is a symbolic link", "pass the target itself")
+    assert link.is_symlink() and _snapshot(target) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["link", "r.json", "target"]
+
+
+def test_an_edit_of_equal_size_is_detected_and_old_size_markers_still_read(tmp_path, capsys):
+    out = tmp_path / "m1"
+    assert main(["metric", "export", "--out", str(out)]) == 0
+    app = out / "app.py"
+    text = app.read_text()
+    app.write_text(text.replace("import", "IMPORT", 1))  # same size, other content
+    assert main(["metric", "export", "--out", str(out)]) == 1
+    _one_line_error(capsys, "app.py", "--overwrite")
+    assert app.read_text() != text
+    marker = json.loads((out / MARKER).read_text())
+    marker["files"] = {rel: entry["size"] for rel, entry in marker["files"].items()}  # an older, size-only marker
+    (out / MARKER).write_text(json.dumps(marker))
+    assert main(["metric", "export", "--out", str(out)]) == 0  # same sizes: ours
+
+
+def test_after_a_full_disk_the_next_run_succeeds(tmp_path, capsys, monkeypatch):
+    import errno
+
+    out = tmp_path / "m1"
+    lock = OutputLock(out, "metric export")
+    real_write = os.write
+
+    def full_disk(fd, data):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "write", full_disk)
+    assert main(["metric", "export", "--out", str(out)]) == 1
+    _one_line_error(capsys, str(lock.path), "No space left on device", "free some space")
+    monkeypatch.setattr(os, "write", real_write)
+    lock.path.write_text("")  # what a full disk left behind before: an empty lock file nobody holds
+    assert main(["metric", "export", "--out", str(out)]) == 0
+    assert not lock.path.exists()
+
+
+def test_abandoned_temporary_siblings_are_removed_by_the_next_run(tmp_path):
+    dead = int(subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                              text=True).stdout)
+    out = tmp_path / "m1"
+    abandoned = [tmp_path / f".m1.bafenet-tmp-{dead}", tmp_path / f".m1.bafenet-old-{dead}"]
+    for folder in abandoned:
+        (folder / "sub").mkdir(parents=True)
+        (folder / "sub" / "big.bin").write_bytes(b"x" * 1000)
+    others = [tmp_path / f".m2.bafenet-tmp-{dead}", tmp_path / ".m1.bafenet-tmp-notapid", tmp_path / "m1.txt"]
+    for other in others:
+        other.write_text("not ours to delete")
+    assert main(["metric", "export", "--out", str(out)]) == 0
+    assert not any(folder.exists() for folder in abandoned) and all(other.exists() for other in others)
+    from bafenet.outputs import written_file
+
+    leftover = tmp_path / f".r.bafenet-tmp-{dead}.json"
+    leftover.write_text("{")
+    with written_file(tmp_path / "r.json") as tmp:
+        tmp.write_text("{}")
+    assert not leftover.exists()
+
+
+def test_evaluate_keeps_a_replaced_pr_curve_and_takes_a_lock(synthetic_dataset_dir, tmp_path, capsys):
+    predictions = _predictions_file(synthetic_dataset_dir, tmp_path / "preds.json")
+    out = tmp_path / "r.json"
+    command = ["evaluate", "--predictions", str(predictions), "--dataset", str(synthetic_dataset_dir), "--out",
+               str(out)]
+    assert main(command) == 0
+    assert main(command) == 0  # its own earlier output is replaced
+    curve = tmp_path / "r_pr_curve.png"
+    curve.write_bytes(b"the user's own picture")
+    assert main(command) == 1
+    _one_line_error(capsys, "r_pr_curve.png", "--overwrite")
+    assert curve.read_bytes() == b"the user's own picture"
+    holder = _held_elsewhere(OutputLock(out, "evaluate"))  # a second evaluate into the same file
+    assert main(command + ["--overwrite"]) == 1
+    _one_line_error(capsys, "in use by `bafenet evaluate` (pid 1")
+    os.close(holder)
+    assert main(command + ["--overwrite"]) == 0

@@ -555,24 +555,55 @@ def _model_results(args: argparse.Namespace, dataset: Any) -> tuple[dict[str, An
 
 
 def run(args: argparse.Namespace) -> int:
-    import datasets
-    import transformers
-
-    from . import __version__
     from .inputs import check_model_path
-    from .outputs import UserError, check_output_file, written_file
+    from .outputs import OutputLock, UserError
 
     out: Path = args.out
     if out.suffix != ".json":
         raise UserError(f"--out {out}: expected a .json file name, e.g. {out.with_suffix('.json')}")
-    pr_path = out.with_name(out.stem + "_pr_curve.png")
-    source_path = args.model if args.predictions is None else args.predictions
-    inputs = [p for p in (Path(str(source_path)), Path(str(args.dataset))) if p.exists()]
-    earlier = out.is_file() and _earlier_results(out)
-    check_output_file(out, inputs=inputs, overwrite=args.overwrite, ours=_earlier_results)
-    check_output_file(pr_path, inputs=inputs, overwrite=args.overwrite or earlier, option="--out (PR curve)")
+    _check_outputs(args)
     if args.predictions is None:
         check_model_path(args.model)
+    with OutputLock(out, "evaluate"):  # a second evaluate into the same file is refused until this one ends
+        _check_outputs(args)  # unchanged since the lock
+        return _evaluate(args)
+
+
+def _pr_curve_path(out: Path) -> Path:
+    return out.with_name(out.stem + "_pr_curve.png")
+
+
+def _earlier_pr_curve(out: Path, pr_path: Path) -> bool:
+    """Whether ``pr_path`` is the PR curve the earlier results ``out`` wrote (its SHA-256 is in their ``meta``)."""
+    from .outputs import file_sha256
+
+    if not (out.is_file() and _earlier_results(out)):
+        return False
+    recorded = json.loads(out.read_text())["meta"].get("pr_curve_sha256")
+    return recorded is None or recorded == file_sha256(pr_path)  # None: written before hashes were kept
+
+
+def _check_outputs(args: argparse.Namespace) -> None:
+    """``--out`` and its PR curve: not an input, not inside one; replaced only when ours or with ``--overwrite``."""
+    from .outputs import check_output_file
+
+    out, pr_path = args.out, _pr_curve_path(args.out)
+    inputs = [args.model, args.predictions, args.dataset]
+    check_output_file(out, inputs=inputs, overwrite=args.overwrite, ours=_earlier_results)
+    check_output_file(pr_path, inputs=inputs, overwrite=args.overwrite, option="--out (PR curve)",
+                      ours=lambda path: _earlier_pr_curve(out, path))
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    """Score the model or predictions and write ``--out`` and its PR curve (the checks are done)."""
+    import datasets
+    import transformers
+
+    from . import __version__
+    from .outputs import file_sha256, written_file
+
+    out, pr_path = args.out, _pr_curve_path(args.out)
+    source_path = args.model if args.predictions is None else args.predictions
     started = time.time()
     dataset = datasets.load_dataset(str(args.dataset), args.config, split=args.split)
     if args.predictions is not None:
@@ -596,6 +627,7 @@ def run(args: argparse.Namespace) -> int:
         write_pr_curve(detections, ground_truths, tmp, results, args.iou_threshold, args.legacy_plus_one,
                        title=f"{Path(str(source_path)).name} on {args.config}/{args.split}")
     results["meta"]["pr_curve"] = pr_path.name
+    results["meta"]["pr_curve_sha256"] = file_sha256(pr_path)
     with written_file(out) as tmp:
         tmp.write_text(results_to_json(results))
     print(format_summary(results))

@@ -204,8 +204,7 @@ def run(args: argparse.Namespace) -> int:
     from .outputs import check_output_file, written_file
 
     start = time.perf_counter()
-    model_path = Path(str(args.model))
-    path = check_output_file(args.out, inputs=[model_path] if model_path.exists() else [], overwrite=args.overwrite)
+    path = check_output_file(args.out, inputs=[args.model], overwrite=args.overwrite)
     check_model_path(args.model)
     model = _load_model(args.model, args.trust_remote_code)
     with written_file(path) as tmp:

@@ -337,7 +337,8 @@ def run(args: argparse.Namespace) -> int:
     if args.max_pixels < 1:
         print(f"error: --max-pixels must be >= 1, got {args.max_pixels}", file=sys.stderr)
         return 2
-    claim_dir(args.out, COMMAND, inputs=args.inputs, overwrite=args.overwrite)  # before loading the model
+    inputs = [*args.inputs, args.model, args.onnx]
+    claim_dir(args.out, COMMAND, inputs=inputs, overwrite=args.overwrite)  # before loading the model
     check_model_path(args.model)
     paths, problems = collect_inputs(args.inputs, recursive=args.recursive)
     for problem in problems:
@@ -346,7 +347,7 @@ def run(args: argparse.Namespace) -> int:
                           device=args.device, detection_threshold=args.detection_threshold,
                           trust_remote_code=args.trust_remote_code)
     out = Path(args.out)
-    with replaced_dir(out, COMMAND, inputs=args.inputs, overwrite=args.overwrite) as tmp:
+    with replaced_dir(out, COMMAND, inputs=inputs, overwrite=args.overwrite) as tmp:
         report = predict_files(predictor, paths, tmp, sky=args.sky, draw=not args.no_draw,
                                batch_size=args.batch_size, max_pixels=args.max_pixels)
         report = {"model": str(args.model), "onnx": None if args.onnx is None else str(args.onnx), **report}
