@@ -206,7 +206,7 @@ def load_predictions(path: Path, image_ids: Sequence[Any]) -> list[dict[str, Any
         for key in ("boxes", "scores"):
             try:
                 arrays[key] = np.asarray(entry[key], dtype=np.float64)
-            except (TypeError, ValueError):  # ragged lists, strings, objects
+            except (TypeError, ValueError, OverflowError):  # ragged lists, strings, objects, 400-digit integers
                 raise ValueError(f"{where}: {key} is not a list of numbers; expected boxes as [[x1, y1, x2, y2], "
                                  "...] and scores as [s1, ...], one per box") from None
         boxes = check_boxes(arrays["boxes"], where)

@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .data.transforms import to_grey
 
@@ -64,8 +64,8 @@ def _open_image(path: Path) -> Image.Image:
 def load_grey_image(path: str | Path, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> Image.Image:
     """Read ``path`` as an 8-bit grey PIL image (mode L), the way the model was trained.
 
-    RGB/RGBA/palette images are converted to luminance; 16-bit and float images are min-max scaled to 0..255.
-    An image of more than ``max_pixels`` pixels (None: no limit) is refused before it is decoded, which bounds the
+    RGB/RGBA/palette images are converted to luminance; 16-bit and float images are min-max scaled to 0..255. An EXIF
+    orientation (camera JPEGs) is applied, so boxes are in the image as viewers show it. An image of more than ``max_pixels`` pixels (None: no limit) is refused before it is decoded, which bounds the
     memory. Raises :class:`ImageReadError` naming the file and the reason.
     """
     path = Path(path)
@@ -75,6 +75,7 @@ def load_grey_image(path: str | Path, max_pixels: int | None = DEFAULT_MAX_PIXEL
                 raise ImageReadError(f"{path}: {image.width}x{image.height} = {image.width * image.height:,} pixels, "
                                      f"over the --max-pixels limit of {max_pixels:,} (raise it to read this image)")
             image.load()
+            image = ImageOps.exif_transpose(image)  # a copy only when the file has an EXIF orientation
             if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
                 array = np.asarray(image, dtype=np.float32)
                 low, high = float(array.min()), float(array.max())

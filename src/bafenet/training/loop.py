@@ -185,6 +185,10 @@ class Trainer:
                 return model, processor.with_settings(**processor_settings)
             except (ValueError, TypeError) as error:
                 raise ValueError(f"--processor-overrides {args.processor_overrides!r}: {error}") from None
+        if args.backbone_weights and not args.backbone_weights.endswith("-pypi"):
+            from bafenet.inputs import check_weights_file
+
+            check_weights_file(args.backbone_weights)
         kwargs = dict(backbone=args.backbone, image_size=args.image_size, backbone_weights=args.backbone_weights)
         overrides = parse_config_overrides(args.config_overrides)
         if not args.backbone_weights and "freeze_backbone_bn" not in overrides:
