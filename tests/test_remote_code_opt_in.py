@@ -10,18 +10,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from conftest import one_line_error
+
 from bafenet.cli import main
 
 pytestmark = pytest.mark.usefixtures("one_thread_module")
 
-
-def _one_line_error(capsys, *needles: str) -> str:
-    err = capsys.readouterr().err.strip()
-    line = err.splitlines()[-1] if err else ""
-    assert "Traceback" not in err and "error" in line, err
-    for needle in needles:
-        assert needle in line, err
-    return line
 
 
 def _booby_trapped(tiny_model_dir: Path, tmp_path: Path, name: str) -> tuple[Path, Path]:
@@ -66,14 +60,14 @@ def test_foreign_model_pickles_and_broken_code_are_one_line(tiny_model_dir, tmp_
     config = json.loads((foreign / "config.json").read_text())
     (foreign / "config.json").write_text(json.dumps({**config, "model_type": "detr"}))
     assert main(["predict", "--model", str(foreign), str(image), "--out", str(tmp_path / "p")]) == 1
-    _one_line_error(capsys, str(foreign), "'detr'", "--trust-remote-code")
+    one_line_error(capsys, str(foreign), "'detr'", "--trust-remote-code")
 
     pickled = tmp_path / "pickled"
     shutil.copytree(tiny_model_dir, pickled)
     (pickled / "model.safetensors").rename(pickled / "pytorch_model.bin")
     assert main(["train", "--dataset", str(tmp_path), "--model-name-or-path", str(pickled),
                  "--output-dir", str(tmp_path / "run"), "--report-to", "none"]) == 1
-    _one_line_error(capsys, "pytorch_model.bin", "pickle")
+    one_line_error(capsys, "pytorch_model.bin", "pickle")
 
     broken = tmp_path / "broken_model_syntax"
     shutil.copytree(tiny_model_dir, broken)
@@ -81,4 +75,4 @@ def test_foreign_model_pickles_and_broken_code_are_one_line(tiny_model_dir, tmp_
         handle.write("\ndef oops(:\n")
     assert main(["export", "onnx", "--model", str(broken), "--out", str(tmp_path / "m.onnx"),
                  "--trust-remote-code"]) == 1
-    _one_line_error(capsys, str(broken), "modeling_bafenet.py", "syntax error")
+    one_line_error(capsys, str(broken), "modeling_bafenet.py", "syntax error")

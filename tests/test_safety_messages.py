@@ -9,6 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from conftest import one_line_error
+
 from bafenet.cli import main
 
 
@@ -20,14 +22,6 @@ def _fresh_accelerate_state():
     AcceleratorState._reset_state(True)
     GradientState._reset_state()
 
-
-def _one_line_error(capsys, *needles: str) -> str:
-    err = capsys.readouterr().err.strip()
-    line = err.splitlines()[-1] if err else ""
-    assert "Traceback" not in err and "error" in line, err
-    for needle in needles:
-        assert needle in line, err
-    return line
 
 
 @pytest.fixture
@@ -43,13 +37,13 @@ def test_a_split_file_with_a_byte_order_mark_reads_and_a_latin1_byte_is_named(de
     split.write_bytes(split.read_bytes()[3:] + b"\ncaf\xe9")
     assert main(["data", "build", "--devkit", str(devkit_copy), "--out", str(tmp_path / "ds2"), "--split", "test",
                  "--no-stats"]) == 1
-    _one_line_error(capsys, str(split), "not UTF-8", "0xe9")
+    one_line_error(capsys, str(split), "not UTF-8", "0xe9")
 
 
 def test_data_stats_with_a_missing_split_exits_1(synthetic_devkit, tmp_path, capsys):
     assert main(["data", "stats", "--dataset", str(synthetic_devkit), "--split", "nosuch", "--out",
                  str(tmp_path / "stats"), "--no-plots"]) == 1
-    _one_line_error(capsys, "nosuch.txt", "unknown split")
+    one_line_error(capsys, "nosuch.txt", "unknown split")
 
 
 def test_backbone_weights_that_are_not_weights_are_one_line(synthetic_dataset_dir, tmp_path, capsys):
@@ -59,7 +53,7 @@ def test_backbone_weights_that_are_not_weights_are_one_line(synthetic_dataset_di
         weights.write_bytes(content)
         assert main(["train", "--dataset", str(synthetic_dataset_dir), "--backbone-weights", str(weights),
                      "--output-dir", str(tmp_path / "run"), "--report-to", "none"]) == 1, name
-        _one_line_error(capsys, f"--backbone-weights {weights}", "not a state dict of tensors")
+        one_line_error(capsys, f"--backbone-weights {weights}", "not a state dict of tensors")
 
 
 def test_push_names_links_to_folders_for_what_they_are(tmp_path):
