@@ -14,7 +14,7 @@ from pathlib import Path
 
 from .outputs import UserError
 
-__all__ = ["looks_local", "check_model_path", "check_weights_file", "add_deprecated_alias"]
+__all__ = ["looks_local", "check_model_path", "add_deprecated_alias"]
 
 
 def looks_local(text: str) -> bool:
@@ -68,26 +68,6 @@ def check_model_path(model: str | Path, option: str = "--model") -> None:
                             "model's source") from None
         if size < expected:
             raise UserError(f"{file}: truncated ({size} of {expected} bytes); restore it from the model's source")
-
-
-def check_weights_file(source: str, option: str = "--backbone-weights") -> None:
-    """Refuse (one line) a local weights file that is missing or is not a state dict of tensors (``.safetensors``,
-    or a ``.pth``/``.pt`` read with ``torch.load(weights_only=True)``, which builds no other object)."""
-    import torch
-
-    from .models.bafenet.modeling_bafenet import read_backbone_state_dict
-
-    if not Path(source).expanduser().is_file():
-        raise UserError(f"{option} {source}: no such file; pass a local timm or torchvision state dict "
-                        "(.pth/.pt/.safetensors)")
-    try:
-        state = read_backbone_state_dict(source, "")
-        ok = bool(state) and all(torch.is_tensor(v) for v in state.values())
-    except Exception:  # UnpicklingError, KeyError, IndexError, SafetensorError... for a file that is not weights
-        ok = False
-    if not ok:
-        raise UserError(f"{option} {source}: not a state dict of tensors; pass a timm or torchvision weights file "
-                        "(.pth/.pt/.safetensors)")
 
 
 def _safetensors_size(file: Path) -> int:

@@ -15,7 +15,8 @@ from typing import Any
 
 from ..outputs import UserError
 
-__all__ = ["MODEL_TYPE", "register_auto_classes", "load_config", "load_model", "load_processor"]
+__all__ = ["MODEL_TYPE", "register_auto_classes", "load_config", "load_model", "load_processor",
+           "check_weights_file"]
 
 MODEL_TYPE = "bafenet"
 
@@ -106,3 +107,23 @@ def load_processor(model: str | Path, *, trust_remote_code: bool = False, revisi
 
     _check_bafenet(_settings(model, revision), model, option)
     return BafeNetImageProcessor.from_pretrained(str(model), revision=revision)
+
+
+def check_weights_file(source: str, option: str = "--backbone-weights") -> None:
+    """Refuse (one line) a local weights file that is missing or is not a state dict of tensors (``.safetensors``,
+    or a ``.pth``/``.pt`` read with ``torch.load(weights_only=True)``, which builds no other object)."""
+    import torch
+
+    from .bafenet.modeling_bafenet import read_backbone_state_dict
+
+    if not Path(source).expanduser().is_file():
+        raise UserError(f"{option} {source}: no such file; pass a local timm or torchvision state dict "
+                        "(.pth/.pt/.safetensors)")
+    try:
+        state = read_backbone_state_dict(source, "")
+        ok = bool(state) and all(torch.is_tensor(v) for v in state.values())
+    except Exception:  # UnpicklingError, KeyError, IndexError, SafetensorError... for a file that is not weights
+        ok = False
+    if not ok:
+        raise UserError(f"{option} {source}: not a state dict of tensors; pass a timm or torchvision weights file "
+                        "(.pth/.pt/.safetensors)")

@@ -186,7 +186,7 @@ class Trainer:
             except (ValueError, TypeError) as error:
                 raise ValueError(f"--processor-overrides {args.processor_overrides!r}: {error}") from None
         if args.backbone_weights and not args.backbone_weights.endswith("-pypi"):
-            from bafenet.inputs import check_weights_file
+            from bafenet.models.loading import check_weights_file
 
             check_weights_file(args.backbone_weights)
         kwargs = dict(backbone=args.backbone, image_size=args.image_size, backbone_weights=args.backbone_weights)
