@@ -65,7 +65,7 @@ def test_foreign_model_pickles_and_broken_code_are_one_line(tiny_model_dir, tmp_
     pickled = tmp_path / "pickled"
     shutil.copytree(tiny_model_dir, pickled)
     (pickled / "model.safetensors").rename(pickled / "pytorch_model.bin")
-    assert main(["train", "--dataset", str(tmp_path), "--model-name-or-path", str(pickled),
+    assert main(["train", "--dataset", str(tmp_path / "data"), "--model-name-or-path", str(pickled),
                  "--output-dir", str(tmp_path / "run"), "--report-to", "none"]) == 1
     one_line_error(capsys, "pytorch_model.bin", "pickle")
 

@@ -99,6 +99,9 @@ def check_not_protected(out: str | Path, inputs: Iterable[str | Path | None] = (
         reason = "is the current directory" if target == cwd else "holds the current directory"
     else:
         reason = _containment(target, inputs)
+        if reason:
+            raise UserError(f"{option} {out}: {reason}; bafenet never writes over, into or around an input, "
+                            "pass a path outside it")
     if reason:
         raise UserError(f"{option} {out}: {reason}; bafenet never writes over it, pass a new folder such as "
                         f"{Path(out) / 'bafenet-output'}")
