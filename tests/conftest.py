@@ -21,6 +21,17 @@ REAL_DEVKIT = Path(os.environ.get("DENSESIRST_DEVKIT", REPO_ROOT.parent / "share
 TINY_MODEL_KWARGS = dict(backbone="resnet18", fpn_channels=32, num_head_convs=1, adapter_channels=16, image_size=128)
 
 
+def one_line_error(capsys, *needles: str) -> str:
+    """The error is the last line on stderr (progress bars of a run that got that far may precede it), no traceback;
+    it holds every one of ``needles``."""
+    err = capsys.readouterr().err.strip()
+    line = err.splitlines()[-1] if err else ""
+    assert "Traceback" not in err and "error" in line, err
+    for needle in needles:
+        assert needle in line, err
+    return line
+
+
 @contextmanager
 def _torch_threads(count: int) -> Iterator[None]:
     import torch

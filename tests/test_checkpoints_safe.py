@@ -147,3 +147,22 @@ def test_overwrite_output_dir_deletes_only_the_trainers_checkpoints(one_epoch_ru
     assert (run / "checkpoints" / "my_notes.txt").read_text() == "kept"
     assert [p.name for p in list_checkpoints(run)] == ["step_000001"]
     assert not (run / "checkpoints" / f"{before[0]}.tmp").exists()
+
+
+@pytest.mark.parametrize("change, needle", [
+    ({"epoch": "zero"}, "'epoch' has an impossible value 'zero'"),
+    ({"global_step": 1e30}, "'global_step' has an impossible value"),
+    ({"global_step": 10**400}, "'global_step' has an impossible value"),
+    ({"__class__": 1}, "unknown state key '__class__'"),
+])
+def test_a_trainer_state_of_wrong_type_unknown_key_or_impossible_count_is_refused(one_epoch_run, tmp_path, change,
+                                                                                   needle):
+    from bafenet.checkpoints import CheckpointError, read_checkpoint
+
+    folder = list_checkpoints(_copy(one_epoch_run, tmp_path))[-1]
+    record = json.loads((folder / "trainer_state.json").read_text())
+    record["state"].update(change)
+    (folder / "trainer_state.json").write_text(json.dumps(record))
+    with pytest.raises(CheckpointError, match="trainer_state.json: unreadable") as error:
+        read_checkpoint(folder)
+    assert needle in str(error.value) and "\n" not in str(error.value)

@@ -192,6 +192,8 @@ def test_perfect_predictions_file_scores_one(synthetic_dataset_dir, ground_truth
     ("[{{\"image_id\": \"{first}\", \"boxes\": [[5, 2, 3, 4]], \"scores\": [1]}}]", "x2 < x1"),
     ("[{{\"image_id\": \"{first}\", \"boxes\": [[1, 2, 3, 4]], \"scores\": [1, 2]}}]", "2 scores for 1 boxes"),
     ("[{{\"image_id\": \"{first}\", \"boxes\": [[1, 2, 3, 4]], \"scores\": [NaN]}}]", "finite"),
+    ("[{{\"image_id\": \"{first}\", \"boxes\": [[1, 2, 3, 4]], \"scores\": [" + "9" * 400 + "]}}]",
+     "scores is not a list of numbers"),
     ("[{{\"image_id\": \"{first}\", \"boxes\": [], \"scores\": []}}, {{\"image_id\": \"{first}\", \"boxes\": [], "
      "\"scores\": []}}]", "more than once"),
     ("[{{\"image_id\": \"{first}\", \"boxes\": [], \"scores\": []}}]", "image ids do not match the split"),

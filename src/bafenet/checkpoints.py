@@ -121,7 +121,9 @@ def read_checkpoint(folder: str | Path, process_index: int = 0) -> Checkpoint:
         record = json.loads((folder / STATE_FILE).read_text())
         if not isinstance(record, dict) or record.get("format") != FORMAT:
             raise ValueError(f"format is not {FORMAT}")
-        state, settings = dict(record["state"]), dict(record["settings"])
+        from .training.state import check_state
+
+        state, settings = check_state(record["state"]), dict(record["settings"])
     except (OSError, ValueError, KeyError, TypeError) as error:
         raise CheckpointError(f"{folder / STATE_FILE}: unreadable ({error}); use another checkpoint") from None
     try:

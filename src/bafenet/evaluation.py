@@ -223,7 +223,7 @@ def load_predictions(path: Path, image_ids: Sequence[Any]) -> list[dict[str, Any
         for key in ("boxes", "scores"):
             try:
                 arrays[key] = np.asarray(entry[key], dtype=np.float64)
-            except (TypeError, ValueError):  # ragged lists, strings, objects
+            except (TypeError, ValueError, OverflowError):  # ragged lists, strings, objects, 400-digit integers
                 raise ValueError(f"{where}: {key} is not a list of numbers; expected boxes as [[x1, y1, x2, y2], "
                                  "...] and scores as [s1, ...], one per box") from None
         boxes = check_boxes(arrays["boxes"], where)
@@ -491,7 +491,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     from .inputs import add_deprecated_alias
 
     source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--model", help="model folder or Hub repo id (save_pretrained with remote code)")
+    source.add_argument("--model", help="model folder or Hub repo id (save_pretrained)")
     source.add_argument("--predictions", type=Path, default=None,
                         help="score another detector's detections instead of a model: JSON list of {image_id, boxes "
                         "(xyxy, original pixels), scores}, one entry per image of the split")
@@ -517,6 +517,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--pd-matching", choices=("greedy", "optimal"), default="greedy",
                         help="Pd/Fa target matching: greedy (BasicIRSTD, the field's numbers) or optimal (Hungarian)")
     parser.add_argument("--revision", default=None, help="model revision on the Hub")
+    parser.add_argument("--trust-remote-code", action="store_true",
+                        help="run the model folder's own .py files (default: the installed BAFE-Net classes load it)")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace --out (and its PR curve) even when they are not an earlier evaluate output")
 
@@ -552,12 +554,13 @@ def _predictions_results(args: argparse.Namespace, dataset: Any) -> dict[str, An
 def _model_results(args: argparse.Namespace, dataset: Any) -> tuple[dict[str, Any], str]:
     """``--model``: run the model over the split and score it; returns the results and the device used."""
     import torch
-    from transformers import AutoImageProcessor, AutoModelForObjectDetection
+
+    from .models.loading import load_model, load_processor
 
     # float32 whatever the checkpoint's dtype (a Hub model may be stored in fp16/bf16): the scores are not rounded
-    model = AutoModelForObjectDetection.from_pretrained(str(args.model), trust_remote_code=True, revision=args.revision,
-                                                        dtype=torch.float32)
-    processor = AutoImageProcessor.from_pretrained(str(args.model), trust_remote_code=True, revision=args.revision)
+    trust = dict(trust_remote_code=args.trust_remote_code, revision=args.revision)
+    model = load_model(args.model, dtype=torch.float32, **trust)
+    processor = load_processor(args.model, **trust)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     args.operating_threshold_source = (
         "--operating-threshold" if args.operating_threshold is not None else "model config operating_threshold"
@@ -569,24 +572,55 @@ def _model_results(args: argparse.Namespace, dataset: Any) -> tuple[dict[str, An
 
 
 def run(args: argparse.Namespace) -> int:
-    import datasets
-    import transformers
-
-    from . import __version__
     from .inputs import check_model_path
-    from .outputs import UserError, check_output_file, written_file
+    from .outputs import OutputLock, UserError
 
     out: Path = args.out
     if out.suffix != ".json":
         raise UserError(f"--out {out}: expected a .json file name, e.g. {out.with_suffix('.json')}")
-    pr_path = out.with_name(out.stem + "_pr_curve.png")
-    source_path = args.model if args.predictions is None else args.predictions
-    inputs = [p for p in (Path(str(source_path)), Path(str(args.dataset))) if p.exists()]
-    earlier = out.is_file() and _earlier_results(out)
-    check_output_file(out, inputs=inputs, overwrite=args.overwrite, ours=_earlier_results)
-    check_output_file(pr_path, inputs=inputs, overwrite=args.overwrite or earlier, option="--out (PR curve)")
+    _check_outputs(args)
     if args.predictions is None:
         check_model_path(args.model)
+    with OutputLock(out, "evaluate"):  # a second evaluate into the same file is refused until this one ends
+        _check_outputs(args)  # unchanged since the lock
+        return _evaluate(args)
+
+
+def _pr_curve_path(out: Path) -> Path:
+    return out.with_name(out.stem + "_pr_curve.png")
+
+
+def _earlier_pr_curve(out: Path, pr_path: Path) -> bool:
+    """Whether ``pr_path`` is the PR curve the earlier results ``out`` wrote (its SHA-256 is in their ``meta``)."""
+    from .outputs import file_sha256
+
+    if not (out.is_file() and _earlier_results(out)):
+        return False
+    recorded = json.loads(out.read_text())["meta"].get("pr_curve_sha256")
+    return recorded is None or recorded == file_sha256(pr_path)  # None: written before hashes were kept
+
+
+def _check_outputs(args: argparse.Namespace) -> None:
+    """``--out`` and its PR curve: not an input, not inside one; replaced only when ours or with ``--overwrite``."""
+    from .outputs import check_output_file
+
+    out, pr_path = args.out, _pr_curve_path(args.out)
+    inputs = [args.model, args.predictions, args.dataset]
+    check_output_file(out, inputs=inputs, overwrite=args.overwrite, ours=_earlier_results)
+    check_output_file(pr_path, inputs=inputs, overwrite=args.overwrite, option="--out (PR curve)",
+                      ours=lambda path: _earlier_pr_curve(out, path))
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    """Score the model or predictions and write ``--out`` and its PR curve (the checks are done)."""
+    import datasets
+    import transformers
+
+    from . import __version__
+    from .outputs import file_sha256, written_file
+
+    out, pr_path = args.out, _pr_curve_path(args.out)
+    source_path = args.model if args.predictions is None else args.predictions
     started = time.time()
     dataset = datasets.load_dataset(str(args.dataset), args.config, split=args.split)
     if args.predictions is not None:
@@ -610,6 +644,7 @@ def run(args: argparse.Namespace) -> int:
         write_pr_curve(detections, ground_truths, tmp, results, args.iou_threshold, args.legacy_plus_one,
                        title=f"{Path(str(source_path)).name} on {args.config}/{args.split}")
     results["meta"]["pr_curve"] = pr_path.name
+    results["meta"]["pr_curve_sha256"] = file_sha256(pr_path)
     with written_file(out) as tmp:
         tmp.write_text(results_to_json(results))
     print(format_summary(results))

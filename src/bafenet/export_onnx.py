@@ -19,7 +19,7 @@ faithful scorer) exchange the same channels in onnxruntime as in PyTorch.
 
 Pre- and post-processing stay in Python, in the image processor saved with the model (it is not in the ONNX file)::
 
-    processor = AutoImageProcessor.from_pretrained(model_dir, trust_remote_code=True)
+    processor = AutoImageProcessor.from_pretrained(model_dir)   # with bafenet installed; else trust_remote_code=True
     pixel_values = processor(images=images, return_tensors="np")["pixel_values"]   # resize + normalise
     arrays = session.run(list(OUTPUT_NAMES), {"pixel_values": pixel_values})
     outputs = outputs_from_onnx(arrays, pixel_values.shape)   # dict of tensors, as the processor reads them
@@ -99,12 +99,12 @@ def run_onnx(session: Any, inputs: Mapping[str, Any], config: Any) -> dict[str, 
     return run_image_path(dense, pixel_values, sizes, config)
 
 
-def _load_model(model: str | Path | torch.nn.Module) -> torch.nn.Module:
+def _load_model(model: str | Path | torch.nn.Module, trust_remote_code: bool = False) -> torch.nn.Module:
     if isinstance(model, torch.nn.Module):
         return model
-    from transformers import AutoModelForObjectDetection
+    from .models.loading import load_model
 
-    return AutoModelForObjectDetection.from_pretrained(str(model), trust_remote_code=True)
+    return load_model(model, trust_remote_code=trust_remote_code)
 
 
 def _image_size(model: torch.nn.Module) -> tuple[int, int]:
@@ -195,7 +195,9 @@ def compare_with_pytorch(
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", required=True, help="model folder or Hub repo id (loaded with trust_remote_code)")
+    parser.add_argument("--model", required=True, help="model folder or Hub repo id")
+    parser.add_argument("--trust-remote-code", action="store_true",
+                        help="run the model folder's own .py files (default: the installed BAFE-Net classes load it)")
     parser.add_argument("--out", required=True, type=Path, help="ONNX file to write, e.g. model.onnx")
     parser.add_argument("--opset", type=int, default=DEFAULT_OPSET, help=f"ONNX opset (default {DEFAULT_OPSET})")
     parser.add_argument("--dynamo", action="store_true", help="use the torch.export-based exporter (needs onnxscript)")
@@ -210,10 +212,9 @@ def run(args: argparse.Namespace) -> int:
     from .outputs import check_output_file, written_file
 
     start = time.perf_counter()
-    model_path = Path(str(args.model))
-    path = check_output_file(args.out, inputs=[model_path] if model_path.exists() else [], overwrite=args.overwrite)
+    path = check_output_file(args.out, inputs=[args.model], overwrite=args.overwrite)
     check_model_path(args.model)
-    model = _load_model(args.model)
+    model = _load_model(args.model, args.trust_remote_code)
     with written_file(path) as tmp:
         export_onnx(model, tmp, opset=args.opset, dynamo=args.dynamo)
     size_mb = path.stat().st_size / 2**20

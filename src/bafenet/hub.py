@@ -109,11 +109,15 @@ def collect_files(folder: Path, exclude: list[str] | tuple[str, ...] = (),
         rel = path.relative_to(folder).as_posix()
         if _is_ignored(rel) or rel.startswith(nested) or any(fnmatch.fnmatch(rel, pattern) for pattern in exclude):
             skipped.append(rel)
-        elif not path.is_file():
-            raise HubFolderError(f"{path}: broken symbolic link in the folder to upload")
+        elif not path.exists():
+            raise HubFolderError(f"{path}: broken symbolic link in the folder to upload; delete it or --exclude it "
+                                 "(nothing was uploaded)")
         elif path.is_symlink() and not path.resolve().is_relative_to(folder.resolve()):
+            kind = "folder" if path.is_dir() else "file"
             raise HubFolderError(f"{path}: symbolic link to {path.resolve()}, outside the folder; replace it with a "
-                                 "copy of the file or --exclude it (nothing was uploaded)")
+                                 f"copy of the {kind} or --exclude it (nothing was uploaded)")
+        elif path.is_dir():  # a link to a folder inside: its files are uploaded under their own paths
+            skipped.append(rel)
         else:
             files[rel] = path
     return files, skipped

@@ -25,7 +25,8 @@ def looks_local(text: str) -> bool:
 
 
 def check_model_path(model: str | Path, option: str = "--model") -> None:
-    """Refuse a local model folder that is missing or whose ``config.json`` / ``*.safetensors`` cannot be read.
+    """Refuse a local model folder that is missing or whose ``config.json`` / ``*.safetensors`` cannot be read (a
+    folder with pickled ``*.bin`` weights only is refused: nothing is unpickled).
 
     A Hub repo id (``owner/name`` that is not a local folder) is left to transformers.
     """
@@ -49,8 +50,11 @@ def check_model_path(model: str | Path, option: str = "--model") -> None:
     if not isinstance(parsed, dict):
         raise UserError(f"{config}: not a model config (a JSON object); restore the file from the model's source")
     weights = sorted(path.glob("*.safetensors"))
-    if not weights and not any(path.glob("*.bin")):
-        raise UserError(f"{path}: no model.safetensors; {option} must be a folder written by save_pretrained")
+    if not weights:
+        pickles = sorted(p.name for p in path.glob("*.bin"))
+        found = f" ({', '.join(pickles)} is a pickle, which bafenet never loads)" if pickles else ""
+        raise UserError(f"{path}: no model.safetensors{found}; {option} must be a folder written by save_pretrained "
+                        "(safe_serialization)")
     from safetensors import safe_open
 
     for file in weights:

@@ -284,8 +284,11 @@ def _training_lines(train_args: Any) -> list[str]:
 
 
 def _usage_lines(repo_id: str, auto_map: dict[str, Any], dataset_repo: str | None) -> list[str]:
-    lines = ["## How to use", "", "The model code ships with the weights, so pass `trust_remote_code=True` "
-             "(pin `revision=` to a commit you have reviewed).", ""]
+    lines = ["## How to use", "", "With the `bafenet` package installed, `import bafenet.models` registers the model "
+             "with the Auto classes and no code from this repository runs: drop `trust_remote_code=True` below (and "
+             "pass `pipeline_class=BafeNetObjectDetectionPipeline, trust_remote_code=False` to the pipeline). Without "
+             "the package, the model code ships with the weights: pass `trust_remote_code=True` (pin `revision=` to a "
+             "commit you have reviewed).", ""]
     if "AutoModelForObjectDetection" in auto_map and "AutoImageProcessor" in auto_map:
         lines += ["Detection with the image processor:", "", "```python", "import torch", "from PIL import Image",
                   "from transformers import AutoImageProcessor, AutoModelForObjectDetection", "",
@@ -373,7 +376,8 @@ def build_model_card(
         "- Targets are a few pixels wide: resizing, JPEG compression or denoising before the processor changes them "
         "and the detections.",
         "- Scores are not calibrated probabilities; choose the threshold on a validation split.",
-        "- The code runs from this repository (`trust_remote_code=True`): review it and pin a revision.",
+        "- Without the `bafenet` package the code runs from this repository (`trust_remote_code=True`): review it "
+        "and pin a revision.",
         "- DenseSIRST has no licence file upstream ([GrokCV/DenseSIRST](" + DATA_URL + ")); the weights are for "
         "research use"
         + (f". The card's licence ({license}) was chosen by the publisher." if license else

@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .data.transforms import to_grey
 from .evaluation import FALLBACK_OPERATING_THRESHOLD
@@ -65,8 +65,8 @@ def _open_image(path: Path) -> Image.Image:
 def load_grey_image(path: str | Path, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> Image.Image:
     """Read ``path`` as an 8-bit grey PIL image (mode L), the way the model was trained.
 
-    RGB/RGBA/palette images are converted to luminance; 16-bit and float images are min-max scaled to 0..255.
-    An image of more than ``max_pixels`` pixels (None: no limit) is refused before it is decoded, which bounds the
+    RGB/RGBA/palette images are converted to luminance; 16-bit and float images are min-max scaled to 0..255. An EXIF
+    orientation (camera JPEGs) is applied, so boxes are in the image as viewers show it. An image of more than ``max_pixels`` pixels (None: no limit) is refused before it is decoded, which bounds the
     memory. Raises :class:`ImageReadError` naming the file and the reason.
     """
     path = Path(path)
@@ -76,6 +76,7 @@ def load_grey_image(path: str | Path, max_pixels: int | None = DEFAULT_MAX_PIXEL
                 raise ImageReadError(f"{path}: {image.width}x{image.height} = {image.width * image.height:,} pixels, "
                                      f"over the --max-pixels limit of {max_pixels:,} (raise it to read this image)")
             image.load()
+            image = ImageOps.exif_transpose(image)  # a copy only when the file has an EXIF orientation
             if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
                 array = np.asarray(image, dtype=np.float32)
                 low, high = float(array.min()), float(array.max())
@@ -130,7 +131,7 @@ class Predictor:
     """Image processor + BAFE-Net (PyTorch, or the dense network in onnxruntime) + post-processing.
 
     Args:
-        model: a model folder or Hub repo id saved with ``save_pretrained`` (remote code, image processor).
+        model: a model folder or Hub repo id saved with ``save_pretrained`` (weights, config, image processor).
         onnx: optional path of an ONNX file from ``bafenet export onnx``; the dense network then runs in
             onnxruntime and only the image processor is loaded from ``model``.
         operating_threshold: keep detections whose final score (sigmoid(cls) x sigmoid(centerness)) is at least
@@ -139,17 +140,20 @@ class Predictor:
         detection_threshold: the post-processing cut on sigmoid(cls) before NMS; None: the image processor's
             ``detection_threshold`` (0.05).
         device: torch device for the PyTorch path (default: CUDA when available, else CPU).
+        trust_remote_code: run the model folder's own ``.py`` files (`bafenet.models.loading`); by default the
+            installed BAFE-Net classes load it.
     """
 
     def __init__(self, model: str | Path, onnx: str | Path | None = None, operating_threshold: float | None = None,
-                 device: str | None = None, detection_threshold: float | None = None) -> None:
+                 device: str | None = None, detection_threshold: float | None = None,
+                 trust_remote_code: bool = False) -> None:
         import torch
-        from transformers import AutoConfig, AutoImageProcessor
 
         from .inference import detection_threshold_of
+        from .models.loading import load_config, load_model, load_processor
 
-        self.processor = AutoImageProcessor.from_pretrained(str(model), trust_remote_code=True)
-        self.config = AutoConfig.from_pretrained(str(model), trust_remote_code=True)
+        self.processor = load_processor(model, trust_remote_code=trust_remote_code)
+        self.config = load_config(model, trust_remote_code=trust_remote_code)
         if operating_threshold is None:
             stored = getattr(self.config, "operating_threshold", None)
             operating_threshold = FALLBACK_OPERATING_THRESHOLD if stored is None else stored
@@ -166,12 +170,10 @@ class Predictor:
             self.session = ort.InferenceSession(str(onnx), providers=["CPUExecutionProvider"])
             self.device = torch.device("cpu")
         else:
-            from transformers import AutoModelForObjectDetection
-
             self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
             # float32 whatever the checkpoint's dtype (fp16/bf16 weights would not run on every CPU)
-            self.model = AutoModelForObjectDetection.from_pretrained(str(model), config=self.config,
-                                                                     trust_remote_code=True, dtype=torch.float32)
+            self.model = load_model(model, trust_remote_code=trust_remote_code, config=self.config,
+                                    dtype=torch.float32)
             self.model.to(self.device).eval()
 
     def forward(self, inputs: Mapping[str, Any]) -> Any:
@@ -297,7 +299,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     from .inputs import add_deprecated_alias
 
     parser.add_argument("inputs", nargs="+", metavar="INPUT", help="image files and/or folders of images")
-    parser.add_argument("--model", required=True, help="model folder or Hub repo id (loaded with trust_remote_code)")
+    parser.add_argument("--model", required=True, help="model folder or Hub repo id")
+    parser.add_argument("--trust-remote-code", action="store_true",
+                        help="run the model folder's own .py files (default: the installed BAFE-Net classes load it)")
     parser.add_argument("--out", required=True, type=Path, help="output folder (predictions.json, overlays/, sky/)")
     parser.add_argument("--operating-threshold", type=float, default=None,
                         help="minimum final detection score drawn and written (default: the model's "
@@ -333,15 +337,17 @@ def run(args: argparse.Namespace) -> int:
     if args.max_pixels < 1:
         print(f"error: --max-pixels must be >= 1, got {args.max_pixels}", file=sys.stderr)
         return 2
-    claim_dir(args.out, COMMAND, inputs=args.inputs, overwrite=args.overwrite)  # before loading the model
+    inputs = [*args.inputs, args.model, args.onnx]
+    claim_dir(args.out, COMMAND, inputs=inputs, overwrite=args.overwrite)  # before loading the model
     check_model_path(args.model)
     paths, problems = collect_inputs(args.inputs, recursive=args.recursive)
     for problem in problems:
         print(f"error: {problem['file']}: {problem['reason']} (skipped)", file=sys.stderr)
     predictor = Predictor(args.model, onnx=args.onnx, operating_threshold=args.operating_threshold,
-                          device=args.device, detection_threshold=args.detection_threshold)
+                          device=args.device, detection_threshold=args.detection_threshold,
+                          trust_remote_code=args.trust_remote_code)
     out = Path(args.out)
-    with replaced_dir(out, COMMAND, inputs=args.inputs, overwrite=args.overwrite) as tmp:
+    with replaced_dir(out, COMMAND, inputs=inputs, overwrite=args.overwrite) as tmp:
         report = predict_files(predictor, paths, tmp, sky=args.sky, draw=not args.no_draw,
                                batch_size=args.batch_size, max_pixels=args.max_pixels)
         report = {"model": str(args.model), "onnx": None if args.onnx is None else str(args.onnx), **report}

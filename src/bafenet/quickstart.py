@@ -189,10 +189,11 @@ def _run_steps(out: Path, settings: QuickstartSettings, overwrite: bool) -> dict
 
     # 6. the saved model -----------------------------------------------------------------------------------------
     t = _step(6, total, "the trained model, as save_pretrained wrote it")
-    from transformers import AutoImageProcessor, AutoModelForObjectDetection
+    from .models.loading import load_model, load_processor
 
-    model = AutoModelForObjectDetection.from_pretrained(str(model_dir), trust_remote_code=True)
-    AutoImageProcessor.from_pretrained(str(model_dir), trust_remote_code=True)
+    # the code this run just saved, loaded as a user without bafenet would (the folder is this run's own output)
+    model = load_model(model_dir, trust_remote_code=True)
+    load_processor(model_dir, trust_remote_code=True)
     num_params = sum(p.numel() for p in model.parameters())
     files = sorted(p.name for p in model_dir.iterdir() if p.is_file())
     _done(t, f"{model_dir}: {', '.join(files)} ({num_params / 1e6:.1f} M parameters; reloads with "

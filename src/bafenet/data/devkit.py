@@ -42,6 +42,15 @@ class DevkitError(ValueError):
     """A SIRSTdevkit file is missing or malformed. The message names the file and the problem."""
 
 
+def read_text_file(path: Path) -> str:
+    """A devkit text file as UTF-8 (a leading byte-order mark dropped); other bytes are a DevkitError naming it."""
+    try:
+        return path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as error:
+        raise DevkitError(f"{path}: not UTF-8 text (byte {error.object[error.start]:#04x} at offset {error.start}); "
+                          "save it as UTF-8") from None
+
+
 @dataclass
 class EncodedSample:
     """One validated image with its PNG files as bytes (what the dataset builder embeds).
@@ -137,7 +146,7 @@ def parse_points(path: Path) -> np.ndarray:
     if not path.is_file():
         raise DevkitError(f"{path}: missing point label file")
     points = []
-    lines = path.read_text().splitlines()
+    lines = read_text_file(path).splitlines()
     for n, line in enumerate(lines, start=1):
         if not line.strip():
             if n == len(lines):
@@ -198,7 +207,7 @@ class SirstDevkit:
         path = self.root / "Splits" / f"{split}.txt"
         if not path.is_file():
             raise DevkitError(f"{path}: unknown split {split!r}; available: {', '.join(self.split_names()) or 'none'}")
-        lines = path.read_text().replace("\r\n", "\n").split("\n")
+        lines = read_text_file(path).replace("\r\n", "\n").split("\n")
         if lines and lines[-1] == "":  # tolerate one trailing newline (the real files have none)
             lines.pop()
         if not lines:

@@ -176,14 +176,19 @@ class Trainer:
         processor_settings = parse_config_overrides(args.processor_overrides, "--processor-overrides")
         if args.model_name_or_path:
             from bafenet.inputs import check_model_path
+            from bafenet.models.loading import load_model, load_processor
 
             check_model_path(args.model_name_or_path, "--model-name-or-path")
-            model = BafeNetForObjectDetection.from_pretrained(args.model_name_or_path)
-            processor = BafeNetImageProcessor.from_pretrained(args.model_name_or_path)
+            model = load_model(args.model_name_or_path, option="--model-name-or-path")
+            processor = load_processor(args.model_name_or_path, option="--model-name-or-path")
             try:
                 return model, processor.with_settings(**processor_settings)
             except (ValueError, TypeError) as error:
                 raise ValueError(f"--processor-overrides {args.processor_overrides!r}: {error}") from None
+        if args.backbone_weights and not args.backbone_weights.endswith("-pypi"):
+            from bafenet.models.loading import check_weights_file
+
+            check_weights_file(args.backbone_weights)
         kwargs = dict(backbone=args.backbone, image_size=args.image_size, backbone_weights=args.backbone_weights)
         overrides = parse_config_overrides(args.config_overrides)
         if not args.backbone_weights and "freeze_backbone_bn" not in overrides:

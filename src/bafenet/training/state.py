@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import math
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -34,8 +35,39 @@ class TrainerState:
         return asdict(self)
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        for key, value in state.items():
+        """Restore a saved `state_dict`; an unknown key or a value of the wrong type or range is a ValueError naming
+        the key (`check_state`)."""
+        for key, value in check_state(state).items():
             setattr(self, key, value)
+
+
+MAX_COUNT = 10**12  # no real run reaches this many epochs, batches or updates
+_COUNTS = ("epoch", "batch_in_epoch", "global_step")
+_OPTIONAL_COUNTS = ("best_epoch", "best_step")
+
+
+def _is_count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_COUNT
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def check_state(state: Any) -> dict[str, Any]:
+    """``state`` (a ``trainer_state.json`` record) checked against `TrainerState`'s fields; returns it."""
+    if not isinstance(state, dict):
+        raise ValueError(f"state must be a JSON object, got {type(state).__name__}")
+    names = [f.name for f in fields(TrainerState)]
+    for key, value in state.items():
+        if key not in names:
+            raise ValueError(f"unknown state key {key!r} (known: {', '.join(names)})")
+        ok = (_is_count(value) if key in _COUNTS else value is None or _is_count(value) if key in _OPTIONAL_COUNTS
+              else _is_number(value) and value >= 0 if key == "train_seconds"
+              else value is None or _is_number(value) if key == "best_metric" else isinstance(value, list))
+        if not ok:
+            raise ValueError(f"state {key!r} has an impossible value {str(value)[:40]!r}")
+    return state
 
 
 def list_checkpoints(output_dir: Path) -> list[Path]:

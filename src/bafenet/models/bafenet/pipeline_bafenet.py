@@ -1,7 +1,8 @@
 """The `object-detection` pipeline for BAFE-Net, shipped as remote code (`config.custom_pipelines`).
 
 `pipeline("object-detection", model=..., trust_remote_code=True)` builds this class instead of the stock
-`ObjectDetectionPipeline`, which differs in two points only:
+`ObjectDetectionPipeline` (with bafenet installed, no remote code: `pipeline("object-detection", model=...,
+pipeline_class=BafeNetObjectDetectionPipeline, trust_remote_code=False)`), which differs in two points only:
 
 * it knows the model, so transformers' "is not supported for object-detection" ERROR (the stock check only looks at
   transformers' own model list) is not logged;
