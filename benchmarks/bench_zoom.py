@@ -57,20 +57,30 @@ def fcos_path(size: int, image: np.ndarray):
     return predict
 
 
-def latency(models: dict, processors: dict, rows, repeats: int) -> list[dict]:
-    """Medians per frame size of zoom, tiles and FCOS-R50, and the windows each BAFE-Net mode ran."""
-    from PIL import Image
+FRAMES = ((640, 512), (1280, 720), (1280, 1024), (1918, 1080))  # DenseSIRST's camera frames (width, height)
 
+
+def frame_rows(rows) -> dict[str, int]:
+    """The first row of each DenseSIRST frame size in the split, and of the small (<= 400 px) frames."""
+    sizes = rows.select_columns(["width", "height"])
+    found: dict[str, int] = {}
+    for index, row in enumerate(sizes):
+        size = (int(row["width"]), int(row["height"]))
+        name = f"{size[0]}x{size[1]}" if size in FRAMES else "small" if max(size) <= 400 else None
+        if name is not None and name not in found:
+            found[name] = index
+    return found
+
+
+def latency(models: dict, processors: dict, rows, repeats: int):
+    """Per frame size: medians of zoom, tiles and FCOS-R50, and the windows each BAFE-Net mode ran (yielded as
+    they are measured)."""
     from bafenet.models.bafenet.tiling_bafenet import scaled_size, window_layout
 
-    seen, results = set(), []
     config = models["zoom"].config
-    for index in range(len(rows)):
-        size = (int(rows[index]["width"]), int(rows[index]["height"]))
-        if size in seen:
-            continue
-        seen.add(size)
+    for name, index in frame_rows(rows).items():
         image = rows[index]["image"].convert("L")
+        size = (image.width, image.height)
         candidates = {name: bafenet_full_path(models[name], processors[name], image) for name in models}
         candidates[PEER] = fcos_path(512, np.asarray(image))
         times = interleaved_median(candidates, repeats, 1)
@@ -78,9 +88,8 @@ def latency(models: dict, processors: dict, rows, repeats: int) -> list[dict]:
             ran = len(models["zoom"](**processors["zoom"](images=[image])).windows)
         total = len(window_layout([scaled_size(size[1], size[0], config.tile_scale)], config.tile_window,
                                   config.tile_overlap))
-        medians = {name: 1e3 * float(np.median(values)) for name, values in times.items()}
-        results.append({"frame": f"{size[0]}x{size[1]}", **medians, "zoom_windows": ran, "tiles_windows": total})
-    return results
+        medians = {key: 1e3 * float(np.median(values)) for key, values in times.items()}
+        yield {"frame": f"{size[0]}x{size[1]}", **medians, "zoom_windows": ran, "tiles_windows": total}
 
 
 def proposal_recall(model, processor, rows) -> dict:
@@ -90,6 +99,7 @@ def proposal_recall(model, processor, rows) -> dict:
     from bafenet.models.bafenet.tiling_bafenet import scaled_size, window_layout
 
     config, counts = model.config, {}
+    rows = rows.select_columns(["image", "width", "height", "objects"])  # no masks decoded
     for index in range(len(rows)):
         row = rows[index]
         width, height = int(row["width"]), int(row["height"])
@@ -113,6 +123,17 @@ def proposal_recall(model, processor, rows) -> dict:
                     "windows_run": c["ran"] / max(c["windows"], 1)} for group, c in counts.items()}
 
 
+def print_latency(models: dict, processors: dict, rows, repeats: int, split: str) -> None:
+    """The latency table, a row per frame size as it is measured."""
+    print(f"\nwhole path per frame size ({split}, one image each, {repeats} interleaved repeats, "
+          f"{torch.get_num_threads()} threads)")
+    print(f"{'frame':>10} {'zoom ms':>9} {'tiles ms':>9} {'FCOS ms':>9} {'zoom/FCOS':>10} {'tiles/FCOS':>11} "
+          f"{'windows zoom/tiles':>19}")
+    for r in latency(models, processors, rows, repeats):
+        print(f"{r['frame']:>10} {r['zoom']:>9.0f} {r['tiles']:>9.0f} {r[PEER]:>9.0f} {r['zoom'] / r[PEER]:>10.2f} "
+              f"{r['tiles'] / r[PEER]:>11.2f} {r['zoom_windows']:>10}/{r['tiles_windows']}", flush=True)
+
+
 def main() -> None:
     import datasets
 
@@ -121,17 +142,13 @@ def main() -> None:
     parser.add_argument("--dataset", required=True, help="a built dataset folder (bafenet data build)")
     parser.add_argument("--split", default="validation")
     parser.add_argument("--max-images", type=int, default=None, help="proposal recall on the first N images only")
+    parser.add_argument("--skip-latency", action="store_true", help="only the proposal recall")
     args = parser.parse_args()
     start(args)
     models, processors = load(args.model)
     rows = datasets.load_dataset(args.dataset, split=args.split)
-    print(f"\nwhole path per frame size ({args.split}, one image each, {args.repeats} interleaved repeats, "
-          f"{torch.get_num_threads()} threads)")
-    print(f"{'frame':>10} {'zoom ms':>9} {'tiles ms':>9} {'FCOS ms':>9} {'zoom/FCOS':>10} {'tiles/FCOS':>11} "
-          f"{'windows zoom/tiles':>19}")
-    for r in latency(models, processors, rows, args.repeats):
-        print(f"{r['frame']:>10} {r['zoom']:>9.0f} {r['tiles']:>9.0f} {r[PEER]:>9.0f} {r['zoom'] / r[PEER]:>10.2f} "
-              f"{r['tiles'] / r[PEER]:>11.2f} {r['zoom_windows']:>10}/{r['tiles_windows']}")
+    if not args.skip_latency:
+        print_latency(models, processors, rows, args.repeats, args.split)
     subset = rows if args.max_images is None else rows.select(range(min(args.max_images, len(rows))))
     began = time.perf_counter()
     recall = proposal_recall(models["zoom"], processors["zoom"], subset)

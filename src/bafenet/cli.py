@@ -58,6 +58,15 @@ def _selected_command(argv: Sequence[str]) -> tuple[str, ...] | None:
     return None
 
 
+def flush_denormals() -> None:
+    """Treat denormal floats as zero on the CPU for this process: a trained model's activations hold denormals that
+    slow CPU arithmetic several times (measured: a window batch 2.7x slower), and zero is as good a value for them.
+    Every `bafenet` command and the trainer call it; library users can call `torch.set_flush_denormal(True)`."""
+    import torch
+
+    torch.set_flush_denormal(True)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv
@@ -70,6 +79,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     from .outputs import UserError
 
+    flush_denormals()
     try:
         module = importlib.import_module(COMMANDS[args._command][0])
         return int(module.run(args) or 0)

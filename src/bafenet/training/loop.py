@@ -662,6 +662,7 @@ def train(args: TrainingArguments) -> dict[str, Any]:
     from bafenet.outputs import OutputLock, check_not_protected
 
     check_not_protected(args.output_dir, _local_inputs(args), "--output-dir")
+    torch.set_flush_denormal(True)  # denormal activations slow CPU arithmetic several times (bafenet.cli.flush_denormals)
     partial = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
     lock = OutputLock(args.output_dir, COMMAND) if partial.is_main_process else contextlib.nullcontext()
     with lock:
