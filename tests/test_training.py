@@ -14,12 +14,12 @@ import numpy as np
 import pytest
 import torch
 
+from bafenet.commands.train import main
 from bafenet.training import (
     EpochShuffleSampler,
     RecipeSchedule,
     TrainingArguments,
     list_checkpoints,
-    main,
     parameter_groups,
     parse_config_overrides,
 )

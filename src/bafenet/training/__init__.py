@@ -19,8 +19,8 @@ every augmentation are pure functions of (seed, epoch, position), so a run kille
 
 One file per job: ``arguments.py`` (the option groups, RECIPES, the HfArgumentParser command line), ``data.py``
 (sampler, datasets, collators, ground truths), ``optim.py`` (optimiser and schedule), ``probe.py`` (the DDP gradient
-probe), ``state.py`` (loop state, checkpoint folders, resume rules), ``loop.py`` (`Trainer`, `train`) and
-``command.py`` (``bafenet train`` / ``train_accelerate.py``).
+probe), ``state.py`` (loop state, checkpoint folders, resume rules), ``loop.py`` (`BafeNetTrainer`, `train`) and
+``faults.py`` (the ``--debug-*`` fault injection); ``bafenet train`` / ``train_accelerate.py`` are `bafenet.commands.train`.
 """
 
 from .arguments import (
@@ -40,7 +40,6 @@ from .arguments import (
     command_line,
     parse_config_overrides,
 )
-from .command import main, run
 from .data import AugmentedTrainDataset, EpochShuffleSampler, ground_truths
 from .loop import COMMAND, NonFiniteLossError, Trainer, train
 from .optim import RecipeSchedule, build_optimizer, parameter_groups
@@ -51,7 +50,7 @@ __all__ = [
     "ARGUMENT_GROUPS", "RECIPES", "AugmentationArguments", "BafeNetTrainingArguments", "DataArguments",
     "ModelArguments", "OptimizationArguments", "RunArguments", "TrainingArguments", "add_arguments",
     "arguments_from_namespace", "build_parser", "check_config_overrides", "command_line", "parse_config_overrides",
-    "main", "run", "AugmentedTrainDataset",
+    "AugmentedTrainDataset",
     "EpochShuffleSampler", "ground_truths", "COMMAND", "NonFiniteLossError", "Trainer",
     "train", "RecipeSchedule", "build_optimizer", "parameter_groups", "parameters_without_gradient",
     "CHECKPOINT_PREFIX", "RESUME_CHANGEABLE", "RESUME_FIXED", "TrainerState", "list_checkpoints",
