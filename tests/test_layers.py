@@ -177,7 +177,7 @@ def test_a_module_in_no_row_and_a_planted_cycle_are_caught():
 ARGPARSE_ALLOWED = {
     "bafenet.inputs": "the deprecated-flag action shared by the training options and the commands",
     "bafenet.training.arguments": "the training option groups as an HfArgumentParser (as transformers' hf_argparser)",
-    "bafenet.models.pretrained": "`python -m bafenet.models.pretrained`, the weight converter the model's messages name",
+    "bafenet.models.pretrained": "`python -m bafenet.models.pretrained`, the weight converter named in model messages",
 }
 COMMAND_LINE_MODULES = ("bafenet.cli", "bafenet.__main__", "bafenet.commands")
 

@@ -26,12 +26,14 @@ COMMANDS: dict[tuple[str, ...], tuple[str, str]] = {
     ("data", "build"): ("bafenet.commands.data_build", "build the DenseSIRST Parquet dataset folder from a devkit"),
     ("data", "stats"): ("bafenet.commands.data_stats", "target statistics and plots of a built dataset"),
     ("train",): ("bafenet.commands.train", "train BAFE-Net (same code as train_accelerate.py)"),
-    ("evaluate",): ("bafenet.commands.evaluate", "score a model on a dataset split (VOC, COCO, IoU/nIoU/Pd/Fa, points)"),
+    ("evaluate",): ("bafenet.commands.evaluate",
+                    "score a model on a dataset split (VOC, COCO, IoU/nIoU/Pd/Fa, points)"),
     ("predict",): ("bafenet.commands.predict", "detect targets in image files and draw them"),
     ("export", "onnx"): ("bafenet.commands.export_onnx", "export the dense network to ONNX"),
     ("metric", "export"): ("bafenet.commands.metric_export",
                            "write the VOC box metrics as a standalone Hugging Face `evaluate` module folder"),
-    ("push",): ("bafenet.commands.push", "publish a model, a dataset and/or the metric to the Hub (same code as push_to_hub.py)"),
+    ("push",): ("bafenet.commands.push",
+                "publish a model, a dataset and/or the metric to the Hub (same code as push_to_hub.py)"),
 }
 
 
