@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Publish a BAFE-Net model folder, a DenseSIRST dataset folder and/or the VOC metric to the Hugging Face Hub.
 
-Same code as ``bafenet push`` (see ``bafenet.hub``). Examples::
+Same code as ``bafenet push`` (see ``bafenet.commands.push``). Examples::
 
     python push_to_hub.py --dataset-dir densesirst --dataset-repo my-org/densesirst \\
         --model-dir outputs/bafenet-r18 --model-repo my-org/bafenet-r18 --dry-run
@@ -11,7 +11,7 @@ Same code as ``bafenet push`` (see ``bafenet.hub``). Examples::
 
 import sys
 
-from bafenet.hub import main
+from bafenet.commands.push import main
 
 if __name__ == "__main__":
     sys.exit(main())

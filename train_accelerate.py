@@ -9,7 +9,7 @@ Same code as ``bafenet train``; ``python train_accelerate.py --help`` lists ever
 
 import sys
 
-from bafenet.training import main
+from bafenet.commands.train import main
 
 if __name__ == "__main__":
     sys.exit(main())

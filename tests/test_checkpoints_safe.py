@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from bafenet.checkpoints import REQUIRED_FILES
-from bafenet.training import list_checkpoints, main
+from bafenet.commands.train import main
+from bafenet.training import list_checkpoints
 
 pytestmark = pytest.mark.slow  # every test trains a tiny model first (several seconds)
 

@@ -227,7 +227,7 @@ def test_token_never_appears_in_output_logs_requests_or_files(pushed, loaded_bac
 # -- in-process behaviour ----------------------------------------------------------------------------------------------
 @pytest.mark.slow  # local Hub server
 def test_dry_run_lists_every_file_and_sends_nothing(hub, tiny_model_dir, synthetic_dataset_dir, capsys, monkeypatch):
-    from bafenet.hub import main
+    from bafenet.commands.push import main
 
     monkeypatch.setenv("HF_TOKEN", FAKE_TOKEN)
     before = len(hub.state.requests)
@@ -264,7 +264,7 @@ def test_incomplete_model_folder_fails_before_sending(hub_api, tiny_model_dir, t
 
 
 def test_incomplete_folder_cli_exits_1_with_message(tiny_model_dir, tmp_path, capsys):
-    from bafenet.hub import main
+    from bafenet.commands.push import main
 
     folder = _linked_copy(tiny_model_dir, tmp_path / "model", drop=("model.safetensors",))
     assert main(["--model-dir", str(folder), "--model-repo", "tester/x", "--dry-run"]) == 1
@@ -341,7 +341,7 @@ def test_token_found_in_large_binary_file_across_chunk_boundary(hub_api, tiny_mo
 
 
 def test_symlink_leaving_the_folder_is_refused_in_one_line(tiny_model_dir, tmp_path, capsys, monkeypatch):
-    from bafenet.hub import main
+    from bafenet.commands.push import main
 
     monkeypatch.setenv("HF_TOKEN", FAKE_TOKEN)
     folder = _linked_copy(tiny_model_dir, tmp_path / "model")
@@ -440,7 +440,7 @@ def test_model_card_shows_only_measured_metrics_with_conventions(tiny_model_dir,
 
 
 def test_training_run_folder_uploads_only_the_final_model(tiny_model_dir, tmp_path, capsys, monkeypatch):
-    from bafenet.hub import main
+    from bafenet.commands.push import main
 
     monkeypatch.setenv("HF_TOKEN", FAKE_TOKEN)
     run = _linked_copy(tiny_model_dir, tmp_path / "run")
@@ -551,7 +551,7 @@ def test_metric_repo_pushes_the_generated_module_as_a_space_that_evaluate_loads(
     """`--dry-run` lists the generated files and sends nothing; the push makes one Space commit holding exactly the
     files of `bafenet metric export`; `evaluate.load("tester/densesirst_voc")` in a fresh process runs it."""
     from bafenet import __version__
-    from bafenet.hub import main
+    from bafenet.commands.push import main
     from bafenet.metrics.evaluate_module import evaluate_module_files
 
     repo = f"{USER}/densesirst_voc"

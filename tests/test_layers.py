@@ -171,3 +171,51 @@ def test_a_module_in_no_row_and_a_planted_cycle_are_caught():
         "bafenet.nowhere": ["in no row of the README's architecture table"]}
     graph = {**import_graph(), "bafenet.data.stats.plots": {"bafenet.data.stats.summary"}}
     assert import_cycles(graph) == [["bafenet.data.stats.plots", "bafenet.data.stats.summary"]]
+
+
+# Library modules that may still use argparse, and why (everything else that parses a command line is in commands/)
+ARGPARSE_ALLOWED = {
+    "bafenet.inputs": "the deprecated-flag action shared by the training options and the commands",
+    "bafenet.training.arguments": "the training option groups as an HfArgumentParser (as transformers' hf_argparser)",
+    "bafenet.models.pretrained": "`python -m bafenet.models.pretrained`, the weight converter named in model messages",
+}
+COMMAND_LINE_MODULES = ("bafenet.cli", "bafenet.__main__", "bafenet.commands")
+
+
+def command_line_code(modules: dict[str, Path]) -> dict[str, list[str]]:
+    """Library module -> its command-line code: an argparse import (outside `ARGPARSE_ALLOWED`) and top-level
+    ``run`` / ``main`` / ``add_arguments`` functions (``main`` and ``add_arguments`` allowed where argparse is)."""
+    found: dict[str, list[str]] = {}
+    for name, path in modules.items():
+        if name.startswith(COMMAND_LINE_MODULES):
+            continue
+        tree = ast.parse(path.read_text())
+        imports = {a.name for node in ast.walk(tree) if isinstance(node, ast.Import) for a in node.names}
+        imports |= {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module}
+        entry_points = {"run"} if name in ARGPARSE_ALLOWED else {"run", "main", "add_arguments"}
+        wrong = [f"def {node.name}" for node in tree.body
+                 if isinstance(node, ast.FunctionDef) and node.name in entry_points]
+        if "argparse" in imports and name not in ARGPARSE_ALLOWED:
+            wrong.append("import argparse")
+        if wrong:
+            found[name] = wrong
+    return found
+
+
+def test_no_library_module_holds_command_line_code():
+    assert command_line_code(_modules()) == {}
+    assert all(name in _modules() for name in ARGPARSE_ALLOWED)
+
+
+def test_every_command_of_the_cli_is_a_commands_module():
+    from bafenet.cli import COMMANDS
+
+    assert {module for module, _ in COMMANDS.values()} == {
+        name for name in _modules() if name.startswith("bafenet.commands.")}
+
+
+def test_planted_command_line_code_is_caught(tmp_path):
+    planted = tmp_path / "planted.py"
+    planted.write_text("import argparse\n\ndef add_arguments(parser):\n    pass\n\ndef run(args):\n    return 0\n")
+    assert command_line_code({"bafenet.planted": planted}) == {
+        "bafenet.planted": ["def add_arguments", "def run", "import argparse"]}

@@ -13,7 +13,7 @@ def _parse(module: str, argv: list[str]) -> argparse.Namespace:
     import importlib
 
     parser = argparse.ArgumentParser(prog=f"bafenet {module}")
-    importlib.import_module(f"bafenet.{module}").add_arguments(parser)
+    importlib.import_module(f"bafenet.commands.{module}").add_arguments(parser)
     return parser.parse_args(argv)
 
 
@@ -40,10 +40,10 @@ def test_an_old_config_file_with_processor_settings_still_gives_its_processor(tm
 
 
 @pytest.mark.parametrize(("module", "old", "new", "dest", "extra"), [
-    ("evaluation", "--score-threshold", "--operating-threshold", "operating_threshold",
+    ("evaluate", "--score-threshold", "--operating-threshold", "operating_threshold",
      ["--model", "m", "--dataset", "d"]),
     ("predict", "--threshold", "--operating-threshold", "operating_threshold", ["--model", "m", "--out", "o", "x.png"]),
-    ("training", "--score-threshold", "--detection-threshold", "detection_threshold", []),
+    ("train", "--score-threshold", "--detection-threshold", "detection_threshold", []),
 ])
 def test_old_threshold_flags_still_work_with_one_warning_line(module, old, new, dest, extra, capsys):
     assert getattr(_parse(module, [*extra, new, "0.25"]), dest) == 0.25
@@ -53,9 +53,9 @@ def test_old_threshold_flags_still_work_with_one_warning_line(module, old, new, 
     assert err.count("\n") == 1 and f"{old} is deprecated; use {new}" in err
 
 
-@pytest.mark.parametrize("module", ["evaluation", "predict"])
+@pytest.mark.parametrize("module", ["evaluate", "predict"])
 def test_evaluate_and_predict_take_both_thresholds(module):
-    extra = ["--model", "m", "--dataset", "d"] if module == "evaluation" else ["--model", "m", "--out", "o", "x.png"]
+    extra = ["--model", "m", "--dataset", "d"] if module == "evaluate" else ["--model", "m", "--out", "o", "x.png"]
     args = _parse(module, [*extra, "--detection-threshold", "0.01", "--operating-threshold", "0.4"])
     assert (args.detection_threshold, args.operating_threshold) == (0.01, 0.4)
     defaults = _parse(module, extra)

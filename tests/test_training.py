@@ -14,12 +14,12 @@ import numpy as np
 import pytest
 import torch
 
+from bafenet.commands.train import main
 from bafenet.training import (
     EpochShuffleSampler,
     RecipeSchedule,
     TrainingArguments,
     list_checkpoints,
-    main,
     parameter_groups,
     parse_config_overrides,
 )
@@ -301,3 +301,11 @@ def test_small_model_overfits_a_few_synthetic_images(bright_dataset_dir, tmp_pat
     detections = detector(image)
     assert detections and min(d["score"] for d in detections) >= config["operating_threshold"]
     assert all(isinstance(v, int) for d in detections for v in d["box"].values())  # the pipeline rounds boxes
+
+
+def test_the_debug_options_are_one_fault_injection_callback():
+    from bafenet.training import FaultInjection
+
+    assert FaultInjection.from_arguments(TrainingArguments()) == []  # no option, no callback
+    [fault] = FaultInjection.from_arguments(TrainingArguments(debug_nan_at_step=3, debug_sigkill_at_step=5))
+    assert (fault.nan_at, fault.explode_at, fault.sigkill_at) == (3, None, 5)

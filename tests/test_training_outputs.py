@@ -47,7 +47,7 @@ def finished_run(colour_dataset_dir, tiny_model_dir, tmp_path_factory) -> tuple[
     import contextlib
     import io
 
-    from bafenet.training import main
+    from bafenet.commands.train import main
 
     out = tmp_path_factory.mktemp("run") / "model"
     printed = io.StringIO()

@@ -1,8 +1,9 @@
 """The ``bafenet`` command line.
 
-Each sub-command lives in the module that implements its stage of the pipeline. A module named here exposes
-``add_arguments(parser: argparse.ArgumentParser) -> None`` and ``run(args: argparse.Namespace) -> int``. Only the
-module of the command that is run gets imported, so ``bafenet --help`` stays fast.
+Each sub-command is one module of `bafenet.commands` (the command-line glue; the work is done by the library
+modules). A module named here exposes ``add_arguments(parser: argparse.ArgumentParser) -> None`` and
+``run(args: argparse.Namespace) -> int``. Only the module of the command that is run gets imported, so
+``bafenet --help`` stays fast.
 
 User errors (`bafenet.outputs.UserError`, and OSError / ValueError raised on what the user handed us) end in one
 line on stderr naming the file or option, exit status 1; ``--debug`` (anywhere on the line) shows the traceback.
@@ -14,29 +15,33 @@ import argparse
 import importlib
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from .outputs import error_line
 
 # command words -> (module, one-line help)
 COMMANDS: dict[tuple[str, ...], tuple[str, str]] = {
-    ("quickstart",): ("bafenet.quickstart", "run the whole pipeline on the embedded synthetic devkit"),
-    ("data", "synth"): ("bafenet.data.synthetic", "write a small synthetic SIRSTdevkit"),
-    ("data", "build"): ("bafenet.data.build", "build the DenseSIRST Parquet dataset folder from a devkit"),
-    ("data", "stats"): ("bafenet.data.stats", "target statistics and plots of a built dataset"),
-    ("train",): ("bafenet.training", "train BAFE-Net (same code as train_accelerate.py)"),
-    ("evaluate",): ("bafenet.evaluation", "score a model on a dataset split (VOC, COCO, IoU/nIoU/Pd/Fa, points)"),
-    ("predict",): ("bafenet.predict", "detect targets in image files and draw them"),
-    ("export", "onnx"): ("bafenet.export_onnx", "export the dense network to ONNX"),
-    ("metric", "export"): ("bafenet.metric_export",
+    ("quickstart",): ("bafenet.commands.quickstart", "run the whole pipeline on the embedded synthetic devkit"),
+    ("data", "synth"): ("bafenet.commands.data_synth", "write a small synthetic SIRSTdevkit"),
+    ("data", "build"): ("bafenet.commands.data_build", "build the DenseSIRST Parquet dataset folder from a devkit"),
+    ("data", "stats"): ("bafenet.commands.data_stats", "target statistics and plots of a built dataset"),
+    ("train",): ("bafenet.commands.train", "train BAFE-Net (same code as train_accelerate.py)"),
+    ("evaluate",): ("bafenet.commands.evaluate",
+                    "score a model on a dataset split (VOC, COCO, IoU/nIoU/Pd/Fa, points)"),
+    ("predict",): ("bafenet.commands.predict", "detect targets in image files and draw them"),
+    ("export", "onnx"): ("bafenet.commands.export_onnx", "export the dense network to ONNX"),
+    ("metric", "export"): ("bafenet.commands.metric_export",
                            "write the VOC box metrics as a standalone Hugging Face `evaluate` module folder"),
-    ("push",): ("bafenet.hub", "publish a model, a dataset and/or the metric to the Hub (same code as push_to_hub.py)"),
+    ("push",): ("bafenet.commands.push",
+                "publish a model, a dataset and/or the metric to the Hub (same code as push_to_hub.py)"),
 }
 
 
 def _build_parser(selected: tuple[str, ...] | None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="bafenet", description="DenseSIRST + BAFE-Net, Hugging Face-native.")
     parser.add_argument("--debug", action="store_true", help="show the full traceback of an error (any position)")
-    groups: dict[tuple[str, ...], argparse._SubParsersAction] = {(): parser.add_subparsers(dest="cmd0", metavar="COMMAND")}
+    # command-word prefix -> its sub-parsers (what `add_subparsers` returns, an argparse.Action with `add_parser`)
+    groups: dict[tuple[str, ...], Any] = {(): parser.add_subparsers(dest="cmd0", metavar="COMMAND")}
     for words, (module, help_text) in COMMANDS.items():
         for depth in range(1, len(words)):
             prefix = words[:depth]

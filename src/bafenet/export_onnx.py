@@ -37,9 +37,6 @@ exporter (needs ``onnxscript``; slower to export, same outputs in our tests).
 
 from __future__ import annotations
 
-import argparse
-import sys
-import time
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
@@ -53,7 +50,7 @@ BATCHED_OUTPUTS = ("logits", "pred_boxes", "centerness", "sky_logits")  # "strid
 DEFAULT_OPSET = 17
 DEFAULT_ATOL = 1e-4
 
-__all__ = ["DenseNetwork", "export_onnx", "outputs_from_onnx", "run_onnx", "compare_with_pytorch", "add_arguments", "run"]
+__all__ = ["DenseNetwork", "export_onnx", "outputs_from_onnx", "run_onnx", "compare_with_pytorch"]
 
 
 class DenseNetwork(torch.nn.Module):
@@ -192,45 +189,3 @@ def compare_with_pytorch(
             ours, reference = ours.sigmoid(), reference.sigmoid()
         diffs[name] = float((ours - reference).abs().max())
     return diffs
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", required=True, help="model folder or Hub repo id")
-    parser.add_argument("--trust-remote-code", action="store_true",
-                        help="run the model folder's own .py files (default: the installed BAFE-Net classes load it)")
-    parser.add_argument("--out", required=True, type=Path, help="ONNX file to write, e.g. model.onnx")
-    parser.add_argument("--opset", type=int, default=DEFAULT_OPSET, help=f"ONNX opset (default {DEFAULT_OPSET})")
-    parser.add_argument("--dynamo", action="store_true", help="use the torch.export-based exporter (needs onnxscript)")
-    parser.add_argument("--atol", type=float, default=DEFAULT_ATOL,
-                        help=f"fail when onnxruntime and PyTorch differ by more than this (default {DEFAULT_ATOL:g})")
-    parser.add_argument("--no-check", action="store_true", help="skip the onnxruntime comparison")
-    parser.add_argument("--overwrite", action="store_true", help="replace --out when it exists")
-
-
-def run(args: argparse.Namespace) -> int:
-    from .inputs import check_model_path
-    from .outputs import check_output_file, written_file
-
-    start = time.perf_counter()
-    path = check_output_file(args.out, inputs=[args.model], overwrite=args.overwrite)
-    check_model_path(args.model)
-    model = _load_model(args.model, args.trust_remote_code)
-    with written_file(path) as tmp:
-        export_onnx(model, tmp, opset=args.opset, dynamo=args.dynamo)
-    size_mb = path.stat().st_size / 2**20
-    print(f"exported {args.model} -> {path} ({size_mb:.1f} MiB, opset {args.opset}, "
-          f"{'dynamo' if args.dynamo else 'torchscript'} exporter, {time.perf_counter() - start:.1f} s)")
-    print(f"input: pixel_values (batch, 3, {model.config.image_size}, {model.config.image_size}) from the image "
-          f"processor; outputs: {', '.join(OUTPUT_NAMES)}")
-    if args.no_check:
-        return 0
-    diffs = compare_with_pytorch(model, path)
-    worst = max(diffs.values())
-    print("onnxruntime vs PyTorch, max |diff| (probabilities; boxes / input size): "
-          + ", ".join(f"{k} {v:.2e}" for k, v in diffs.items()))
-    if worst > args.atol:
-        print(f"error: {path}: onnxruntime output differs from PyTorch by {worst:.2e} > atol {args.atol:g}",
-              file=sys.stderr)
-        return 1
-    print(f"ok: within atol {args.atol:g}")
-    return 0

@@ -11,6 +11,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 from .outputs import UserError
 
@@ -79,14 +80,21 @@ def _safetensors_size(file: Path) -> int:
     return 8 + header_len + max(ends, default=0)
 
 
-def add_deprecated_alias(parser: argparse.ArgumentParser | argparse._ArgumentGroup, old: str, new: str,
-                         dest: str, **kwargs: object) -> None:
-    """Accept ``old`` (a former flag) as ``new``: it stores into ``dest`` and prints one warning line on stderr."""
+class _DeprecatedAlias(argparse.Action):
+    """Store the value like ``store`` and print one warning line naming the new flag (``new``)."""
 
-    class DeprecatedAlias(argparse._StoreAction):
-        def __call__(self, parser, namespace, values, option_string=None):  # noqa: ANN001
-            print(f"{parser.prog}: warning: {old} is deprecated; use {new} (same meaning)", file=sys.stderr)
-            super().__call__(parser, namespace, values, option_string)
+    def __init__(self, option_strings: list[str], dest: str, new: str = "", **kwargs: Any) -> None:
+        super().__init__(option_strings, dest, **kwargs)
+        self.new = new
 
-    parser.add_argument(old, dest=dest, action=DeprecatedAlias, default=argparse.SUPPRESS, help=argparse.SUPPRESS,
-                        **kwargs)
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
+                 option_string: str | None = None) -> None:
+        print(f"{parser.prog}: warning: {option_string} is deprecated; use {self.new} (same meaning)", file=sys.stderr)
+        setattr(namespace, self.dest, values)
+
+
+def add_deprecated_alias(parser: Any, old: str, new: str, dest: str, **kwargs: Any) -> None:
+    """Accept ``old`` (a former flag) as ``new``: it stores into ``dest`` and prints one warning line on stderr.
+    ``parser``: an `argparse.ArgumentParser` or one of its argument groups."""
+    parser.add_argument(old, dest=dest, action=_DeprecatedAlias, new=new, default=argparse.SUPPRESS,
+                        help=argparse.SUPPRESS, **kwargs)

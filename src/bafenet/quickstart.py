@@ -18,10 +18,8 @@ minute: the numbers show a detector that finds the synthetic targets; they say n
 
 from __future__ import annotations
 
-import argparse
 import json
 import shutil
-import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -32,7 +30,7 @@ from .outputs import OutputLock, claim_dir, write_marker
 MARKER = "quickstart.json"
 COMMAND = "quickstart"
 
-__all__ = ["QuickstartSettings", "run_quickstart", "add_arguments", "run"]
+__all__ = ["QuickstartSettings", "run_quickstart"]
 
 
 @dataclass(frozen=True)
@@ -248,31 +246,3 @@ def _print_summary(summary: dict[str, Any], out: Path) -> None:
     print(f"Test split ({summary['num_test_images']} synthetic images, {summary['num_test_targets']} targets): {shown}")
     print("(a small model trained for about a minute on synthetic data: not the paper's numbers)")
     print(f"Summary with the equivalent command of every step: {rel(str(out / MARKER))}")
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--out", type=Path, default=Path("bafenet-quickstart"),
-                        help="output folder (default: ./bafenet-quickstart; a previous quickstart there is replaced)")
-    parser.add_argument("--fast", action="store_true",
-                        help="smoke-test size: 12 images, tiny 128x128 model, 2 training updates (~30 s)")
-    parser.add_argument("--num-images", type=int, default=None, help="synthetic images (default 64; --fast: 12)")
-    parser.add_argument("--epochs", type=int, default=None, help="training epochs (default 20)")
-    parser.add_argument("--seed", type=int, default=None, help="seed of the devkit and the training (default 0)")
-    parser.add_argument("--overwrite", action="store_true",
-                        help="also replace an earlier quickstart folder to which files were added")
-
-
-def run(args: argparse.Namespace) -> int:
-    settings = QuickstartSettings.fast() if args.fast else QuickstartSettings()
-    overrides = {k: v for k, v in (("num_images", args.num_images), ("epochs", args.epochs), ("seed", args.seed))
-                 if v is not None}
-    if overrides:
-        from dataclasses import replace
-
-        settings = replace(settings, **overrides)
-    try:
-        run_quickstart(args.out, settings, overwrite=args.overwrite)
-    except RuntimeError as error:
-        print(f"bafenet quickstart: error: {error}", file=sys.stderr)
-        return 1
-    return 0

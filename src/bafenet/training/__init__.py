@@ -19,8 +19,9 @@ every augmentation are pure functions of (seed, epoch, position), so a run kille
 
 One file per job: ``arguments.py`` (the option groups, RECIPES, the HfArgumentParser command line), ``data.py``
 (sampler, datasets, collators, ground truths), ``optim.py`` (optimiser and schedule), ``probe.py`` (the DDP gradient
-probe), ``state.py`` (loop state, checkpoint folders, resume rules), ``loop.py`` (`Trainer`, `train`) and
-``command.py`` (``bafenet train`` / ``train_accelerate.py``).
+probe), ``state.py`` (loop state, checkpoint folders, resume rules), ``faults.py`` (`TrainerCallback`, the
+``--debug-*`` fault injection), ``loop.py`` (`BafeNetTrainer`, `train`); ``bafenet train`` and ``train_accelerate.py``
+are `bafenet.commands.train`.
 """
 
 from .arguments import (
@@ -40,9 +41,9 @@ from .arguments import (
     command_line,
     parse_config_overrides,
 )
-from .command import main, run
 from .data import AugmentedTrainDataset, EpochShuffleSampler, ground_truths
-from .loop import COMMAND, NonFiniteLossError, Trainer, train
+from .faults import FaultInjection, TrainerCallback
+from .loop import COMMAND, BafeNetTrainer, NonFiniteLossError, Trainer, train
 from .optim import RecipeSchedule, build_optimizer, parameter_groups
 from .probe import parameters_without_gradient
 from .state import CHECKPOINT_PREFIX, RESUME_CHANGEABLE, RESUME_FIXED, TrainerState, list_checkpoints
@@ -51,8 +52,9 @@ __all__ = [
     "ARGUMENT_GROUPS", "RECIPES", "AugmentationArguments", "BafeNetTrainingArguments", "DataArguments",
     "ModelArguments", "OptimizationArguments", "RunArguments", "TrainingArguments", "add_arguments",
     "arguments_from_namespace", "build_parser", "check_config_overrides", "command_line", "parse_config_overrides",
-    "main", "run", "AugmentedTrainDataset",
-    "EpochShuffleSampler", "ground_truths", "COMMAND", "NonFiniteLossError", "Trainer",
+    "AugmentedTrainDataset",
+    "EpochShuffleSampler", "ground_truths", "COMMAND", "BafeNetTrainer", "NonFiniteLossError", "Trainer",
+    "TrainerCallback", "FaultInjection",
     "train", "RecipeSchedule", "build_optimizer", "parameter_groups", "parameters_without_gradient",
     "CHECKPOINT_PREFIX", "RESUME_CHANGEABLE", "RESUME_FIXED", "TrainerState", "list_checkpoints",
 ]

@@ -1,14 +1,11 @@
-"""The training loop: `Trainer` (set-up, resume, the epoch loop with validation and selection, checkpoints, the final
-test and ``metrics.json``) and `train`, which runs it under the output folder's lock."""
+"""The training loop: `BafeNetTrainer` (set-up, resume, the epoch loop with validation and selection, checkpoints,
+the final test and ``metrics.json``) and `train`, which runs it under the output folder's lock."""
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
-import os
 import shutil
-import signal
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -21,8 +18,9 @@ from torch.utils.data import DataLoader
 from bafenet.data.transforms import BagCopyPaste, DetectionCollator, TileTransform, TrainTransform
 from bafenet.inference import inference_loader
 
-from .arguments import TrainingArguments, parse_config_overrides
+from .arguments import BafeNetTrainingArguments, parse_config_overrides
 from .data import AugmentedTrainDataset, EpochShuffleSampler, ground_truths
+from .faults import FaultInjection, TrainerCallback
 from .optim import RecipeSchedule, build_optimizer
 from .probe import parameters_without_gradient
 from .state import CHECKPOINT_PREFIX, RESUME_CHANGEABLE, RESUME_FIXED, TrainerState, list_checkpoints
@@ -34,31 +32,35 @@ class NonFiniteLossError(RuntimeError):
     """Training stopped on a NaN/inf loss; the message names the last good checkpoint."""
 
 
-def _local_inputs(args: TrainingArguments) -> list[Path]:
+def _local_inputs(args: BafeNetTrainingArguments) -> list[Path]:
     """The local folders the run reads (its output folder must not be one of them or hold one)."""
     paths = [Path(p).expanduser() for p in (args.dataset, args.model_name_or_path, args.backbone_weights) if p]
     return [p for p in paths if p.exists()]
 
 
-class Trainer:
-    """One training run. ``Trainer(args).train()`` returns the metrics written to ``metrics.json``."""
+class BafeNetTrainer:
+    """One training run. ``BafeNetTrainer(args).train()`` returns the metrics written to ``metrics.json``.
 
-    def __init__(self, args: TrainingArguments) -> None:
+    ``callbacks``: `TrainerCallback` objects called at every batch (after the `FaultInjection` of the ``--debug-*``
+    options, when one is given)."""
+
+    def __init__(self, args: BafeNetTrainingArguments, callbacks: list[TrainerCallback] | None = None) -> None:
         from accelerate import Accelerator, PartialState
         from accelerate.utils import DataLoaderConfiguration, DistributedDataParallelKwargs, ProjectConfiguration
         from accelerate.utils import parse_flag_from_env, set_seed
 
         self.args = args
+        self.callbacks = [*FaultInjection.from_arguments(args), *(callbacks or [])]
         self.output_dir = Path(args.output_dir)
         # as AcceleratorState does: `ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu` = several CPU processes (gloo)
-        partial = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
-        self._prepare_output_dir(partial)
+        process_state = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
+        self._prepare_output_dir(process_state)
         set_seed(args.seed)
         self.model, self.processor = self._build_model()
         self.image_size = int(self.model.config.image_size)
 
         find_unused = args.find_unused_parameters == "yes"
-        if args.find_unused_parameters == "auto" and partial.num_processes > 1:  # only DDP cares
+        if args.find_unused_parameters == "auto" and process_state.num_processes > 1:  # only DDP cares
             unused = set(parameters_without_gradient(self.model, self.processor, self.image_size))
             for name, param in self.model.named_parameters():
                 if name in unused:
@@ -92,7 +94,7 @@ class Trainer:
         self._load_data()
 
     # -- set-up ----------------------------------------------------------------------------------------------------
-    def _prepare_output_dir(self, partial: Any) -> None:
+    def _prepare_output_dir(self, process_state: Any) -> None:
         """Apply `bafenet.outputs` to ``output_dir``, find the checkpoint to resume (read and checked here, before
         anything else) and mark the folder as a training output."""
         from bafenet.outputs import UserError, folder_owner, write_marker
@@ -112,24 +114,24 @@ class Trainer:
                 what = f"checkpoints (latest {existing[-1].name})" if existing else "an earlier run's model"
                 raise UserError(f"--output-dir {out}: already holds {what}; pass --resume to continue that run or "
                                 "--overwrite-output-dir to start afresh (its checkpoints are deleted)")
-            if partial.is_main_process:  # only the checkpoints this trainer wrote, never other files there
+            if process_state.is_main_process:  # only the checkpoints this trainer wrote, never other files there
                 for checkpoint in existing + sorted((out / "checkpoints").glob(f"{CHECKPOINT_PREFIX}*.tmp")):
                     shutil.rmtree(checkpoint)
             existing = []
-        partial.wait_for_everyone()
+        process_state.wait_for_everyone()
         self.resume_checkpoint, self.resume_changes = None, {}
         if args.resume == "latest":
-            self.resume_checkpoint = self._read_latest(existing, partial.process_index)
+            self.resume_checkpoint = self._read_latest(existing, process_state.process_index)
         elif args.resume is not None:
             from bafenet.checkpoints import read_checkpoint
 
-            self.resume_checkpoint = read_checkpoint(args.resume, partial.process_index)
+            self.resume_checkpoint = read_checkpoint(args.resume, process_state.process_index)
         if self.resume_checkpoint is not None:
             self._check_resume_settings(self.resume_checkpoint.settings)
-        if partial.is_main_process:
+        if process_state.is_main_process:
             out.mkdir(parents=True, exist_ok=True)
             write_marker(out, COMMAND, finished=False)
-        partial.wait_for_everyone()
+        process_state.wait_for_everyone()
 
     def _read_latest(self, existing: list[Path], process_index: int) -> Any:
         """The newest checkpoint that reads and checks out; unusable newer ones are reported and skipped."""
@@ -258,29 +260,32 @@ class Trainer:
         self.ground_truths = {name: ground_truths(rows) for name, rows in (("validation", self.val_rows),
                                                                             ("test", self.test_rows)) if rows is not None}
 
-    def _resume(self, checkpoint: Any, schedule: RecipeSchedule) -> None:
+    def _resume(self, checkpoint: Any) -> None:
         """Load ``checkpoint`` into the prepared objects; apply the optimisation settings changed on --resume."""
         from bafenet.checkpoints import apply_checkpoint
 
-        optimizer, scheduler, state = self.optimizer, self.scheduler, self.state
-        fresh = [{k: g[k] for k in ("lr", "weight_decay")} for g in optimizer.param_groups]
-        apply_checkpoint(checkpoint, self.accelerator, self.model, optimizer, scheduler)
+        state = self.state
+        fresh = [{k: g[k] for k in ("lr", "weight_decay")} for g in self.optimizer.param_groups]
+        apply_checkpoint(checkpoint, self.accelerator, self.model, self.optimizer, self.scheduler)
         state.load_state_dict(checkpoint.state)
         self.last_checkpoint = checkpoint.folder
         if self.resume_changes:  # the checkpoint's values were restored above: put the new ones in
-            inner = scheduler.scheduler
-            for group, new, lr_lambda in zip(optimizer.param_groups, fresh, inner.lr_lambdas):
-                group["weight_decay"] = new["weight_decay"]
-                group["initial_lr"] = new["lr"]
-                lr_lambda.__dict__.update(dataclasses.asdict(schedule))
-            inner.base_lrs = [new["lr"] for new in fresh]
-            for group, base, lr_lambda in zip(optimizer.param_groups, inner.base_lrs, inner.lr_lambdas):
-                group["lr"] = base * lr_lambda(inner.last_epoch)
-            inner._last_lr = [group["lr"] for group in optimizer.param_groups]
+            self._apply_new_rates(fresh)
             changes = ", ".join(f"--{k.replace('_', '-')} {new} (was {old})" for k, (old, new) in
                                 self.resume_changes.items())
             self._print(f"--resume: applying {changes} from update {state.global_step + 1} on")
         self._print(f"resumed from {checkpoint.folder} (epoch {state.epoch}, update {state.global_step})")
+
+    def _apply_new_rates(self, fresh: list[dict[str, float]]) -> None:
+        """Give the restored optimiser this run's learning rates and weight decays (``fresh``, one per parameter
+        group) at the restored schedule position: the scheduler reloads its own state with the new base rates."""
+        scheduler_state = self.scheduler.state_dict()
+        factor = self.schedule(scheduler_state["last_epoch"])  # the multiplier at the restored position
+        rates = [new["lr"] * factor for new in fresh]
+        for group, new, lr in zip(self.optimizer.param_groups, fresh, rates):
+            group.update(weight_decay=new["weight_decay"], initial_lr=new["lr"], lr=lr)
+        scheduler_state.update(base_lrs=[new["lr"] for new in fresh], _last_lr=rates)
+        self.scheduler.load_state_dict(scheduler_state)
 
     # -- helpers ---------------------------------------------------------------------------------------------------
     def _print(self, message: str) -> None:
@@ -376,122 +381,166 @@ class Trainer:
 
     # -- main ------------------------------------------------------------------------------------------------------
     def train(self) -> dict[str, Any]:
+        """Prepare (or resume), run the epochs (validation, selection, checkpoints) until the last one or a limit,
+        then test and write ``metrics.json``; returns its dict."""
         from tqdm.auto import tqdm
 
-        args, acc, state = self.args, self.accelerator, self.state
+        args, state = self.args, self.state
+        self._prepare()
+        self._resume_or_start()
+        self._announce()
+        progress = tqdm(total=self.total_updates, initial=state.global_step, desc="train",
+                        disable=not self.accelerator.is_main_process, dynamic_ncols=True)
+        stop_reason: str | None = self._should_stop() if state.global_step else None  # resumed past a limit
+        self.model.train()
+        self._start = time.perf_counter() - state.train_seconds
+        while state.epoch < args.num_train_epochs and stop_reason is None:
+            stop_reason = self._train_epoch(progress)
+        progress.close()
+        if stop_reason is not None:
+            self._stopped_early(stop_reason)
+        return self._finish(stop_reason)
+
+    def _prepare(self) -> None:
+        """Build the optimiser and the lr schedule and pass them, the model and the loaders through Accelerate."""
+        args, acc = self.args, self.accelerator
         optimizer = build_optimizer(args, self.model)
-        updates_per_epoch = math.ceil(
+        self.updates_per_epoch = math.ceil(
             math.ceil(len(self.train_loader.dataset) / (args.per_device_train_batch_size * acc.num_processes))
             / args.gradient_accumulation_steps
         )
-        total_updates = updates_per_epoch * args.num_train_epochs
+        self.total_updates = self.updates_per_epoch * args.num_train_epochs
         if args.max_steps is not None:
-            total_updates = min(total_updates, args.max_steps)
-        schedule = RecipeSchedule(args.warmup_steps, args.warmup_factor, args.lr_milestones, args.lr_gamma,
-                                  updates_per_epoch, acc.num_processes, cosine=args.lr_schedule == "cosine",
-                                  min_factor=args.lr_min_factor, total_updates=total_updates)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+            self.total_updates = min(self.total_updates, args.max_steps)
+        self.schedule = RecipeSchedule(args.warmup_steps, args.warmup_factor, args.lr_milestones, args.lr_gamma,
+                                       self.updates_per_epoch, acc.num_processes, cosine=args.lr_schedule == "cosine",
+                                       min_factor=args.lr_min_factor, total_updates=self.total_updates)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, self.schedule)
         names = list(self.eval_loaders)
         prepared = acc.prepare(self.model, optimizer, self.train_loader, scheduler, *self.eval_loaders.values())
-        self.model, optimizer, train_loader, scheduler = prepared[:4]
-        self.optimizer, self.scheduler = optimizer, scheduler
+        self.model, self.optimizer, self.prepared_train, self.scheduler = prepared[:4]
         self.prepared_eval = dict(zip(names, prepared[4:]))
         self.last_checkpoint: Path | None = None
+        self._running: dict[str, float] = {}  # loss sums since the last log line
+        self._running_count = 0
 
+    def _resume_or_start(self) -> None:
+        """Load the checkpoint to resume, if any; write ``train_args.json`` and start the trackers."""
+        args, acc = self.args, self.accelerator
         if self.resume_checkpoint is not None:
-            self._resume(self.resume_checkpoint, schedule)
+            self._resume(self.resume_checkpoint)
         elif args.resume == "latest":
             self._print(f"--resume: no checkpoint in {self.output_dir / 'checkpoints'}, starting afresh")
-
         if acc.is_main_process:
             self.output_dir.mkdir(parents=True, exist_ok=True)
             (self.output_dir / "train_args.json").write_text(json.dumps(asdict(args), indent=2) + "\n")
         hparams = {k: (v if isinstance(v, (int, float, str, bool)) else str(v)) for k, v in asdict(args).items()}
         acc.init_trackers("bafenet", config=hparams)
+
+    def _announce(self) -> None:
+        """Print the frozen parameters and the run's size; validate once first with ``--eval-before-training``."""
+        args, acc, state = self.args, self.accelerator, self.state
         if self.frozen:
             self._print(f"{len(self.frozen)} parameter tensors get no gradient in this configuration and are frozen "
                         f"(requires_grad=False), so DDP needs no unused-parameter search: {', '.join(self.frozen)}")
-
         self._print(
             f"training on {self.train_split!r}: {len(self.train_rows)} images x{args.train_repeats}, "
             f"{acc.num_processes} process(es) x batch {args.per_device_train_batch_size} x accumulation "
-            f"{args.gradient_accumulation_steps}, {updates_per_epoch} updates/epoch, {total_updates} updates, "
-            f"optimizer {args.optimizer} lr {args.resolved_learning_rate}, mixed precision {acc.mixed_precision}"
+            f"{args.gradient_accumulation_steps}, {self.updates_per_epoch} updates/epoch, {self.total_updates} "
+            f"updates, optimizer {args.optimizer} lr {args.resolved_learning_rate}, mixed precision "
+            f"{acc.mixed_precision}"
         )
         if args.eval_before_training and state.global_step == 0 and not state.history and self.val_rows is not None:
             self._select(self.evaluate("validation"), epoch=0)
 
-        progress = tqdm(total=total_updates, initial=state.global_step, desc="train",
-                        disable=not acc.is_main_process, dynamic_ncols=True)
-        running: dict[str, float] = {}
-        running_count = 0
-        stop_reason: str | None = self._should_stop() if state.global_step else None  # resumed past a limit
-        self.model.train()
-        start = time.perf_counter() - state.train_seconds
-        while state.epoch < args.num_train_epochs and stop_reason is None:
-            epoch = state.epoch
-            loader = train_loader
-            if state.batch_in_epoch:
-                loader = acc.skip_first_batches(train_loader, state.batch_in_epoch)
-            loader.set_epoch(epoch)  # the sampler's permutation (also on the skipping loader)
-            for batch in loader:
-                with acc.accumulate(self.model):
-                    outputs = self.model(**batch)
-                    loss = outputs.loss
-                    if args.debug_nan_at_step is not None and state.global_step + 1 == args.debug_nan_at_step:
-                        loss = loss * float("nan")
-                    bad = acc.reduce(torch.tensor([0.0 if torch.isfinite(loss) else 1.0], device=acc.device), "sum")
-                    if bad.item() > 0:
-                        self._stop_on_nan(outputs, loss, epoch)
-                    acc.backward(loss)
-                    if args.max_grad_norm is not None and acc.sync_gradients:
-                        acc.clip_grad_norm_(self.model.parameters(), args.max_grad_norm)
-                    optimizer.step()
-                    if schedule.cosine and args.max_train_minutes:
-                        schedule.time_fraction = self._time_fraction(start)
-                    scheduler.step()
-                    optimizer.zero_grad(set_to_none=True)
-                    if args.debug_explode_at_step is not None and acc.sync_gradients and \
-                            state.global_step + 1 == args.debug_explode_at_step:
-                        with torch.no_grad():
-                            for param in self.model.parameters():
-                                param.fill_(float("inf"))
-                state.batch_in_epoch += 1
-                for key, value in {"loss": loss, **(outputs.loss_dict or {})}.items():
-                    running[key] = running.get(key, 0.0) + float(value.detach())
-                running_count += 1
-                if not acc.sync_gradients:
-                    continue
-                state.global_step += 1
-                state.train_seconds = time.perf_counter() - start
-                progress.update(1)
-                if state.global_step % args.logging_steps == 0:
-                    self._log_train(running, running_count, optimizer, scheduler, progress)
-                    running, running_count = {}, 0
-                end_of_epoch = acc.gradient_state.end_of_dataloader
-                if args.checkpointing_steps and state.global_step % args.checkpointing_steps == 0 and not end_of_epoch:
-                    self.save_checkpoint()
-                if args.debug_sigkill_at_step is not None and state.global_step == args.debug_sigkill_at_step:
-                    os.kill(os.getpid(), signal.SIGKILL)
-                stop_reason = self._should_stop()
-                if stop_reason and not end_of_epoch:
-                    break
-            else:  # the epoch ran to its end
-                state.epoch, state.batch_in_epoch = epoch + 1, 0
-                last = state.epoch == args.num_train_epochs or stop_reason is not None
-                if self.val_rows is not None and (state.epoch % args.eval_every_epochs == 0 or last):
-                    paused = time.perf_counter()
-                    self._select(self.evaluate("validation"), epoch=state.epoch)
-                    start += time.perf_counter() - paused  # training time (--max-train-minutes) excludes validation
-                self.save_checkpoint()
-        progress.close()
-        if stop_reason is not None:
-            self._print(f"stopped early ({stop_reason}) at update {state.global_step}")
-            if state.batch_in_epoch:  # stopped inside an epoch: checkpoint and score this state too
-                self.save_checkpoint()
-                if self.val_rows is not None:
-                    self._select(self.evaluate("validation"), epoch=state.epoch)
-        return self._finish(stop_reason)
+    def _train_epoch(self, progress: Any) -> str | None:
+        """Train the current epoch from where the state stands. Returns why training stops (``max_steps`` /
+        ``max_train_minutes``) or None; a limit reached inside the epoch ends it there, unfinished."""
+        acc, state = self.accelerator, self.state
+        epoch = state.epoch
+        loader = self.prepared_train
+        if state.batch_in_epoch:
+            loader = acc.skip_first_batches(self.prepared_train, state.batch_in_epoch)
+        loader.set_epoch(epoch)  # the sampler's permutation (also on the skipping loader)
+        stop_reason = None
+        for batch in loader:
+            stop_reason = self._train_batch(batch, epoch, progress)
+            if stop_reason and not acc.gradient_state.end_of_dataloader:
+                return stop_reason
+        self._end_of_epoch(epoch, stop_reason)
+        return stop_reason
+
+    def _train_batch(self, batch: dict[str, Any], epoch: int, progress: Any) -> str | None:
+        """One batch: forward, backward and, when gradients sync, the update and its bookkeeping (`_end_of_update`,
+        whose stop decision it returns; None between updates)."""
+        outputs, loss = self._forward_backward(batch, epoch)
+        self.state.batch_in_epoch += 1
+        for key, value in {"loss": loss, **(outputs.loss_dict or {})}.items():
+            self._running[key] = self._running.get(key, 0.0) + float(value.detach())
+        self._running_count += 1
+        if not self.accelerator.sync_gradients:
+            return None
+        return self._end_of_update(progress)
+
+    def _forward_backward(self, batch: dict[str, Any], epoch: int) -> tuple[Any, torch.Tensor]:
+        """Forward and backward under gradient accumulation; stops on a non-finite loss before applying it; the
+        optimiser and scheduler steps (Accelerate skips them between accumulated batches)."""
+        args, acc = self.args, self.accelerator
+        with acc.accumulate(self.model):
+            outputs = self.model(**batch)
+            loss = outputs.loss
+            for callback in self.callbacks:
+                loss = callback.on_loss(self, loss)
+            bad = acc.reduce(torch.tensor([0.0 if torch.isfinite(loss) else 1.0], device=acc.device), "sum")
+            if bad.item() > 0:
+                self._stop_on_nan(outputs, loss, epoch)
+            acc.backward(loss)
+            if args.max_grad_norm is not None and acc.sync_gradients:
+                acc.clip_grad_norm_(self.model.parameters(), args.max_grad_norm)
+            self.optimizer.step()
+            if self.schedule.cosine and args.max_train_minutes:
+                self.schedule.time_fraction = self._time_fraction(self._start)
+            self.scheduler.step()
+            self.optimizer.zero_grad(set_to_none=True)
+            for callback in self.callbacks:
+                callback.on_optimizer_step(self)
+        return outputs, loss
+
+    def _end_of_update(self, progress: Any) -> str | None:
+        """Count the update, log, checkpoint (``--checkpointing-steps``, not at an epoch's end: that one follows);
+        returns the stop decision (`_should_stop`)."""
+        args, state = self.args, self.state
+        state.global_step += 1
+        state.train_seconds = time.perf_counter() - self._start
+        progress.update(1)
+        if state.global_step % args.logging_steps == 0:
+            self._log_train(progress)
+        end_of_epoch = self.accelerator.gradient_state.end_of_dataloader
+        if args.checkpointing_steps and state.global_step % args.checkpointing_steps == 0 and not end_of_epoch:
+            self.save_checkpoint()
+        for callback in self.callbacks:
+            callback.on_update_end(self)
+        return self._should_stop()
+
+    def _end_of_epoch(self, epoch: int, stop_reason: str | None) -> None:
+        """An epoch ran to its end: validate (every ``--eval-every-epochs`` and at the last) and checkpoint."""
+        args, state = self.args, self.state
+        state.epoch, state.batch_in_epoch = epoch + 1, 0
+        last = state.epoch == args.num_train_epochs or stop_reason is not None
+        if self.val_rows is not None and (state.epoch % args.eval_every_epochs == 0 or last):
+            paused = time.perf_counter()
+            self._select(self.evaluate("validation"), epoch=state.epoch)
+            self._start += time.perf_counter() - paused  # training time (--max-train-minutes) excludes validation
+        self.save_checkpoint()
+
+    def _stopped_early(self, stop_reason: str) -> None:
+        """Report the stop; inside an epoch, checkpoint and score this state too."""
+        state = self.state
+        self._print(f"stopped early ({stop_reason}) at update {state.global_step}")
+        if state.batch_in_epoch:
+            self.save_checkpoint()
+            if self.val_rows is not None:
+                self._select(self.evaluate("validation"), epoch=state.epoch)
 
     def _test(self, what: str) -> dict[str, Any] | None:
         if self.test_rows is None:
@@ -533,15 +582,17 @@ class Trainer:
                                                     "sum").item())
         return "max_steps" if flags[0] else "max_train_minutes" if flags[1] else None
 
-    def _log_train(self, running: dict[str, float], count: int, optimizer: Any, scheduler: Any, progress: Any) -> None:
-        logs = {f"train/{k}": v / count for k, v in running.items()}
-        logs["train/lr"] = scheduler.get_last_lr()[0]
-        group = optimizer.param_groups[0]
+    def _log_train(self, progress: Any) -> None:
+        """Log the mean losses since the last log line, the lr (and D-Adapt's effective lr); start a new mean."""
+        logs = {f"train/{k}": v / self._running_count for k, v in self._running.items()}
+        logs["train/lr"] = self.scheduler.get_last_lr()[0]
+        group = self.optimizer.param_groups[0]
         if "d" in group:
             logs["train/effective_lr"] = group["d"] * group["lr"]
         logs["train/epoch"] = self.state.epoch
         self.accelerator.log(logs, step=self.state.global_step)
         progress.set_postfix(loss=f"{logs['train/loss']:.3f}", lr=f"{logs['train/lr']:.3g}")
+        self._running, self._running_count = {}, 0
 
     def _stop_on_nan(self, outputs: Any, loss: torch.Tensor, epoch: int) -> None:
         from bafenet.checkpoints import weights_are_finite
@@ -649,7 +700,7 @@ class Trainer:
         return metrics
 
 
-def train(args: TrainingArguments) -> dict[str, Any]:
+def train(args: BafeNetTrainingArguments) -> dict[str, Any]:
     """Run one training (see the module docstring); returns the metrics written to ``metrics.json``.
 
     The main process holds the output folder's lock (`bafenet.outputs.OutputLock`) for the whole run.
@@ -663,7 +714,10 @@ def train(args: TrainingArguments) -> dict[str, Any]:
 
     check_not_protected(args.output_dir, _local_inputs(args), "--output-dir")
     torch.set_flush_denormal(True)  # denormal activations slow CPU arithmetic several times (bafenet.cli.flush_denormals)
-    partial = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
-    lock = OutputLock(args.output_dir, COMMAND) if partial.is_main_process else contextlib.nullcontext()
+    process_state = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
+    lock = OutputLock(args.output_dir, COMMAND) if process_state.is_main_process else contextlib.nullcontext()
     with lock:
-        return Trainer(args).train()
+        return BafeNetTrainer(args).train()
+
+
+Trainer = BafeNetTrainer  # the 0.2 name

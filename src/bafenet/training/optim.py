@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 
-from .arguments import TrainingArguments
+from .arguments import BafeNetTrainingArguments
 
 
 @dataclass
@@ -58,7 +58,7 @@ def parameter_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[s
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
-def build_optimizer(args: TrainingArguments, model: torch.nn.Module) -> torch.optim.Optimizer:
+def build_optimizer(args: BafeNetTrainingArguments, model: torch.nn.Module) -> torch.optim.Optimizer:
     groups = [g for g in parameter_groups(model, args.weight_decay) if g["params"]]
     if args.optimizer == "dadapt_adam":
         from dadaptation import DAdaptAdam

@@ -32,14 +32,13 @@ Definitions (original image pixels; boxes are xyxy, 0-based, exclusive max, as i
 
 One file per job: ``measure.py`` (one image: the definitions above), ``sources.py`` (reading built datasets and
 devkits), ``summary.py`` (a whole dataset: `DatasetStats`, the README's claims, CSV/JSON/card output), ``plots.py``
-(the six plots) and ``command.py`` (``bafenet data stats``).
+(the six plots); ``bafenet data stats`` is `bafenet.commands.data_stats`.
 """
 
 from __future__ import annotations
 
-from .command import add_arguments, load_source, run
 from .measure import RING_GAP, RING_WIDTH, TARGET_COLUMNS, ImageAnnotations, StatsError, measure_image
-from .sources import iter_dataset, iter_devkit
+from .sources import iter_dataset, iter_devkit, load_source
 from .summary import CARD_COMMAND, IMAGE_COLUMNS, README_CLAIMS, DatasetStats, compute_target_stats, write_card_stats
 
 __all__ = [
@@ -52,6 +51,4 @@ __all__ = [
     "iter_dataset",
     "iter_devkit",
     "load_source",
-    "add_arguments",
-    "run",
 ]

@@ -151,3 +151,43 @@ def _ordered_map(fn: Callable[[Any], Any], items: Iterable[Any], workers: int) -
                 yield pending.popleft().result()
         while pending:
             yield pending.popleft().result()
+
+
+def _is_devkit(path: Path) -> bool:
+    return (path / "Splits").is_dir() and (path / "PNGImages").is_dir()
+
+
+def load_source(
+    dataset: str | Path, config: str | None = None, splits: Sequence[str] | None = None, skip_missing: bool = False
+) -> datasets.DatasetDict | _Parts:
+    """Open a built dataset folder, a Hub dataset id or a SIRSTdevkit folder for :func:`compute_target_stats`.
+
+    ``splits``: dataset split expressions (``"test"``, ``"train+validation"``; default: all splits of ``config``),
+    or for a devkit split-file stems (default: ``train_v2``, ``val_v2``, ``test_v2``, i.e. every image).
+    ``skip_missing`` (devkit only) skips the ids whose PNG image is absent instead of failing.
+    """
+    path = Path(dataset).expanduser()
+    if path.is_dir() and _is_devkit(path):
+        from bafenet.data.devkit import SirstDevkit
+
+        devkit = SirstDevkit(path)
+        parts = []
+        for name in splits or ("train_v2", "val_v2", "test_v2"):
+            ids = devkit.split_ids(name)
+            if skip_missing:
+                missing = set(devkit.missing_images(ids))
+                ids = [i for i in ids if i not in missing]
+            parts.append((_devkit_items(path, ids, name), len(ids)))
+        return _Parts(parts)
+    if path.is_dir() and not (path / "README.md").is_file() and not any(path.glob("**/*.parquet")):
+        raise StatsError(f"{path}: neither a built dataset folder (README.md + Parquet) nor a SIRSTdevkit")
+    text = str(dataset)
+    looks_local = text.startswith((".", "/", "~")) or text.count("/") > 1 or path.parent.is_dir() and text.count("/")
+    if not path.exists() and looks_local:
+        raise StatsError(f"{path}: no such dataset folder or SIRSTdevkit (a Hub dataset id looks like 'owner/name')")
+
+    import datasets as hf_datasets
+
+    if splits:
+        return hf_datasets.DatasetDict({s: hf_datasets.load_dataset(str(dataset), config, split=s) for s in splits})
+    return hf_datasets.load_dataset(str(dataset), config)

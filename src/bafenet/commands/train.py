@@ -6,8 +6,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from .arguments import add_arguments, arguments_from_namespace, build_parser
-from .loop import NonFiniteLossError, train
+from bafenet.training import NonFiniteLossError, add_arguments, arguments_from_namespace, build_parser, train
 
 __all__ = ["add_arguments", "run", "main"]
 
