@@ -125,6 +125,17 @@ def test_resume_applies_a_new_learning_rate_and_refuses_a_new_optimizer(one_epoc
     moved = max(float((last[k].float() - checkpoint[k].float()).abs().max()) for k in checkpoint
                 if checkpoint[k].is_floating_point() and "running" not in k)
     assert moved < 1e-6
+    # a new schedule is applied too (the restored scheduler must not bring the checkpoint's back): past the new
+    # milestone the lr is 1e-4 x 1e-5
+    run = _copy(one_epoch_run, tmp_path / "schedule")
+    _reset()
+    assert main(_args(synthetic_dataset_dir, tiny_model_dir, run, "--resume", "--num-train-epochs", "2",
+                      "--lr-milestones", "1", "--lr-gamma", "1e-5")) == 0
+    assert "--lr-gamma 1e-05 (was" in capsys.readouterr().out
+    last = load_file(str(run / "last_model" / "model.safetensors"))
+    moved = max(float((last[k].float() - checkpoint[k].float()).abs().max()) for k in checkpoint
+                if checkpoint[k].is_floating_point() and "running" not in k)
+    assert moved < 1e-6
 
 
 def test_nan_stop_names_a_finite_checkpoint_before_the_destructive_update(synthetic_dataset_dir, tiny_model_dir,

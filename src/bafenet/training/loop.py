@@ -266,25 +266,30 @@ class BafeNetTrainer:
 
         state = self.state
         fresh = [{k: g[k] for k in ("lr", "weight_decay")} for g in self.optimizer.param_groups]
+        schedule = asdict(self.schedule)  # loading the scheduler overwrites the schedule object
         apply_checkpoint(checkpoint, self.accelerator, self.model, self.optimizer, self.scheduler)
         state.load_state_dict(checkpoint.state)
         self.last_checkpoint = checkpoint.folder
         if self.resume_changes:  # the checkpoint's values were restored above: put the new ones in
-            self._apply_new_rates(fresh)
+            self._apply_new_rates(fresh, schedule)
             changes = ", ".join(f"--{k.replace('_', '-')} {new} (was {old})" for k, (old, new) in
                                 self.resume_changes.items())
             self._print(f"--resume: applying {changes} from update {state.global_step + 1} on")
         self._print(f"resumed from {checkpoint.folder} (epoch {state.epoch}, update {state.global_step})")
 
-    def _apply_new_rates(self, fresh: list[dict[str, float]]) -> None:
+    def _apply_new_rates(self, fresh: list[dict[str, float]], schedule: dict[str, Any]) -> None:
         """Give the restored optimiser this run's learning rates and weight decays (``fresh``, one per parameter
-        group) at the restored schedule position: the scheduler reloads its own state with the new base rates."""
+        group) and schedule settings (``schedule``, the fields of :class:`RecipeSchedule`) at the restored schedule
+        position: the scheduler reloads its own state with the new base rates and schedule."""
         scheduler_state = self.scheduler.state_dict()
+        schedule["time_fraction"] = self.schedule.time_fraction  # the restored clock
+        self.schedule.__dict__.update(schedule)
         factor = self.schedule(scheduler_state["last_epoch"])  # the multiplier at the restored position
         rates = [new["lr"] * factor for new in fresh]
         for group, new, lr in zip(self.optimizer.param_groups, fresh, rates):
             group.update(weight_decay=new["weight_decay"], initial_lr=new["lr"], lr=lr)
-        scheduler_state.update(base_lrs=[new["lr"] for new in fresh], _last_lr=rates)
+        scheduler_state.update(base_lrs=[new["lr"] for new in fresh], _last_lr=rates,
+                               lr_lambdas=[dict(schedule) for _ in scheduler_state["lr_lambdas"]])
         self.scheduler.load_state_dict(scheduler_state)
 
     # -- helpers ---------------------------------------------------------------------------------------------------

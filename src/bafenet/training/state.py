@@ -15,7 +15,7 @@ CHECKPOINT_PREFIX = "step_"
 RESUME_FIXED = ("optimizer", "per_device_train_batch_size", "gradient_accumulation_steps", "train_repeats",
                 "max_train_images", "seed", "paper_protocol", "train_split", "config_overrides", "processor_overrides")
 RESUME_CHANGEABLE = ("learning_rate", "weight_decay", "warmup_steps", "warmup_factor", "lr_milestones", "lr_gamma",
-                     "max_grad_norm")
+                     "lr_schedule", "lr_min_factor", "max_grad_norm")
 
 
 @dataclass
