@@ -26,6 +26,7 @@ COMMANDS: dict[tuple[str, ...], tuple[str, str]] = {
     ("train",): ("bafenet.training", "train BAFE-Net (same code as train_accelerate.py)"),
     ("evaluate",): ("bafenet.evaluation", "score a model on a dataset split (VOC, COCO, IoU/nIoU/Pd/Fa, points)"),
     ("predict",): ("bafenet.predict", "detect targets in image files and draw them"),
+    ("demo",): ("bafenet.demo", "web demo (Gradio): upload an infrared image, see the detections (needs bafenet[demo])"),
     ("export", "onnx"): ("bafenet.export_onnx", "export the dense network to ONNX"),
     ("metric", "export"): ("bafenet.metric_export",
                            "write the VOC box metrics as a standalone Hugging Face `evaluate` module folder"),
