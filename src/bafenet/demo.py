@@ -26,11 +26,13 @@ import numpy as np
 from .evaluation import FALLBACK_OPERATING_THRESHOLD
 from .predict import BOX_FORMAT, Predictor, load_grey_image
 
-__all__ = ["EXAMPLE_FRAMES", "TABLE_HEADERS", "add_arguments", "build_demo", "example_frames", "load_demo", "run"]
+__all__ = ["EXAMPLE_FRAMES", "TABLE_HEADERS", "add_arguments", "build_demo", "example_frames", "load_demo", "run",
+           "space_files"]
 
 EXAMPLE_FRAMES = (0, 4, 5)  # indices of the synthetic frames offered as examples (seed 0)
 TABLE_HEADERS = ["score", "x0", "y0", "x1", "y1", "width", "height"]
 DEFAULT_PORT = 7860
+SPACE_GRADIO_VERSION = "6.31.0"  # the Space's sdk_version when gradio is not installed here (the tested version)
 
 
 def example_frames(folder: str | Path, indices: tuple[int, ...] = EXAMPLE_FRAMES, seed: int = 0) -> list[Path]:
@@ -142,6 +144,70 @@ def load_demo(model: str | Path, *, trust_remote_code: bool = False, revision: s
     processor = load_processor(model, trust_remote_code=trust_remote_code, revision=revision)
     network = load_model(model, trust_remote_code=trust_remote_code, revision=revision, dtype=torch.float32).eval()
     return build_demo(network, processor, **kwargs)
+
+
+def space_files(model_repo: str, space_repo: str, *, trust_remote_code: bool = False) -> dict[str, str]:
+    """The files of a Gradio Space that runs this demo on the Hub model ``model_repo``: ``app.py``,
+    ``requirements.txt`` (this bafenet with the ``demo`` extra) and README.md with the Space metadata.
+
+    The app loads the model through `bafenet.models.loading`, so no code from the model repo runs unless
+    ``trust_remote_code`` (written into ``app.py`` for the reader to see)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    from . import __version__
+
+    try:
+        sdk_version = version("gradio")
+    except PackageNotFoundError:
+        sdk_version = SPACE_GRADIO_VERSION
+    code = ("True  # runs the .py files of the model repo: review them" if trust_remote_code else
+            "False  # the installed bafenet classes load the model; no code from the model repo runs")
+    app = f'''"""Web demo of {model_repo}, written by `bafenet push --space` (bafenet {__version__})."""
+
+import os
+
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+
+from bafenet.demo import load_demo  # noqa: E402
+
+MODEL_REPO = "{model_repo}"
+TRUST_REMOTE_CODE = {code}
+
+demo = load_demo(MODEL_REPO, trust_remote_code=TRUST_REMOTE_CODE)
+
+if __name__ == "__main__":
+    demo.launch()
+'''
+    title = space_repo.split("/")[-1]
+    readme = f"""---
+title: {title}
+emoji: 🔭
+colorFrom: indigo
+colorTo: gray
+sdk: gradio
+sdk_version: {sdk_version}
+app_file: app.py
+pinned: false
+models:
+- {model_repo}
+tags:
+- object-detection
+- infrared
+- small-target-detection
+- bafenet
+---
+
+# {title}
+
+Web demo of [{model_repo}](https://huggingface.co/{model_repo}), a BAFE-Net for dense infrared small-target
+detection: pick a synthetic frame or upload an infrared image to see the detections (boxes drawn outside the
+targets, the predicted sky tinted, the densest cluster magnified), the table of boxes and scores, and download them as
+JSON. The score slider starts at the model's stored operating point.
+
+Written by `bafenet push --space {space_repo} --model-repo {model_repo}` (bafenet {__version__}); the same app runs
+locally with `bafenet demo --model {model_repo}`.
+"""
+    return {"app.py": app, "requirements.txt": f"bafenet[demo]=={__version__}\n", "README.md": readme}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

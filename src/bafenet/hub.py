@@ -71,7 +71,8 @@ class UploadPlan:
     files: dict[str, Path | bytes]
     notes: dict[str, str] = field(default_factory=dict)  # path in repo -> remark shown in the listing
     skipped: list[str] = field(default_factory=list)  # folder files that are not uploaded
-    origin: str = ""  # where generated files come from, shown instead of the folder (the metric)
+    origin: str = ""  # where generated files come from, shown instead of the folder (the metric, the demo Space)
+    what: str = ""  # what the commit uploads, for its message (default: by repo type)
 
     @property
     def source(self) -> str:
@@ -288,6 +289,17 @@ def plan_metric_upload(repo_id: str) -> UploadPlan:
                       origin=f"bafenet metric export (bafenet {__version__})")
 
 
+def plan_space_upload(repo_id: str, model_repo: str) -> UploadPlan:
+    """The demo Space ``repo_id`` (`bafenet.demo.space_files`) that runs the web demo on the model ``model_repo``."""
+    from bafenet import __version__
+    from bafenet.demo import space_files
+
+    files = space_files(model_repo, repo_id)
+    return UploadPlan(repo_id, "space", Path(repo_id.split("/", 1)[1]),
+                      {path: text.encode("utf-8") for path, text in files.items()},
+                      origin=f"bafenet demo Space for {model_repo} (bafenet {__version__})", what="BAFE-Net web demo")
+
+
 def file_contains(path: Path, needle: bytes, chunk_size: int = SCAN_CHUNK_BYTES) -> bool:
     """Whether ``needle`` occurs in the file, read in chunks that overlap by ``len(needle) - 1`` bytes."""
     overlap = max(len(needle) - 1, 0)
@@ -386,7 +398,7 @@ def upload_plan(api: "HfApi", plan: UploadPlan, *, private: bool = False, revisi
     what = {"model": "BAFE-Net model", "dataset": "DenseSIRST dataset", "space": "DenseSIRST VOC metric"}
     return api.create_commit(
         repo_id, operations, repo_type=plan.repo_type, revision=revision, create_pr=create_pr,
-        commit_message=commit_message or f"Upload {what[plan.repo_type]} with bafenet push",
+        commit_message=commit_message or f"Upload {plan.what or what[plan.repo_type]} with bafenet push",
         commit_description=f"{len(plan.files)} files from `{plan.origin or plan.folder.name}`"
         + (f"; deleted {len(stale)} stale files: {', '.join(stale)}" if stale else ""),
     )
@@ -408,6 +420,7 @@ def push(
     dataset_dir: str | Path | None = None,
     dataset_repo: str | None = None,
     metric_repo: str | None = None,
+    space_repo: str | None = None,
     token: str | None = None,
     private: bool = False,
     revision: str | None = None,
@@ -424,17 +437,22 @@ def push(
 
     ``endpoint`` defaults to ``HF_ENDPOINT`` (https://huggingface.co); progress lines go to ``out`` (stdout). Remote
     files absent from a folder are kept unless ``delete_remote_extras``; ``license`` None gives the model card "other"
-    with a pointer to the data's situation (DenseSIRST carries no licence).
+    with a pointer to the data's situation (DenseSIRST carries no licence). ``space_repo`` pushes the web demo as a
+    Gradio Space that loads ``model_repo`` (pushed in the same call with ``model_dir``, or already on the Hub).
     """
     out = out or sys.stdout
-    if (model_dir is None) != (model_repo is None):
-        raise ValueError("--model-dir and --model-repo go together")
+    if model_dir is not None and model_repo is None:
+        raise ValueError("--model-dir needs --model-repo")
+    if model_repo is not None and model_dir is None and space_repo is None:
+        raise ValueError("--model-repo needs --model-dir (the folder to push) or --space (a demo of that repo)")
+    if space_repo is not None and model_repo is None:
+        raise ValueError("--space needs --model-repo (the model the demo loads)")
     if dataset_dir is not None and dataset_repo is None:
         raise ValueError("--dataset-dir needs --dataset-repo")
-    if model_dir is None and dataset_dir is None and metric_repo is None:
-        raise ValueError("nothing to push: give --model-dir/--model-repo, --dataset-dir/--dataset-repo and/or "
-                         "--metric-repo")
-    for repo in (model_repo, dataset_repo, metric_repo):
+    if model_dir is None and dataset_dir is None and metric_repo is None and space_repo is None:
+        raise ValueError("nothing to push: give --model-dir/--model-repo, --dataset-dir/--dataset-repo, "
+                         "--metric-repo and/or --space/--model-repo")
+    for repo in (model_repo, dataset_repo, metric_repo, space_repo):
         if repo is not None and not REPO_ID.match(repo):
             raise ValueError(f"{repo!r} is not a repo id (expected NAMESPACE/NAME)")
     plans = []  # checked before anything is sent; dataset first so the model card's dataset link resolves
@@ -445,6 +463,8 @@ def push(
                                        exclude=exclude))
     if metric_repo is not None:
         plans.append(plan_metric_upload(metric_repo))
+    if space_repo is not None:  # after the model, so the Space finds it on its first start
+        plans.append(plan_space_upload(space_repo, model_repo))
     token = resolve_token(token)
     check_no_token(plans, token)
     from huggingface_hub import HfApi
@@ -476,13 +496,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                      "value is visible in the process list). The token is never printed or written.")
     group = parser.add_argument_group("what to push")
     group.add_argument("--model-dir", type=Path, help="model folder (save_pretrained output of training)")
-    group.add_argument("--model-repo", help="model repo id, e.g. my-org/bafenet-r18")
+    group.add_argument("--model-repo", help="model repo id, e.g. my-org/bafenet-r18 (with --space alone: the model "
+                       "the demo loads, already on the Hub)")
     group.add_argument("--dataset-dir", type=Path, help="dataset folder written by `bafenet data build`")
     group.add_argument("--dataset-repo", help="dataset repo id, e.g. my-org/densesirst (without --dataset-dir: only "
                        "linked from the model card)")
     group.add_argument("--metric-repo", help="Space repo id for the VOC box metrics as an evaluate module, e.g. "
                        "my-org/densesirst_voc (generated like `bafenet metric export`; then "
                        "evaluate.load('my-org/densesirst_voc'))")
+    group.add_argument("--space", metavar="NS/NAME", help="Space repo id for the web demo (`bafenet demo`) of "
+                       "--model-repo: app.py, requirements.txt and README.md with the Space metadata")
     parser.add_argument("--private", action="store_true", help="create new repos as private")
     parser.add_argument("--revision", help="branch to commit to (created from main if missing; default: main)")
     parser.add_argument("--create-pr", action="store_true", help="open a pull request instead of committing")
@@ -504,8 +527,8 @@ def run(args: argparse.Namespace) -> int:
     token = args.token
     try:
         push(model_dir=args.model_dir, model_repo=args.model_repo, dataset_dir=args.dataset_dir,
-             dataset_repo=args.dataset_repo, metric_repo=args.metric_repo, token=token, private=args.private,
-             revision=args.revision, create_pr=args.create_pr, commit_message=args.commit_message, license=args.license,
+             dataset_repo=args.dataset_repo, metric_repo=args.metric_repo, space_repo=args.space, token=token,
+             private=args.private, revision=args.revision, create_pr=args.create_pr, commit_message=args.commit_message, license=args.license,
              exclude=tuple(args.exclude), delete_remote_extras=args.delete_remote_extras, dry_run=args.dry_run)
     except (ValueError, OSError, RuntimeError, UserError) as err:  # folder/card/name errors, HTTP/upload errors
         message = str(err) + (f" ({err.__cause__})" if err.__cause__ else "")
