@@ -246,17 +246,49 @@ def check_dataset_folder(folder: str | Path) -> None:
 
 
 # -- plans -------------------------------------------------------------------------------------------------------------
+def card_extras(model_dir: Path, results: tuple[Path, ...] = (), card_image: Path | None = None,
+                card_latency: bool = False) -> tuple[dict[str, Path | bytes], dict[str, str]]:
+    """Files pushed beside the model folder's for its card, with their notes: each ``bafenet evaluate`` results JSON
+    and the PR curve it names (``meta.pr_curve``, beside it), the overlay of ``card_image`` and the latency table
+    (`bafenet.card_assets`, generated here)."""
+    from bafenet.card_assets import LATENCY_FILE, OVERLAY_FILE, latency_json, measure_latency, overlay_png
+
+    files: dict[str, Path | bytes] = {}
+    notes: dict[str, str] = {}
+    for path in map(Path, results):
+        data = read_json(path)
+        meta = data.get("meta") if isinstance(data, dict) else None
+        if not isinstance(meta, dict):
+            raise HubFolderError(f"--results {path}: not a results JSON of `bafenet evaluate` (no meta); nothing was "
+                                 "uploaded")
+        files[path.name], notes[path.name] = path, f"--results {path}"
+        plot = meta.get("pr_curve")
+        if isinstance(plot, str) and (path.parent / plot).is_file():
+            files[plot], notes[plot] = path.parent / plot, f"PR curve of --results {path}"
+    if card_image is not None:
+        files[OVERLAY_FILE], info = overlay_png(model_dir, card_image)
+        notes[OVERLAY_FILE] = f"overlay of {info['image']} ({info['detections']} detections), generated now"
+    if card_latency:
+        files[LATENCY_FILE] = latency_json(measure_latency(model_dir))
+        notes[LATENCY_FILE] = "latency per frame size, measured now on this machine"
+    return files, notes
+
+
 def plan_model_upload(model_dir: str | Path, repo_id: str, *, dataset_repo: str | None = None,
-                      license: str | None = None, exclude: tuple[str, ...] = ()) -> UploadPlan:
-    """Check the model folder and list its files plus the generated model card."""
+                      license: str | None = None, exclude: tuple[str, ...] = (), results: tuple[Path, ...] = (),
+                      card_image: Path | None = None, card_latency: bool = False) -> UploadPlan:
+    """Check the model folder and list its files plus the generated model card (and the card's files:
+    `card_extras`)."""
     folder = Path(model_dir)
     check_model_folder(folder)
     files, skipped = collect_files(folder, exclude, skip_nested_models=True)
     if "README.md" in files:
         skipped.append("README.md")
         del files["README.md"]
-    card = build_model_card(folder, repo_id, dataset_repo=dataset_repo, license=license)
-    plan = UploadPlan(repo_id, "model", folder, {"README.md": card.encode("utf-8"), **files}, skipped=skipped)
+    extras, notes = card_extras(folder, results, card_image, card_latency)
+    card = build_model_card(folder, repo_id, dataset_repo=dataset_repo, license=license, extra_files=extras)
+    plan = UploadPlan(repo_id, "model", folder, {"README.md": card.encode("utf-8"), **files, **extras},
+                      skipped=skipped, notes=notes)
     plan.notes["README.md"] = "model card generated from this folder" + (
         " (replaces the folder's README.md)" if "README.md" in skipped else "")
     return plan
@@ -428,6 +460,9 @@ def push(
     commit_message: str | None = None,
     license: str | None = None,
     exclude: tuple[str, ...] = (),
+    results: tuple[Path, ...] = (),
+    card_image: Path | None = None,
+    card_latency: bool = False,
     delete_remote_extras: bool = False,
     dry_run: bool = False,
     endpoint: str | None = None,
@@ -445,6 +480,8 @@ def push(
         raise ValueError("--model-dir needs --model-repo")
     if model_repo is not None and model_dir is None and space_repo is None:
         raise ValueError("--model-repo needs --model-dir (the folder to push) or --space (a demo of that repo)")
+    if model_dir is None and (results or card_image is not None or card_latency):
+        raise ValueError("--results, --card-image and --card-latency go with --model-dir (they are model card files)")
     if space_repo is not None and model_repo is None:
         raise ValueError("--space needs --model-repo (the model the demo loads)")
     if dataset_dir is not None and dataset_repo is None:
@@ -460,7 +497,8 @@ def push(
         plans.append(plan_dataset_upload(dataset_dir, dataset_repo, exclude=exclude))
     if model_dir is not None:
         plans.append(plan_model_upload(model_dir, model_repo, dataset_repo=dataset_repo, license=license,
-                                       exclude=exclude))
+                                       exclude=exclude, results=results, card_image=card_image,
+                                       card_latency=card_latency))
     if metric_repo is not None:
         plans.append(plan_metric_upload(metric_repo))
     if space_repo is not None:  # after the model, so the Space finds it on its first start
@@ -506,6 +544,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                        "evaluate.load('my-org/densesirst_voc'))")
     group.add_argument("--space", metavar="NS/NAME", help="Space repo id for the web demo (`bafenet demo`) of "
                        "--model-repo: app.py, requirements.txt and README.md with the Space metadata")
+    card = parser.add_argument_group("model card files (pushed with the model, shown in its card)")
+    card.add_argument("--results", type=Path, action="append", default=[], metavar="FILE",
+                      help="a results JSON of `bafenet evaluate` (repeatable): pushed with its PR curve; the card "
+                      "shows its metrics, the table per frame size and the curve")
+    card.add_argument("--card-image", type=Path, metavar="FRAME", help="an infrared frame (a real test frame): the "
+                      "model's detections on it are drawn and pushed as card/overlay.png")
+    card.add_argument("--card-latency", action="store_true", help="measure the time per frame for 320x256 to "
+                      "1918x1080 frames on this machine (CPU) and push it as card/latency.json")
     parser.add_argument("--private", action="store_true", help="create new repos as private")
     parser.add_argument("--revision", help="branch to commit to (created from main if missing; default: main)")
     parser.add_argument("--create-pr", action="store_true", help="open a pull request instead of committing")
@@ -529,7 +575,8 @@ def run(args: argparse.Namespace) -> int:
         push(model_dir=args.model_dir, model_repo=args.model_repo, dataset_dir=args.dataset_dir,
              dataset_repo=args.dataset_repo, metric_repo=args.metric_repo, space_repo=args.space, token=token,
              private=args.private, revision=args.revision, create_pr=args.create_pr, commit_message=args.commit_message, license=args.license,
-             exclude=tuple(args.exclude), delete_remote_extras=args.delete_remote_extras, dry_run=args.dry_run)
+             exclude=tuple(args.exclude), results=tuple(args.results), card_image=args.card_image,
+             card_latency=args.card_latency, delete_remote_extras=args.delete_remote_extras, dry_run=args.dry_run)
     except (ValueError, OSError, RuntimeError, UserError) as err:  # folder/card/name errors, HTTP/upload errors
         message = str(err) + (f" ({err.__cause__})" if err.__cause__ else "")
         for secret in {token, resolve_token(None)} - {None, ""}:
