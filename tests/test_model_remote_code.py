@@ -71,7 +71,7 @@ def test_fresh_process_without_bafenet_loads_bit_identical(tmp_path):
 
     files = sorted(p.name for p in folder.iterdir())
     assert files == ["config.json", "configuration_bafenet.py", "image_processing_bafenet.py", "model.safetensors",
-                     "modeling_bafenet.py", "pipeline_bafenet.py", "preprocessor_config.json"]
+                     "modeling_bafenet.py", "pipeline_bafenet.py", "preprocessor_config.json", "tiling_bafenet.py"]
     auto_map = json.loads((folder / "config.json").read_text())["auto_map"]
     assert set(auto_map) == {"AutoConfig", "AutoModel", "AutoModelForObjectDetection"}
     assert "AutoImageProcessor" in json.loads((folder / "preprocessor_config.json").read_text())["auto_map"]
