@@ -92,3 +92,16 @@ def test_detr_recipe_trains_and_scores_on_densesirst(synthetic_dataset_dir):
     metric.update([{k: v for k, v in p.items() if k in ("boxes", "scores", "labels")} for p in predictions], targets)
     metrics = metric.compute()
     assert 0.0 <= float(metrics["map"]) <= 1.0 and 0.0 <= float(metrics["map_50"]) <= 1.0
+
+    # run_object_detection.py's compute_metrics then loops over the per-class results:
+    #     for class_id, class_map, class_mar in zip(classes, map_per_class, mar_100_per_class): ...
+    # With one class, torchmetrics returns them as 0-d tensors and that loop raises (so `--do_eval` crashes on any
+    # single-class dataset, DenseSIRST included).
+    per_class = [metrics["classes"], metrics["map_per_class"], metrics["mar_100_per_class"]]
+    assert [t.ndim for t in per_class] == [0, 0, 0]
+    with pytest.raises(TypeError, match="iteration over a 0-d tensor"):
+        for _ in zip(*per_class):
+            pass
+    # The fix a user applies to the script: make them 1-d first.
+    rows = {id2label[int(c)]: (float(m), float(r)) for c, m, r in zip(*(torch.atleast_1d(t) for t in per_class))}
+    assert list(rows) == ["target"] and all(0.0 <= v <= 1.0 or v == -1.0 for v in rows["target"])

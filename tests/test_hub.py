@@ -577,3 +577,43 @@ def test_metric_repo_pushes_the_generated_module_as_a_space_that_evaluate_loads(
     assert main(["--metric-repo", f"{USER}/densesirst.voc", "--dry-run"]) == 1
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "--metric-repo" in err and len(hub_api.state.requests) == before
+
+
+RUN_SPACE_APP = textwrap.dedent("""
+    import json, runpy, sys
+    app = runpy.run_path(sys.argv[1], run_name="space_app")  # what the Space runs, without launching the server
+    print("REPORT" + json.dumps({"blocks": type(app["demo"]).__name__, "trust": app["TRUST_REMOTE_CODE"],
+                                 "model": app["MODEL_REPO"]}))
+""")
+
+
+@pytest.mark.slow  # local Hub server and a fresh process
+def test_space_pushes_the_demo_app_that_loads_the_model_repo(hub_api, tiny_model_dir, tmp_path):
+    """`--space NS/NAME --model-repo NS/MODEL` (with the model folder): the model, then a Gradio Space with app.py,
+    requirements.txt and a README whose metadata names the SDK, the app and the model; its app.py, run in a fresh
+    process against the stand-in, loads the model repo without remote code and builds the demo."""
+    pytest.importorskip("gradio", reason="gradio is not installed (pip install -e '.[demo]')")
+    from bafenet import __version__
+
+    space, model = f"{USER}/bafenet-demo", f"{USER}/bafenet-demo-model"
+    with pytest.raises(ValueError, match="--space needs --model-repo"):
+        _push(hub_api, space_repo=space, dry_run=True)
+    _, out = _push(hub_api, space_repo=space, model_repo=model, model_dir=tiny_model_dir, dry_run=True)
+    assert f"space {space} (revision main)" in out and "app.py" in out and "requirements.txt" in out
+
+    _push(hub_api, space_repo=space, model_repo=model, model_dir=tiny_model_dir)
+    files = hub_api.files(space, "space")
+    assert {"app.py", "requirements.txt", "README.md"} <= set(files)
+    assert files["requirements.txt"].decode() == f"bafenet[demo]=={__version__}\n"
+    meta = parse_front_matter(files["README.md"].decode())
+    assert meta["sdk"] == "gradio" and meta["app_file"] == "app.py" and meta["models"] == [model]
+    assert f'MODEL_REPO = "{model}"' in files["app.py"].decode()
+    assert hub_api.commits(space, "space")[-1] == "Upload BAFE-Net web demo with bafenet push"
+
+    (tmp_path / "app.py").write_bytes(files["app.py"])
+    env = {**os.environ, **hub_api.client_env(tmp_path / "home", token=None), "GRADIO_ANALYTICS_ENABLED": "False",
+           "HF_UPDATE_DOWNLOAD_COUNTS": "0"}
+    result = subprocess.run([sys.executable, "-c", RUN_SPACE_APP, str(tmp_path / "app.py")], env=env,
+                            capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert json.loads(result.stdout.split("REPORT", 1)[1]) == {"blocks": "Blocks", "trust": False, "model": model}

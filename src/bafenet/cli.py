@@ -29,6 +29,8 @@ COMMANDS: dict[tuple[str, ...], tuple[str, str]] = {
     ("evaluate",): ("bafenet.commands.evaluate",
                     "score a model on a dataset split (VOC, COCO, IoU/nIoU/Pd/Fa, points)"),
     ("predict",): ("bafenet.commands.predict", "detect targets in image files and draw them"),
+    ("demo",): ("bafenet.commands.demo",
+                "web demo (Gradio): upload an infrared image, see the detections (needs bafenet[demo])"),
     ("export", "onnx"): ("bafenet.commands.export_onnx", "export the dense network to ONNX"),
     ("metric", "export"): ("bafenet.commands.metric_export",
                            "write the VOC box metrics as a standalone Hugging Face `evaluate` module folder"),

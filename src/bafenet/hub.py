@@ -70,7 +70,8 @@ class UploadPlan:
     files: dict[str, Path | bytes]
     notes: dict[str, str] = field(default_factory=dict)  # path in repo -> remark shown in the listing
     skipped: list[str] = field(default_factory=list)  # folder files that are not uploaded
-    origin: str = ""  # where generated files come from, shown instead of the folder (the metric)
+    origin: str = ""  # where generated files come from, shown instead of the folder (the metric, the demo Space)
+    what: str = ""  # what the commit uploads, for its message (default: by repo type)
 
     @property
     def source(self) -> str:
@@ -244,17 +245,49 @@ def check_dataset_folder(folder: str | Path) -> None:
 
 
 # -- plans -------------------------------------------------------------------------------------------------------------
+def card_extras(model_dir: Path, results: tuple[Path, ...] = (), card_image: Path | None = None,
+                card_latency: bool = False) -> tuple[dict[str, Path | bytes], dict[str, str]]:
+    """Files pushed beside the model folder's for its card, with their notes: each ``bafenet evaluate`` results JSON
+    and the PR curve it names (``meta.pr_curve``, beside it), the overlay of ``card_image`` and the latency table
+    (`bafenet.card_assets`, generated here)."""
+    from bafenet.card_assets import LATENCY_FILE, OVERLAY_FILE, latency_json, measure_latency, overlay_png
+
+    files: dict[str, Path | bytes] = {}
+    notes: dict[str, str] = {}
+    for path in map(Path, results):
+        data = read_json(path)
+        meta = data.get("meta") if isinstance(data, dict) else None
+        if not isinstance(meta, dict):
+            raise HubFolderError(f"--results {path}: not a results JSON of `bafenet evaluate` (no meta); nothing was "
+                                 "uploaded")
+        files[path.name], notes[path.name] = path, f"--results {path}"
+        plot = meta.get("pr_curve")
+        if isinstance(plot, str) and (path.parent / plot).is_file():
+            files[plot], notes[plot] = path.parent / plot, f"PR curve of --results {path}"
+    if card_image is not None:
+        files[OVERLAY_FILE], info = overlay_png(model_dir, card_image)
+        notes[OVERLAY_FILE] = f"overlay of {info['image']} ({info['detections']} detections), generated now"
+    if card_latency:
+        files[LATENCY_FILE] = latency_json(measure_latency(model_dir))
+        notes[LATENCY_FILE] = "latency per frame size, measured now on this machine"
+    return files, notes
+
+
 def plan_model_upload(model_dir: str | Path, repo_id: str, *, dataset_repo: str | None = None,
-                      license: str | None = None, exclude: tuple[str, ...] = ()) -> UploadPlan:
-    """Check the model folder and list its files plus the generated model card."""
+                      license: str | None = None, exclude: tuple[str, ...] = (), results: tuple[Path, ...] = (),
+                      card_image: Path | None = None, card_latency: bool = False) -> UploadPlan:
+    """Check the model folder and list its files plus the generated model card (and the card's files:
+    `card_extras`)."""
     folder = Path(model_dir)
     check_model_folder(folder)
     files, skipped = collect_files(folder, exclude, skip_nested_models=True)
     if "README.md" in files:
         skipped.append("README.md")
         del files["README.md"]
-    card = build_model_card(folder, repo_id, dataset_repo=dataset_repo, license=license)
-    plan = UploadPlan(repo_id, "model", folder, {"README.md": card.encode("utf-8"), **files}, skipped=skipped)
+    extras, notes = card_extras(folder, results, card_image, card_latency)
+    card = build_model_card(folder, repo_id, dataset_repo=dataset_repo, license=license, extra_files=extras)
+    plan = UploadPlan(repo_id, "model", folder, {"README.md": card.encode("utf-8"), **files, **extras},
+                      skipped=skipped, notes=notes)
     plan.notes["README.md"] = "model card generated from this folder" + (
         " (replaces the folder's README.md)" if "README.md" in skipped else "")
     return plan
@@ -285,6 +318,17 @@ def plan_metric_upload(repo_id: str) -> UploadPlan:
     files = evaluate_module_files(name)
     return UploadPlan(repo_id, "space", Path(name), {path: text.encode("utf-8") for path, text in files.items()},
                       origin=f"bafenet metric export (bafenet {__version__})")
+
+
+def plan_space_upload(repo_id: str, model_repo: str) -> UploadPlan:
+    """The demo Space ``repo_id`` (`bafenet.demo.space_files`) that runs the web demo on the model ``model_repo``."""
+    from bafenet import __version__
+    from bafenet.demo import space_files
+
+    files = space_files(model_repo, repo_id)
+    return UploadPlan(repo_id, "space", Path(repo_id.split("/", 1)[1]),
+                      {path: text.encode("utf-8") for path, text in files.items()},
+                      origin=f"bafenet demo Space for {model_repo} (bafenet {__version__})", what="BAFE-Net web demo")
 
 
 def file_contains(path: Path, needle: bytes, chunk_size: int = SCAN_CHUNK_BYTES) -> bool:
@@ -385,7 +429,7 @@ def upload_plan(api: "HfApi", plan: UploadPlan, *, private: bool = False, revisi
     what = {"model": "BAFE-Net model", "dataset": "DenseSIRST dataset", "space": "DenseSIRST VOC metric"}
     return api.create_commit(
         repo_id, operations, repo_type=plan.repo_type, revision=revision, create_pr=create_pr,
-        commit_message=commit_message or f"Upload {what[plan.repo_type]} with bafenet push",
+        commit_message=commit_message or f"Upload {plan.what or what[plan.repo_type]} with bafenet push",
         commit_description=f"{len(plan.files)} files from `{plan.origin or plan.folder.name}`"
         + (f"; deleted {len(stale)} stale files: {', '.join(stale)}" if stale else ""),
     )
@@ -407,6 +451,7 @@ def push(
     dataset_dir: str | Path | None = None,
     dataset_repo: str | None = None,
     metric_repo: str | None = None,
+    space_repo: str | None = None,
     token: str | None = None,
     private: bool = False,
     revision: str | None = None,
@@ -414,6 +459,9 @@ def push(
     commit_message: str | None = None,
     license: str | None = None,
     exclude: tuple[str, ...] = (),
+    results: tuple[Path, ...] = (),
+    card_image: Path | None = None,
+    card_latency: bool = False,
     delete_remote_extras: bool = False,
     dry_run: bool = False,
     endpoint: str | None = None,
@@ -423,17 +471,24 @@ def push(
 
     ``endpoint`` defaults to ``HF_ENDPOINT`` (https://huggingface.co); progress lines go to ``out`` (stdout). Remote
     files absent from a folder are kept unless ``delete_remote_extras``; ``license`` None gives the model card "other"
-    with a pointer to the data's situation (DenseSIRST carries no licence).
+    with a pointer to the data's situation (DenseSIRST carries no licence). ``space_repo`` pushes the web demo as a
+    Gradio Space that loads ``model_repo`` (pushed in the same call with ``model_dir``, or already on the Hub).
     """
     out = out or sys.stdout
-    if (model_dir is None) != (model_repo is None):
-        raise ValueError("--model-dir and --model-repo go together")
+    if model_dir is not None and model_repo is None:
+        raise ValueError("--model-dir needs --model-repo")
+    if model_repo is not None and model_dir is None and space_repo is None:
+        raise ValueError("--model-repo needs --model-dir (the folder to push) or --space (a demo of that repo)")
+    if model_dir is None and (results or card_image is not None or card_latency):
+        raise ValueError("--results, --card-image and --card-latency go with --model-dir (they are model card files)")
+    if space_repo is not None and model_repo is None:
+        raise ValueError("--space needs --model-repo (the model the demo loads)")
     if dataset_dir is not None and dataset_repo is None:
         raise ValueError("--dataset-dir needs --dataset-repo")
-    if model_dir is None and dataset_dir is None and metric_repo is None:
-        raise ValueError("nothing to push: give --model-dir/--model-repo, --dataset-dir/--dataset-repo and/or "
-                         "--metric-repo")
-    for repo in (model_repo, dataset_repo, metric_repo):
+    if model_dir is None and dataset_dir is None and metric_repo is None and space_repo is None:
+        raise ValueError("nothing to push: give --model-dir/--model-repo, --dataset-dir/--dataset-repo, "
+                         "--metric-repo and/or --space/--model-repo")
+    for repo in (model_repo, dataset_repo, metric_repo, space_repo):
         if repo is not None and not REPO_ID.match(repo):
             raise ValueError(f"{repo!r} is not a repo id (expected NAMESPACE/NAME)")
     plans = []  # checked before anything is sent; dataset first so the model card's dataset link resolves
@@ -441,9 +496,12 @@ def push(
         plans.append(plan_dataset_upload(dataset_dir, dataset_repo, exclude=exclude))
     if model_dir is not None:
         plans.append(plan_model_upload(model_dir, model_repo, dataset_repo=dataset_repo, license=license,
-                                       exclude=exclude))
+                                       exclude=exclude, results=results, card_image=card_image,
+                                       card_latency=card_latency))
     if metric_repo is not None:
         plans.append(plan_metric_upload(metric_repo))
+    if space_repo is not None:  # after the model, so the Space finds it on its first start
+        plans.append(plan_space_upload(space_repo, model_repo))
     token = resolve_token(token)
     check_no_token(plans, token)
     from huggingface_hub import HfApi

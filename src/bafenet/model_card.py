@@ -13,8 +13,10 @@ Sources, all read defensively (a file that is absent is reported as such, never 
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import struct
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -74,9 +76,29 @@ def read_json(path: Path) -> Any:
         raise CardSourceError(f"{path}: cannot be read as JSON ({err})") from err
 
 
-def _read_optional(folder: Path, patterns: tuple[str, ...]) -> list[tuple[str, Any]]:
+Extra = Mapping[str, "Path | bytes"]  # files pushed beside the folder's (path in the repo -> file or bytes)
+
+
+def _has(folder: Path, extra: Extra, name: str) -> bool:
+    return name in extra or (folder / name).is_file()
+
+
+def _read_extra(folder: Path, extra: Extra, name: str) -> Any:
+    item = extra.get(name, folder / name)
+    if isinstance(item, bytes):
+        try:
+            return json.loads(item)
+        except (UnicodeDecodeError, json.JSONDecodeError) as err:
+            raise CardSourceError(f"{name}: cannot be read as JSON ({err})") from err
+    return read_json(item)
+
+
+def _read_optional(folder: Path, patterns: tuple[str, ...], extra: Extra | None = None) -> list[tuple[str, Any]]:
+    extra = extra or {}
     names = dict.fromkeys(p.name for pattern in patterns for p in sorted(folder.glob(pattern)) if p.is_file())
-    return [(name, read_json(folder / name)) for name in names]
+    names.update(dict.fromkeys(n for n in sorted(extra) if "/" not in n and any(fnmatch.fnmatch(n, p)
+                                                                                  for p in patterns)))
+    return [(name, _read_extra(folder, extra, name)) for name in names]
 
 
 def count_parameters(folder: Path) -> tuple[int, int] | None:
@@ -150,13 +172,29 @@ def split_metrics(data: Any) -> tuple[list[tuple[str, Any]], list[tuple[str, Any
     return numbers, conventions, notes
 
 
-def _metric_section(title: str, filename: str, data: Any, folder: Path) -> list[str]:
+def _by_size_lines(data: Any) -> list[str]:
+    """The VOC numbers per frame-size group that `bafenet evaluate` writes under ``by_size``, as one table."""
+    groups = data.get("by_size") if isinstance(data, dict) else None
+    if not isinstance(groups, dict) or not groups:
+        return []
+    rule = (data.get("conventions") or {}).get("by_size") if isinstance(data.get("conventions"), dict) else None
+    lines = ["Per frame size" + (f" ({_md(rule)})" if isinstance(rule, str) else "") + ":", "",
+             "| frames | images | targets | mAP07 | mAP12 | recall |", "| --- | ---: | ---: | ---: | ---: | ---: |"]
+    for name, row in groups.items():
+        if isinstance(row, dict):
+            cells = [_fmt(row.get(key, "")) for key in ("images", "targets", "mAP07", "mAP12", "recall")]
+            lines.append(f"| {_md(str(name))} | " + " | ".join(cells) + " |")
+    return lines + [""]
+
+
+def _metric_section(title: str, filename: str, data: Any, folder: Path, extra: Extra | None = None) -> list[str]:
     numbers, conventions, notes = split_metrics(data)
     lines = [f"### {title} (`{filename}`)", ""]
     meta = data.get("meta") if isinstance(data, dict) else None
     plot = meta.get("pr_curve") if isinstance(meta, dict) else None
-    if isinstance(plot, str) and (folder / plot).is_file():
+    if isinstance(plot, str) and _has(folder, extra or {}, plot):
         lines += [f"![precision-recall curve]({plot})", ""]
+    lines += _by_size_lines(data)
     if conventions:
         lines += ["Conventions recorded with these numbers:", ""]
         lines += [f"- `{key}`: {_md(_fmt(value))}" for key, value in conventions]
@@ -283,6 +321,30 @@ def _training_lines(train_args: Any) -> list[str]:
     return lines
 
 
+def _showcase_lines(folder: Path, extra: Extra) -> list[str]:
+    """The overlay of a real frame and the latency per frame size (`bafenet.card_assets`), when pushed."""
+    from .card_assets import LATENCY_FILE, OVERLAY_FILE
+
+    lines: list[str] = []
+    if _has(folder, extra, OVERLAY_FILE):
+        lines += ["## What it detects", "", f"![detections of this model on a frame]({OVERLAY_FILE})", "",
+                  "The model's detections at its operating point (`bafenet push --card-image`): boxes drawn outside "
+                  "the targets, the predicted sky tinted blue, and on the right the densest cluster magnified.", ""]
+    if _has(folder, extra, LATENCY_FILE):
+        data = _read_extra(folder, extra, LATENCY_FILE)
+        measured = data.get("measured", {}) if isinstance(data, dict) else {}
+        frames = data.get("frames", []) if isinstance(data, dict) else []
+        lines += ["## Speed", "", f"Measured by `bafenet push --card-latency` ({_md(str(measured.get('what', '')))}): "
+                  f"{measured.get('torch_threads', '?')} torch thread(s) on {_md(str(measured.get('cpu', '?')))}, "
+                  f"torch {measured.get('torch', '?')}, input mode `{measured.get('input_mode', '?')}`, "
+                  f"{measured.get('date', '?')} (`{LATENCY_FILE}`).", "",
+                  "| frame (W x H) | ms per frame |", "| --- | ---: |"]
+        lines += [f"| {row.get('width')} x {row.get('height')} | {_fmt(row.get('median_ms'))} |" for row in frames
+                  if isinstance(row, dict)]
+        lines.append("")
+    return lines
+
+
 def _usage_lines(repo_id: str, auto_map: dict[str, Any], dataset_repo: str | None) -> list[str]:
     lines = ["## How to use", "", "With the `bafenet` package installed, `import bafenet.models` registers the model "
              "with the Auto classes and no code from this repository runs: drop `trust_remote_code=True` below (and "
@@ -325,8 +387,12 @@ def build_model_card(
     *,
     dataset_repo: str | None = None,
     license: str | None = None,
+    extra_files: Extra | None = None,
 ) -> str:
     """Return the README.md text (YAML metadata + Markdown) for the model folder ``model_dir``.
+
+    ``extra_files`` (path in the repo -> file or bytes) are pushed beside the folder's files: results JSONs and
+    their PR curves, ``card/overlay.png`` and ``card/latency.json`` among them are shown as if they were in the folder.
 
     Without ``license`` the card says ``other`` and links to the data's situation: DenseSIRST has no licence upstream,
     so nobody can grant a licence on weights trained on it on the user's behalf.
@@ -338,7 +404,8 @@ def build_model_card(
     preprocessor, train_args = (read_json(folder / name) if (folder / name).is_file() else None
                                 for name in ("preprocessor_config.json", "train_args.json"))
     training = _read_optional(folder, TRAINING_METRICS_FILES)
-    evaluations = _read_optional(folder, EVALUATION_METRICS_GLOBS)
+    extra = extra_files or {}
+    evaluations = _read_optional(folder, EVALUATION_METRICS_GLOBS, extra)
     auto_map = {**(config.get("auto_map") or {}), **((preprocessor or {}).get("auto_map") or {})}
     name = repo_id.split("/")[-1]
 
@@ -366,7 +433,8 @@ def build_model_card(
     for filename, data in training:
         lines += _metric_section("Measured during training", filename, data, folder)
     for filename, data in evaluations:
-        lines += _metric_section("Measured by `bafenet evaluate`", filename, data, folder)
+        lines += _metric_section("Measured by `bafenet evaluate`", filename, data, folder, extra)
+    lines += _showcase_lines(folder, extra)
     lines += _usage_lines(repo_id, auto_map, dataset_repo)
     lines += [
         "## Limitations", "",

@@ -147,16 +147,11 @@ class Predictor:
                  trust_remote_code: bool = False) -> None:
         import torch
 
-        from .inference import detection_threshold_of
         from .models.loading import load_config, load_model, load_processor
 
-        self.processor = load_processor(model, trust_remote_code=trust_remote_code)
-        self.config = load_config(model, trust_remote_code=trust_remote_code)
-        if operating_threshold is None:
-            stored = getattr(self.config, "operating_threshold", None)
-            operating_threshold = FALLBACK_OPERATING_THRESHOLD if stored is None else stored
-        self.operating_threshold = float(operating_threshold)
-        self.detection_threshold = detection_threshold_of(self.processor, detection_threshold)
+        self._settings(load_processor(model, trust_remote_code=trust_remote_code),
+                       load_config(model, trust_remote_code=trust_remote_code), operating_threshold,
+                       detection_threshold)
         self.model = None
         self.session = None
         if onnx is not None:
@@ -173,6 +168,28 @@ class Predictor:
             self.model = load_model(model, trust_remote_code=trust_remote_code, config=self.config,
                                     dtype=torch.float32)
             self.model.to(self.device).eval()
+
+    def _settings(self, processor: Any, config: Any, operating_threshold: float | None,
+                  detection_threshold: float | None) -> None:
+        from .inference import detection_threshold_of
+
+        self.processor, self.config = processor, config
+        if operating_threshold is None:
+            stored = getattr(config, "operating_threshold", None)
+            operating_threshold = FALLBACK_OPERATING_THRESHOLD if stored is None else stored
+        self.operating_threshold = float(operating_threshold)
+        self.detection_threshold = detection_threshold_of(processor, detection_threshold)
+
+    @classmethod
+    def from_loaded(cls, model: Any, processor: Any, operating_threshold: float | None = None,
+                    detection_threshold: float | None = None) -> "Predictor":
+        """A predictor around an already loaded PyTorch ``model`` and its ``processor`` (no file is read); the
+        thresholds default as in the constructor."""
+        self = cls.__new__(cls)
+        self._settings(processor, model.config, operating_threshold, detection_threshold)
+        self.session, self.model = None, model.eval()
+        self.device = next(model.parameters()).device
+        return self
 
     def forward(self, inputs: Mapping[str, Any]) -> Any:
         """Run the network on processor ``inputs``; returns the model output (or the equivalent from onnxruntime)."""

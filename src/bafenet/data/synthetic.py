@@ -20,7 +20,7 @@ from PIL import Image
 
 from ..outputs import replaced_dir
 
-__all__ = ["write_synthetic_devkit"]
+__all__ = ["write_synthetic_devkit", "synthetic_frame"]
 
 COMMAND = "data synth"
 
@@ -108,6 +108,19 @@ def _render(index: int, seed: int) -> tuple[np.ndarray, np.ndarray, list[np.ndar
             targets.append(mask)
     image += rng.normal(0, 2.0, size=image.shape)
     return np.clip(np.rint(image), 0, 255).astype(np.uint8), sky, targets
+
+
+def synthetic_frame(index: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Image ``index`` of the synthetic devkit of ``seed`` in memory: (grey uint8 (H, W), sky bool (H, W), target boxes
+    (N, 4) xyxy, exclusive max), the same pixels and boxes `write_synthetic_devkit` writes."""
+    image, sky, targets = _render(index, seed)
+    return image, sky, np.asarray([_mask_box(mask) for mask in targets], dtype=np.float32).reshape(-1, 4)
+
+
+def _mask_box(mask: np.ndarray) -> list[int]:
+    """The box of a target mask: xyxy, 0-based, exclusive max (the ``SIRST/BBox`` convention)."""
+    ys, xs = np.nonzero(mask)
+    return [int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1]
 
 
 def _bbox_xml(image_id: str, width: int, height: int, boxes: list[list[int]]) -> str:
@@ -198,7 +211,7 @@ def _write_devkit(root: Path, num_images: int, seed: int) -> None:
         boxes, points = [], []
         for mask in targets:
             ys, xs = np.nonzero(mask)
-            boxes.append([int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1])
+            boxes.append(_mask_box(mask))
             points.append((int(np.floor(xs.mean())), int(np.floor(ys.mean()))))
         (root / "SIRST/BBox" / f"{image_id}.xml").write_text(_bbox_xml(image_id, width, height, boxes))
         points = [points[k] for k in rng.permutation(len(points))]  # the real point files are not in XML order
