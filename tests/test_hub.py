@@ -301,12 +301,18 @@ def test_folder_holding_the_token_is_refused(hub_api, tiny_model_dir, tmp_path):
     assert FAKE_TOKEN not in str(info.value) and len(hub_api.state.requests) == before
 
 
-@pytest.mark.slow  # local Hub server
-def test_push_without_flag_keeps_remote_files_and_dry_run_lists_deletions(hub_api, tiny_model_dir, tmp_path):
-    repo = "tester/bafenet-keep"
+def _pushed_with_notes(hub_api, tiny_model_dir, tmp_path, repo: str):
+    """A linked copy of the tiny model with a notes.txt, pushed once to ``repo``; returns the folder."""
     folder = _linked_copy(tiny_model_dir, tmp_path / "model")
     (folder / "notes.txt").write_text("first run\n")
     _push(hub_api, model_dir=folder, model_repo=repo)
+    return folder
+
+
+@pytest.mark.slow  # local Hub server
+def test_push_without_flag_keeps_remote_files_and_dry_run_lists_deletions(hub_api, tiny_model_dir, tmp_path):
+    repo = "tester/bafenet-keep"
+    folder = _pushed_with_notes(hub_api, tiny_model_dir, tmp_path, repo)
     (folder / "notes.txt").unlink()
     (folder / "extra.txt").write_text("second run\n")
     _push(hub_api, model_dir=folder, model_repo=repo)  # like upload_folder: adds and updates, deletes nothing
@@ -370,9 +376,7 @@ def test_model_card_licence_defaults_to_other_pointing_to_the_data(tiny_model_di
 @pytest.mark.slow  # local Hub server
 def test_push_again_updates_in_one_commit_and_deletes_stale_files(hub_api, tiny_model_dir, tmp_path):
     repo = "tester/bafenet-repush"
-    folder = _linked_copy(tiny_model_dir, tmp_path / "model")
-    (folder / "notes.txt").write_text("first run\n")
-    _push(hub_api, model_dir=folder, model_repo=repo)
+    folder = _pushed_with_notes(hub_api, tiny_model_dir, tmp_path, repo)
     assert "notes.txt" in hub_api.files(repo)
 
     (folder / "notes.txt").unlink()
