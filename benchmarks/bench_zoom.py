@@ -12,8 +12,8 @@ in which windows run. ``--dataset`` is a built dataset folder (``bafenet data bu
    (processor -> model -> post-processing at 0.05) of zoom, tiles and FCOS-R50 (random weights, resized to 512²,
    the same threshold and NMS; its cost does not depend on the weights), interleaved, medians; ratios to FCOS-R50.
 2. Proposal recall: over the split, the fraction of ground-truth targets whose box centre (at ``tile_scale``) lies in
-   the core of a window the zoom mode ran (only that window can report it), and the fraction of windows run; overall
-   and per size group.
+   the core of a window the zoom mode runs (only that window can report it), and the fraction of windows run; overall
+   and per size group, at each ``--thresholds`` value (one coarse pass per image serves them all).
 """
 
 from __future__ import annotations
@@ -92,11 +92,34 @@ def latency(models: dict, processors: dict, rows, repeats: int):
         yield {"frame": f"{size[0]}x{size[1]}", **medians, "zoom_windows": ran, "tiles_windows": total}
 
 
-def proposal_recall(model, processor, rows) -> dict:
-    """Targets whose centre lies in a core of a window the zoom mode ran, and the windows run, per size group."""
+def coarse_proposals(model, processor, image, thresholds: list[float]) -> tuple[list, dict]:
+    """The windows the zoom mode would run on ``image`` at each proposal threshold (one coarse pass for all of
+    them; `tiling_bafenet` functions as the model calls them), and the image's full window grid."""
+    from bafenet.models.bafenet.tiling_bafenet import (coarse_input, make_points, proposal_boxes, scaled_size,
+                                                       select_windows, window_layout)
+
+    config = model.config
+    inputs = processor(images=[image])
+    sizes = [tuple(s) for s in inputs["image_sizes"].tolist()]
+    with torch.inference_mode():
+        pixels, coarse_sizes = coarse_input(inputs["pixel_values"], sizes, config.zoom_coarse_scale,
+                                            config.strides[-1])
+        coarse = model.dense_outputs(pixels)
+    points, _ = make_points([(pixels.shape[-2] // s, pixels.shape[-1] // s) for s in config.strides], config.strides,
+                            pixels.device)
+    fine = [scaled_size(h, w, config.tile_scale) for h, w in sizes]
+    layout = window_layout(fine, config.tile_window, config.tile_overlap)
+    chosen = {t: select_windows(layout, proposal_boxes(coarse, points, coarse_sizes, fine, t, config.zoom_margin),
+                                config.zoom_max_fraction) for t in thresholds}
+    return layout, chosen
+
+
+def proposal_recall(model, processor, rows, thresholds: list[float]) -> dict:
+    """Per threshold and size group: targets whose centre lies in a core of a window the zoom mode runs, and the
+    fraction of windows run."""
     from bafenet.data.transforms import row_boxes
     from bafenet.metrics.breakdown import size_group
-    from bafenet.models.bafenet.tiling_bafenet import scaled_size, window_layout
+    from bafenet.models.bafenet.tiling_bafenet import scaled_size
 
     config, counts = model.config, {}
     rows = rows.select_columns(["image", "width", "height", "objects"])  # no masks decoded
@@ -104,23 +127,23 @@ def proposal_recall(model, processor, rows) -> dict:
         row = rows[index]
         width, height = int(row["width"]), int(row["height"])
         fine = scaled_size(height, width, config.tile_scale)
-        with torch.inference_mode():
-            ran = {tuple(w) for w in model(**processor(images=[row["image"].convert("L")])).windows[:, 1:].tolist()}
-        layout = window_layout([fine], config.tile_window, config.tile_overlap)
-        cores = np.array([core for _, y0, x0, core in layout if (y0, x0) in ran]).reshape(-1, 4)
+        layout, chosen = coarse_proposals(model, processor, row["image"].convert("L"), thresholds)
         boxes = row_boxes(row)
         centres = (boxes[:, :2] + boxes[:, 2:]) / 2 * np.array([fine[1] / width, fine[0] / height])
-        inside = ((centres[:, None, 1] >= cores[None, :, 0]) & (centres[:, None, 1] < cores[None, :, 1])
-                  & (centres[:, None, 0] >= cores[None, :, 2]) & (centres[:, None, 0] < cores[None, :, 3])).any(1)
-        for group in ("all", size_group(width, height)):
-            found = counts.setdefault(group, {"targets": 0, "found": 0, "windows": 0, "ran": 0, "images": 0})
-            found["targets"] += len(boxes)
-            found["found"] += int(inside.sum())
-            found["windows"] += len(layout)
-            found["ran"] += len(ran)
-            found["images"] += 1
-    return {group: {"images": c["images"], "targets": c["targets"], "recall": c["found"] / max(c["targets"], 1),
-                    "windows_run": c["ran"] / max(c["windows"], 1)} for group, c in counts.items()}
+        for threshold, windows in chosen.items():
+            cores = np.array([core for *_, core in windows]).reshape(-1, 4)
+            inside = ((centres[:, None, 1] >= cores[None, :, 0]) & (centres[:, None, 1] < cores[None, :, 1])
+                      & (centres[:, None, 0] >= cores[None, :, 2]) & (centres[:, None, 0] < cores[None, :, 3])).any(1)
+            for group in ("all", size_group(width, height)):
+                c = counts.setdefault((threshold, group), {"targets": 0, "found": 0, "windows": 0, "ran": 0,
+                                                           "images": 0})
+                c["targets"] += len(boxes)
+                c["found"] += int(inside.sum())
+                c["windows"] += len(layout)
+                c["ran"] += len(windows)
+                c["images"] += 1
+    return {key: {"images": c["images"], "targets": c["targets"], "recall": c["found"] / max(c["targets"], 1),
+                  "windows_run": c["ran"] / max(c["windows"], 1)} for key, c in counts.items()}
 
 
 def print_latency(models: dict, processors: dict, rows, repeats: int, split: str) -> None:
@@ -143,20 +166,24 @@ def main() -> None:
     parser.add_argument("--split", default="validation")
     parser.add_argument("--max-images", type=int, default=None, help="proposal recall on the first N images only")
     parser.add_argument("--skip-latency", action="store_true", help="only the proposal recall")
+    parser.add_argument("--thresholds", type=float, nargs="+", default=None,
+                        help="proposal thresholds to measure the recall at (default: the model's zoom_threshold)")
     args = parser.parse_args()
     start(args)
     models, processors = load(args.model)
+    args.thresholds = args.thresholds or [models["zoom"].config.zoom_threshold]
     rows = datasets.load_dataset(args.dataset, split=args.split)
     if not args.skip_latency:
         print_latency(models, processors, rows, args.repeats, args.split)
     subset = rows if args.max_images is None else rows.select(range(min(args.max_images, len(rows))))
     began = time.perf_counter()
-    recall = proposal_recall(models["zoom"], processors["zoom"], subset)
+    recall = proposal_recall(models["zoom"], processors["zoom"], subset, args.thresholds)
     print(f"\nproposal recall on {args.split} ({len(subset)} images, {time.perf_counter() - began:.0f} s): targets "
-          "whose centre lies in a window the zoom mode ran")
-    print(f"{'group':>8} {'images':>7} {'targets':>8} {'recall':>8} {'windows run':>12}")
-    for group, r in recall.items():
-        print(f"{group:>8} {r['images']:>7} {r['targets']:>8} {r['recall']:>8.4f} {r['windows_run']:>12.3f}")
+          "whose centre lies in a window the zoom mode runs, per proposal threshold (zoom_threshold)")
+    print(f"{'threshold':>10} {'group':>8} {'images':>7} {'targets':>8} {'recall':>8} {'windows run':>12}")
+    for (threshold, group), r in recall.items():
+        print(f"{threshold:>10} {group:>8} {r['images']:>7} {r['targets']:>8} {r['recall']:>8.4f} "
+              f"{r['windows_run']:>12.3f}")
 
 
 if __name__ == "__main__":
