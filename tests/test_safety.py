@@ -373,14 +373,20 @@ def test_abandoned_temporary_siblings_are_removed_by_the_next_run(tmp_path):
                               text=True).stdout)
     out = tmp_path / "m1"
     abandoned = [tmp_path / f".m1.bafenet-tmp-{dead}", tmp_path / f".m1.bafenet-old-{dead}"]
-    for folder in abandoned:
+    from bafenet.outputs import write_marker
+
+    for folder in abandoned:  # as a killed run leaves them: the marker is written first into a temporary folder
         (folder / "sub").mkdir(parents=True)
         (folder / "sub" / "big.bin").write_bytes(b"x" * 1000)
+        write_marker(folder, "metric export", finished=False)
     others = [tmp_path / f".m2.bafenet-tmp-{dead}", tmp_path / ".m1.bafenet-tmp-notapid", tmp_path / "m1.txt"]
     for other in others:
         other.write_text("not ours to delete")
+    lookalike = tmp_path / f".m1.bafenet-tmp-{dead + 1_000_000}"  # bafenet's name, no marker: a user's folder
+    (lookalike / "keep").mkdir(parents=True)
     assert main(["metric", "export", "--out", str(out)]) == 0
     assert not any(folder.exists() for folder in abandoned) and all(other.exists() for other in others)
+    assert (lookalike / "keep").is_dir()
     from bafenet.outputs import written_file
 
     leftover = tmp_path / f".r.bafenet-tmp-{dead}.json"

@@ -235,6 +235,7 @@ def replaced_dir(out: str | Path, command: str, *, inputs: Iterable[str | Path] 
         remove_abandoned(out)
         tmp.mkdir()
         try:
+            write_marker(tmp, command, finished=False)  # so a later run knows it as bafenet's if this one is killed
             with _naming(out):
                 yield tmp
                 write_marker(tmp, command, **marker)
@@ -253,13 +254,16 @@ def temporary_sibling(out: Path, kind: str = "tmp", pid: int | None = None) -> P
 
 def remove_abandoned(out: Path) -> list[Path]:
     """Delete the temporary siblings of ``out`` (`temporary_sibling`) whose process no longer runs (a killed run
-    of a command writing ``out``); returns them. Only bafenet writes names of that form."""
+    of a command writing ``out``); returns them. Only bafenet writes names of that form, and a folder is deleted
+    only when it holds bafenet's marker (written first into every temporary folder)."""
     pattern = re.compile(rf"\.{re.escape(out.stem)}\.bafenet-(?:tmp|old)-(\d+){re.escape(out.suffix)}")
     removed = []
     for path in out.parent.glob(f".{glob_escape(out.stem)}.bafenet-*"):
         match = pattern.fullmatch(path.name)
         if match and int(match.group(1)) != os.getpid() and not _pid_alive(int(match.group(1))):
             if path.is_dir() and not path.is_symlink():
+                if read_marker(path) is None:
+                    continue  # not a folder bafenet wrote: left alone
                 shutil.rmtree(path)
             else:
                 path.unlink()
