@@ -189,9 +189,10 @@ def _run_steps(out: Path, settings: QuickstartSettings, overwrite: bool) -> dict
     t = _step(6, total, "the trained model, as save_pretrained wrote it")
     from .models.loading import load_model, load_processor
 
-    # the code this run just saved, loaded as a user without bafenet would (the folder is this run's own output)
-    model = load_model(model_dir, trust_remote_code=True)
-    load_processor(model_dir, trust_remote_code=True)
+    # reloaded through the installed classes: no code from the folder runs unless the user asks for it (the folder's
+    # own code, as users without bafenet load it, is tested by tests/test_model_remote_code.py)
+    model = load_model(model_dir)
+    load_processor(model_dir)
     num_params = sum(p.numel() for p in model.parameters())
     files = sorted(p.name for p in model_dir.iterdir() if p.is_file())
     _done(t, f"{model_dir}: {', '.join(files)} ({num_params / 1e6:.1f} M parameters; reloads with "
