@@ -13,7 +13,7 @@ in which windows run. ``--dataset`` is a built dataset folder (``bafenet data bu
    the same threshold and NMS; its cost does not depend on the weights), interleaved, medians; ratios to FCOS-R50.
 2. Proposal recall: over the split, the fraction of ground-truth targets whose box centre (at ``tile_scale``) lies in
    the core of a window the zoom mode runs (only that window can report it), and the fraction of windows run; overall
-   and per size group, at each ``--thresholds`` value (one coarse pass per image serves them all).
+   and per size group, at each ``--thresholds`` x ``--margins`` pair (one coarse pass per image serves them all).
 """
 
 from __future__ import annotations
@@ -92,9 +92,9 @@ def latency(models: dict, processors: dict, rows, repeats: int):
         yield {"frame": f"{size[0]}x{size[1]}", **medians, "zoom_windows": ran, "tiles_windows": total}
 
 
-def coarse_proposals(model, processor, image, thresholds: list[float]) -> tuple[list, dict]:
-    """The windows the zoom mode would run on ``image`` at each proposal threshold (one coarse pass for all of
-    them; `tiling_bafenet` functions as the model calls them), and the image's full window grid."""
+def coarse_proposals(model, processor, image, thresholds: list[float], margins: list[int]) -> tuple[list, dict]:
+    """The windows the zoom mode would run on ``image`` at each (proposal threshold, margin) pair (one coarse pass
+    for all of them; `tiling_bafenet` functions as the model calls them), and the image's full window grid."""
     from bafenet.models.bafenet.tiling_bafenet import (coarse_input, make_points, proposal_boxes, scaled_size,
                                                        select_windows, window_layout)
 
@@ -102,20 +102,20 @@ def coarse_proposals(model, processor, image, thresholds: list[float]) -> tuple[
     inputs = processor(images=[image])
     sizes = [tuple(s) for s in inputs["image_sizes"].tolist()]
     with torch.inference_mode():
-        pixels, coarse_sizes = coarse_input(inputs["pixel_values"], sizes, config.zoom_coarse_scale,
+        pixels, coarse_sizes = coarse_input(inputs["pixel_values"], sizes, [config.zoom_coarse_scale] * len(sizes),
                                             config.strides[-1])
         coarse = model.dense_outputs(pixels)
     points, _ = make_points([(pixels.shape[-2] // s, pixels.shape[-1] // s) for s in config.strides], config.strides,
                             pixels.device)
     fine = [scaled_size(h, w, config.tile_scale) for h, w in sizes]
     layout = window_layout(fine, config.tile_window, config.tile_overlap)
-    chosen = {t: select_windows(layout, proposal_boxes(coarse, points, coarse_sizes, fine, t, config.zoom_margin),
-                                config.zoom_max_fraction) for t in thresholds}
+    chosen = {(t, m): select_windows(layout, proposal_boxes(coarse, points, coarse_sizes, fine, t, m),
+                                     config.zoom_max_fraction) for t in thresholds for m in margins}
     return layout, chosen
 
 
-def proposal_recall(model, processor, rows, thresholds: list[float]) -> dict:
-    """Per threshold and size group: targets whose centre lies in a core of a window the zoom mode runs, and the
+def proposal_recall(model, processor, rows, thresholds: list[float], margins: list[int]) -> dict:
+    """Per (threshold, margin) and size group: targets whose centre lies in a core of a window the zoom mode runs, and the
     fraction of windows run."""
     from bafenet.data.transforms import row_boxes
     from bafenet.metrics.breakdown import size_group
@@ -127,15 +127,15 @@ def proposal_recall(model, processor, rows, thresholds: list[float]) -> dict:
         row = rows[index]
         width, height = int(row["width"]), int(row["height"])
         fine = scaled_size(height, width, config.tile_scale)
-        layout, chosen = coarse_proposals(model, processor, row["image"].convert("L"), thresholds)
+        layout, chosen = coarse_proposals(model, processor, row["image"].convert("L"), thresholds, margins)
         boxes = row_boxes(row)
         centres = (boxes[:, :2] + boxes[:, 2:]) / 2 * np.array([fine[1] / width, fine[0] / height])
-        for threshold, windows in chosen.items():
+        for setting, windows in chosen.items():
             cores = np.array([core for *_, core in windows]).reshape(-1, 4)
             inside = ((centres[:, None, 1] >= cores[None, :, 0]) & (centres[:, None, 1] < cores[None, :, 1])
                       & (centres[:, None, 0] >= cores[None, :, 2]) & (centres[:, None, 0] < cores[None, :, 3])).any(1)
             for group in ("all", size_group(width, height)):
-                c = counts.setdefault((threshold, group), {"targets": 0, "found": 0, "windows": 0, "ran": 0,
+                c = counts.setdefault((*setting, group), {"targets": 0, "found": 0, "windows": 0, "ran": 0,
                                                            "images": 0})
                 c["targets"] += len(boxes)
                 c["found"] += int(inside.sum())
@@ -168,21 +168,24 @@ def main() -> None:
     parser.add_argument("--skip-latency", action="store_true", help="only the proposal recall")
     parser.add_argument("--thresholds", type=float, nargs="+", default=None,
                         help="proposal thresholds to measure the recall at (default: the model's zoom_threshold)")
+    parser.add_argument("--margins", type=int, nargs="+", default=None,
+                        help="proposal margins (fine pixels) to measure the recall at (default: the model's zoom_margin)")
     args = parser.parse_args()
     start(args)
     models, processors = load(args.model)
     args.thresholds = args.thresholds or [models["zoom"].config.zoom_threshold]
+    args.margins = args.margins or [models["zoom"].config.zoom_margin]
     rows = datasets.load_dataset(args.dataset, split=args.split)
     if not args.skip_latency:
         print_latency(models, processors, rows, args.repeats, args.split)
     subset = rows if args.max_images is None else rows.select(range(min(args.max_images, len(rows))))
     began = time.perf_counter()
-    recall = proposal_recall(models["zoom"], processors["zoom"], subset, args.thresholds)
+    recall = proposal_recall(models["zoom"], processors["zoom"], subset, args.thresholds, args.margins)
     print(f"\nproposal recall on {args.split} ({len(subset)} images, {time.perf_counter() - began:.0f} s): targets "
-          "whose centre lies in a window the zoom mode runs, per proposal threshold (zoom_threshold)")
-    print(f"{'threshold':>10} {'group':>8} {'images':>7} {'targets':>8} {'recall':>8} {'windows run':>12}")
-    for (threshold, group), r in recall.items():
-        print(f"{threshold:>10} {group:>8} {r['images']:>7} {r['targets']:>8} {r['recall']:>8.4f} "
+          "whose centre lies in a window the zoom mode runs, per proposal threshold and margin (zoom_threshold, zoom_margin)")
+    print(f"{'threshold':>10} {'margin':>7} {'group':>8} {'images':>7} {'targets':>8} {'recall':>8} {'windows run':>12}")
+    for (threshold, margin, group), r in recall.items():
+        print(f"{threshold:>10} {margin:>7} {group:>8} {r['images']:>7} {r['targets']:>8} {r['recall']:>8.4f} "
               f"{r['windows_run']:>12.3f}")
 
 

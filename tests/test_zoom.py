@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from bafenet.data.transforms import DetectionSample, TileTransform
+from bafenet.data.transforms import DetectionCollator, DetectionSample, TileTransform
 from bafenet.models.bafenet import BafeNetConfig, BafeNetForObjectDetection, BafeNetImageProcessor
 from bafenet.models.bafenet.tiling_bafenet import (EMPTY_LOGIT, make_points, run_zoom, scaled_size, scaled_window,
                                                    window_layout)
@@ -64,7 +64,7 @@ def test_scaled_window_equals_the_tiles_processors_scaled_image(y0, x0):
 # --------------------------------------------------------------------------------------------- window selection
 def fake_dense(strides=(8, 16)):
     """A stand-in network whose class logit at a point is high where the input is bright (mean of its cell), with
-    4 px boxes around every point: proposals appear exactly where the image is bright."""
+    a sure centerness and 4 px boxes around every point: proposals appear exactly where the image is bright."""
     calls = []
 
     def dense(pixels: torch.Tensor) -> dict:
@@ -73,27 +73,26 @@ def fake_dense(strides=(8, 16)):
         points, _ = make_points([m.shape[-2:] for m in maps], strides, pixels.device)
         flat = torch.cat([m.flatten(1) for m in maps], 1)
         boxes = torch.cat([points - 2, points + 2], -1).expand(len(pixels), -1, -1)
-        return {"logits": (flat * 20 - 10)[..., None], "pred_boxes": boxes, "centerness": torch.zeros_like(flat),
+        return {"logits": (flat * 20 - 10)[..., None], "pred_boxes": boxes, "centerness": torch.full_like(flat, 20.0),
                 "sky_logits": tuple(maps)}
 
     return dense, calls
 
 
-def run_fake(pixels: torch.Tensor, sizes, max_fraction: float = 0.5):
+def run_fake(pixels: torch.Tensor, sizes, max_fraction: float = 0.5, sky_size: int = 0):
     dense, calls = fake_dense()
     out = run_zoom(dense, pixels, sizes, coarse_scale=1.0, fine_scale=2.0, window=128, overlap=32, strides=(8, 16),
-                   batch_size=4, threshold=0.5, margin=0.0, max_fraction=max_fraction)
+                   batch_size=4, threshold=0.5, margin=0.0, max_fraction=max_fraction, sky_size=sky_size)
     return out, calls
 
 
 def test_only_the_windows_whose_core_meets_a_proposal_run():
     pixels = torch.zeros(1, 3, 208, 304)
-    pixels[0, :, 144:152, 248:256] = 1.0  # one bright stride-8 cell: a 4 px proposal at (252, 148) x1
+    pixels[0, :, 144:152, 248:256] = 1.0  # one bright stride-8 cell: a box centred at (252, 148) x1
     out, calls = run_fake(pixels, [(200, 300)])
-    layout = window_layout([(400, 600)], 128, 32)  # the proposal at x2: x 500..508, y 292..300
-    hit = [(y0, x0) for _, y0, x0, (y_lo, y_hi, x_lo, x_hi) in layout if y_lo < 300 and y_hi > 292 and x_lo < 508
-           and x_hi > 500]
-    assert sorted(map(tuple, out["windows"][:, 1:].tolist())) == sorted(hit) and 1 <= len(hit) <= 4
+    layout = window_layout([(400, 600)], 128, 32)  # the proposal at x2: the centre (504, 296), no margin
+    hit = [(y0, x0) for _, y0, x0, (y_lo, y_hi, x_lo, x_hi) in layout if y_lo < 296 < y_hi and x_lo < 504 < x_hi]
+    assert sorted(map(tuple, out["windows"][:, 1:].tolist())) == sorted(hit) and len(hit) == 1
     assert calls[0] == (1, 3, 208, 304) and sum(c[0] for c in calls[1:]) == len(hit)  # coarse pass, then the windows
     assert out["input_size"].tolist() == [416, 608] and out["image_sizes"].tolist() == [[400, 600]]
     # points outside the windows run are empty: never a detection
@@ -109,11 +108,15 @@ def test_no_proposal_runs_no_window_and_too_many_run_them_all():
     assert len(full["windows"]) == len(window_layout([(400, 600)], 128, 32))
 
 
-def test_sky_comes_from_the_coarse_pass_in_its_own_geometry():
+@pytest.mark.parametrize("sky_size,sky_input,sky_image", [(0, [208, 304], [200, 300]), (64, [48, 64], [43, 64])])
+def test_sky_comes_from_its_own_pass_in_its_own_geometry(sky_size, sky_input, sky_image):
+    """The sky of the coarse pass (sky_size 0) or of the whole-frame pass (longer side at sky_size), read back at the
+    image's size."""
     pixels = torch.zeros(1, 3, 208, 304)
     pixels[0, :, :100] = 1.0  # the top half is "sky"
-    out, _ = run_fake(pixels, [(200, 300)])
-    assert out["sky_input_size"].tolist() == [208, 304] and out["sky_image_sizes"].tolist() == [[200, 300]]
+    out, calls = run_fake(pixels, [(200, 300)], sky_size=sky_size)
+    assert out["sky_input_size"].tolist() == sky_input and out["sky_image_sizes"].tolist() == [sky_image]
+    assert calls[: 1 + bool(sky_size)] == [(1, 3, 208, 304)] + ([(1, 3, *sky_input)] if sky_size else [])
     _, processor = zoom_model()
     sky = processor.post_process_sky_segmentation({**out, "sky_logits": tuple(m * 20 - 10 for m in out["sky_logits"])},
                                                   target_sizes=[(200, 300)])[0]
@@ -137,19 +140,26 @@ def test_zoom_equals_tiles_when_every_window_runs():
     torch.testing.assert_close(detections[0]["boxes"], detections[1]["boxes"], atol=2e-3, rtol=0)
 
 
-def test_zoom_sky_is_the_coarse_pass_of_the_image_at_its_size():
-    model, processor = zoom_model()
+def test_zoom_sky_is_the_whole_frame_pass_or_the_coarse_pass():
+    model, processor = zoom_model(zoom_sky_size=64)
     inputs = processor(images=[image(90, 130)])
     with torch.no_grad():
         out = model(**inputs)
-        coarse = model.dense_outputs(inputs["pixel_values"])
-    torch.testing.assert_close(out.sky_logits[0], coarse["sky_logits"][0])
+        frame = F.interpolate(inputs["pixel_values"][:, :, :90, :130], size=(44, 64), mode="bilinear",
+                              align_corners=False)
+        canvas = inputs["pixel_values"][:, :, 90:91, 130:131].expand(-1, -1, 48, 64).clone()
+        canvas[:, :, :44, :64] = frame
+        torch.testing.assert_close(out.sky_logits[0], model.dense_outputs(canvas)["sky_logits"][0])
+        assert out.sky_image_sizes.tolist() == [[44, 64]] and out.sky_input_size.tolist() == [48, 64]
+        model.config.zoom_sky_size = 0
+        out = model(**inputs)
+        torch.testing.assert_close(out.sky_logits[0], model.dense_outputs(inputs["pixel_values"])["sky_logits"][0])
     mask = processor.post_process_sky_segmentation(out, target_sizes=[(90, 130)])[0]
     assert mask.shape == (90, 130)
 
 
 def test_coarse_scale_below_one_reads_a_downscaled_image():
-    model, processor = zoom_model(zoom_coarse_scale=0.5)
+    model, processor = zoom_model(zoom_coarse_scale=0.5, zoom_sky_size=0)
     inputs = processor(images=[image(90, 130)])
     with torch.no_grad():
         out = model(**inputs)
@@ -181,3 +191,28 @@ def test_training_mixes_coarse_and_fine_windows():
     for seed in range(5):  # without a coarse scale no extra random draw: the tiles mode's windows are unchanged
         a, b = (t(sample, None, np.random.default_rng(seed)) for t in (tiles, plain))
         assert np.array_equal(a.image, b.image)
+
+
+def test_whole_frame_views_train_the_sky_only():
+    """A frame view is the whole image at the sky pass's size, marked sky_only; the loss of a batch ignores its
+    targets for detection (the same detection terms as the batch without it) and trains its sky."""
+    picture = image(200, 300)
+    sample = DetectionSample(image=picture, boxes=np.array([[100, 100, 104, 104]], np.float32),
+                             points=np.array([[102, 102]], np.float32), target_mask=np.zeros_like(picture, bool),
+                             sky_mask=np.ones_like(picture, bool))
+    transform = TileTransform(64, 2.5, flip_probability=0.0, copy_paste=None, coarse_scale=1.0, coarse_probability=0.0,
+                              frame_size=64, frame_probability=1.0)
+    view = transform(sample, None, np.random.default_rng(0))
+    assert view.sky_only and view.image.shape == (64, 64) and view.sky_mask[:43].all() and not view.sky_mask[43:].any()
+    fine = TileTransform(64, 2.5, flip_probability=0.0, copy_paste=None, target_probability=1.0)(
+        sample, None, np.random.default_rng(0))
+    model, processor = zoom_model(image_size=64)
+    collate = DetectionCollator(processor.with_settings(input_mode="resize", size={"height": 64, "width": 64}))
+    mixed, alone, sky = collate([fine, view]), collate([fine]), collate([view])
+    assert mixed["labels"][1]["sky_only"] and "sky_only" not in mixed["labels"][0]
+    with torch.no_grad():  # eval mode: batch norm reads its running statistics, the same for any batch
+        losses = [model(**batch).loss_dict for batch in (mixed, alone, sky)]
+    for key in ("loss_cls", "loss_bbox", "loss_centerness"):
+        torch.testing.assert_close(losses[0][key], losses[1][key])
+        assert float(losses[2][key]) == 0.0
+    assert float(losses[2]["loss_seg"]) > 0

@@ -32,6 +32,7 @@ class DetectionSample:
     original_size: tuple[int, int] | None = None  # (height, width) before any resize
     image_path: Path | None = None  # the devkit file it was read from, when it was
     split: str = ""  # where it comes from (statistics report it)
+    sky_only: bool = False  # a training view whose targets train no detection (the zoom mode's whole-frame sky view)
 
     def __post_init__(self) -> None:
         self.image = np.asarray(self.image)

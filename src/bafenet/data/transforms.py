@@ -422,8 +422,10 @@ class TileTransform:
     of the source, scaled alike (so pasted targets keep the scale of real ones).
 
     Zoom mode: with probability ``coarse_probability`` the window is taken at ``coarse_scale`` instead (the scale of
-    the model's coarse whole-image pass), so one model learns both passes: proposals and the sky at the coarse scale,
-    detection at ``scale``."""
+    the model's coarse whole-image pass), so one model learns both passes: proposals at the coarse scale, detection
+    at ``scale``; with probability ``frame_probability`` it is a whole-frame view for the sky (the image scaled so
+    that its longer side is ``frame_size``, as the model's sky pass sees it; ``sky_only``: its targets, a pixel or
+    less at that scale, train no detection)."""
 
     size: int
     scale: float
@@ -432,14 +434,21 @@ class TileTransform:
     target_probability: float = 0.8
     coarse_scale: float | None = None
     coarse_probability: float = 0.0
+    frame_size: int | None = None
+    frame_probability: float = 0.0
 
     def __post_init__(self) -> None:
         if self.size < 1 or not self.scale > 0 or not (self.coarse_scale is None or self.coarse_scale > 0):
             raise ValueError(f"TileTransform needs size >= 1 and scales > 0, got {self.size}, {self.scale}, "
                              f"{self.coarse_scale}")
-        for name in ("flip_probability", "target_probability", "coarse_probability"):
+        if self.frame_size is not None and self.frame_size < 1:
+            raise ValueError(f"TileTransform.frame_size must be >= 1 or None, got {self.frame_size}")
+        for name in ("flip_probability", "target_probability", "coarse_probability", "frame_probability"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"TileTransform.{name} must be in [0, 1], got {getattr(self, name)}")
+        if self.coarse_probability + self.frame_probability > 1.0:
+            raise ValueError("TileTransform: coarse_probability + frame_probability must be <= 1, got "
+                             f"{self.coarse_probability} + {self.frame_probability}")
 
     def window(self, sample: DetectionSample, rng: np.random.Generator, target_probability: float,
                scale: float | None = None) -> DetectionSample:
@@ -458,16 +467,30 @@ class TileTransform:
             top, left = int(rng.integers(max_top + 1)), int(rng.integers(max_left + 1))
         return scaled_crop(sample, scale, top, left, self.size)
 
+    def view(self, rng: np.random.Generator) -> str:
+        """Which view the next window is: ``"fine"``, ``"coarse"`` or ``"frame"`` (no draw in tiles mode)."""
+        if self.coarse_scale is None and self.frame_size is None:
+            return "fine"
+        draw = rng.random()
+        if self.coarse_scale is not None and draw < self.coarse_probability:
+            return "coarse"
+        if self.frame_size is not None and draw < self.coarse_probability + self.frame_probability:
+            return "frame"
+        return "fine"
+
     def __call__(
         self, sample: DetectionSample, source: DetectionSample | None, rng: np.random.Generator
     ) -> DetectionSample:
-        scale = self.scale
-        if self.coarse_scale is not None and rng.random() < self.coarse_probability:  # no draw in tiles mode
-            scale = self.coarse_scale
-        sample = self.window(sample, rng, self.target_probability, scale)
+        view = self.view(rng)
+        if view == "frame":
+            scale = self.frame_size / max(sample.height, sample.width)
+            sample = replace(self.window(sample, rng, 0.0, scale), sky_only=True)
+        else:
+            scale = self.coarse_scale if view == "coarse" else self.scale
+            sample = self.window(sample, rng, self.target_probability, scale)
         if rng.random() < self.flip_probability:
             sample = hflip(sample)
-        if self.copy_paste is not None and source is not None:
+        if self.copy_paste is not None and source is not None and view != "frame":
             sample = self.copy_paste(sample, self.window(source, rng, 1.0, scale), rng)
         return sample
 
@@ -486,7 +509,8 @@ class DetectionCollator:
     """Turn a list of transformed samples into processor-ready model inputs (``pixel_values`` + ``labels``).
 
     The samples are already at the model size, so the processor is called with ``do_resize=False``; it normalises
-    the images and converts the boxes to normalised cxcywh, and the sky masks to the ``labels[i]["sky_mask"]``.
+    the images and converts the boxes to normalised cxcywh, and the sky masks to the ``labels[i]["sky_mask"]``;
+    a ``sky_only`` sample's labels say ``"sky_only": True`` (the model trains only its sky on it).
     """
 
     processor: Any
@@ -498,4 +522,7 @@ class DetectionCollator:
         batch = self.processor(
             images=images, annotations=annotations, sky_masks=sky_masks, do_resize=False, return_tensors="pt"
         )
+        for label, sample in zip(batch["labels"], samples):
+            if sample.sky_only:
+                label["sky_only"] = True
         return {"pixel_values": batch["pixel_values"], "labels": batch["labels"]}

@@ -46,7 +46,8 @@ RECIPES: dict[str, dict[str, Any]] = {
     },
 }
 # The zoom recipe: the tiles recipe's network and fine scale, the coarse whole-image pass at x1 (30 % of the training
-# windows), windows chosen by the coarse pass's proposals at inference.
+# windows), whole-frame views for the sky at a longer side of 256 px (15 %, config zoom_sky_size), windows chosen by
+# the coarse pass's proposals at inference.
 RECIPES["cpu-zoom"] = {**RECIPES["cpu-tiles"], "config_overrides": "input_mode=zoom,tile_scale=2.5,fpn_channels=64,"
                        "num_head_convs=2,tile_overlap=64,zoom_coarse_scale=1.0", "zoom_coarse_probability": 0.3}
 RECIPES["cpu"] = RECIPES["cpu-tiles"]  # the recommended CPU recipe (see the README's accuracy table)
@@ -128,6 +129,9 @@ class AugmentationArguments:
     zoom_coarse_probability: float = _arg("zoom input mode: probability that a training window is taken at the "
                                           "coarse pass's scale (config zoom_coarse_scale) instead of tile_scale",
                                           default=0.3)
+    zoom_sky_probability: float = _arg("zoom input mode: probability that a training window is a whole-frame view "
+                                       "for the sky (the image's longer side at config zoom_sky_size, as the sky "
+                                       "pass sees it; it trains the sky only)", default=0.15)
 
 
 @dataclass

@@ -240,9 +240,12 @@ class BafeNetTrainer:
         config = self.model.config
         if config.input_mode in ("tiles", "zoom"):
             zoom = config.input_mode == "zoom"
+            sky = zoom and config.zoom_sky_size > 0
             transform = TileTransform(self.image_size, config.tile_scale, args.flip_probability, copy_paste,
                                       args.tile_target_probability, coarse_scale=config.zoom_coarse_scale if zoom
-                                      else None, coarse_probability=args.zoom_coarse_probability if zoom else 0.0)
+                                      else None, coarse_probability=args.zoom_coarse_probability if zoom else 0.0,
+                                      frame_size=config.zoom_sky_size if sky else None,
+                                      frame_probability=args.zoom_sky_probability if sky else 0.0)
         else:
             transform = TrainTransform((self.image_size, self.image_size), args.flip_probability, copy_paste)
         train_set = AugmentedTrainDataset(self.train_rows, transform, args.train_repeats, args.seed)

@@ -98,10 +98,14 @@ class BafeNetConfig(PreTrainedConfig):
             window's border lies whole inside the window that reports it when it is smaller than half the overlap.
         tile_batch_size: windows per forward pass at inference.
         zoom_coarse_scale: zoom mode (`input_mode="zoom"`, an improvement): scale of the coarse pass, which runs the
-            network once over every whole image for the sky and for target proposals (1.0 = the image as it is).
-            Training then mixes windows at this scale with the `tile_scale` windows.
-        zoom_threshold: sigmoid(cls) at or above which a coarse point proposes a target.
-        zoom_margin: pixels (at `tile_scale`) by which each proposal box grows before choosing windows.
+            network once over every whole image for target proposals (1.0 = the image as it is). Training then mixes
+            windows at this scale with the `tile_scale` windows.
+        zoom_threshold: detection score (sigmoid(cls) x sigmoid(centerness)) at or above which a coarse point proposes
+            a target (the centre of its predicted box).
+        zoom_margin: pixels (at `tile_scale`) by which each proposal grows to each side before choosing windows.
+        zoom_sky_size: zoom mode: the sky comes from a whole-frame pass over each image scaled so that its longer
+            side is this many pixels (training shows the network such views for the sky loss); 0: from the coarse
+            pass.
         zoom_max_fraction: an image whose proposals choose more than this fraction of its `tile_scale` windows runs
             all of them (the tiles result); see `tiling_bafenet.py`.
 
@@ -147,6 +151,7 @@ class BafeNetConfig(PreTrainedConfig):
         zoom_threshold: float = 0.05,
         zoom_margin: int = 16,
         zoom_max_fraction: float = 0.5,
+        zoom_sky_size: int = 256,
         **kwargs: Any,
     ) -> None:
         if "score_threshold" in kwargs:  # the name of `detection_threshold` in older config files
@@ -202,6 +207,7 @@ class BafeNetConfig(PreTrainedConfig):
         self.zoom_threshold = float(zoom_threshold)
         self.zoom_margin = int(zoom_margin)
         self.zoom_max_fraction = float(zoom_max_fraction)
+        self.zoom_sky_size = int(zoom_sky_size)
         super().__init__(**kwargs)
         self.validate_bafenet()
 
@@ -318,6 +324,8 @@ class BafeNetConfig(PreTrainedConfig):
         if not 0 <= self.zoom_threshold < 1 or self.zoom_margin < 0 or not 0 <= self.zoom_max_fraction <= 1:
             raise ValueError(f"{err}zoom_threshold must be in [0, 1), zoom_margin >= 0 and zoom_max_fraction in "
                              f"[0, 1], got {self.zoom_threshold}, {self.zoom_margin}, {self.zoom_max_fraction}")
+        if self.zoom_sky_size < 0:
+            raise ValueError(f"{err}zoom_sky_size must be >= 0 (0: the sky of the coarse pass), got {self.zoom_sky_size}")
         if self.operating_threshold is not None and not 0 <= self.operating_threshold <= 1:
             raise ValueError(f"{err}operating_threshold must be in [0, 1] or None, got {self.operating_threshold}")
 

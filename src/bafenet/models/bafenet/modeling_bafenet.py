@@ -625,7 +625,8 @@ class BafeNetForObjectDetection(BafeNetPreTrainedModel):
         pixel_values: (B, 3, H, W) normalised as the image processor does (see `BafeNetImageProcessor`); H, W
             multiples of the largest stride.
         labels: optional list of B dicts with `class_labels` (N,), `boxes` (N, 4) normalised cxcywh of the input and
-            optionally `sky_mask` (H, W); other keys are ignored. Training inputs are model-sized windows.
+            optionally `sky_mask` (H, W) and `sky_only` (True: the sample trains the sky only, as the zoom mode's
+            whole-frame views); other keys are ignored. Training inputs are model-sized windows.
         image_sizes: (B, 2) extent of each image in the padded input, from the image processor in the tiles and zoom
             modes: it marks `pixel_values` as whole images, which run the image path of `config.input_mode`
             (`tiling_bafenet.run_image_path`: every sliding window, or the coarse pass and the windows it selects).
@@ -735,10 +736,14 @@ class BafeNetForObjectDetection(BafeNetPreTrainedModel):
         target_classes, target_distances, _ = assign_fcos_targets(
             points, ranges, gt_boxes, gt_classes, gt_valid, self.config.num_labels, tiny_box_points=tiny
         )
-        losses = detection_losses(
-            logits, distances, centerness, target_classes, target_distances,
-            self.config.focal_alpha, self.config.focal_gamma,
-        )
+        dense_targets = (logits, distances, centerness, target_classes, target_distances)
+        detect = torch.tensor([not bool(t.get("sky_only", False)) for t in labels], device=device)
+        only_sky = not bool(detect.any())  # zoom's whole-frame views train the sky only
+        if not only_sky and not bool(detect.all()):
+            dense_targets = tuple(t[detect] for t in dense_targets)
+        losses = detection_losses(*dense_targets, self.config.focal_alpha, self.config.focal_gamma)
+        if only_sky:  # the detection terms stay in the graph at zero (every parameter gets a gradient under DDP)
+            losses = {key: value * 0.0 for key, value in losses.items()}
         has_sky = [("sky_mask" in t and t["sky_mask"] is not None) for t in labels]
         if any(has_sky):
             masks = torch.stack([

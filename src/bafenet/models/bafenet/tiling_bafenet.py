@@ -10,12 +10,14 @@ to the dense outputs of the network (``logits`` (N, P, C), ``pred_boxes`` (N, P,
   grid; every ``tile_window`` squared window runs, and each point of the scaled image takes the values of the one
   window whose *core* holds it (inner borders are cut half-way through the overlap), so nothing is counted twice.
 * ``zoom`` (:func:`run_zoom`): the processor hands over each image at its own size (x1), padded by at least one
-  pixel. A *coarse pass* runs the network once over every whole image at ``zoom_coarse_scale``: its sky logits are
-  the sky output (whole-image context), and its points with sigmoid(cls) >= ``zoom_threshold`` are *proposals*.
-  Of the ``tile_scale`` window grid (the windows ``tiles`` would run), only the windows whose core meets a proposal
-  box (grown by ``zoom_margin`` pixels) run, at the fine scale, and are stitched exactly as in ``tiles``; points of
-  the other windows get ``EMPTY_LOGIT`` (never a detection). An image whose proposals select more than
-  ``zoom_max_fraction`` of its windows runs all of them (the ``tiles`` result).
+  pixel. A *coarse pass* runs the network once over every whole image at ``zoom_coarse_scale``: the predicted box
+  centres of its points whose detection score (sigmoid(cls) x sigmoid(centerness)) is >= ``zoom_threshold`` are
+  *proposals*. Of the ``tile_scale`` window grid (the windows ``tiles`` would run), only the windows whose core meets
+  a proposal (its centre grown by ``zoom_margin`` fine pixels) run, at the fine scale, and are stitched exactly as in
+  ``tiles``; points of the other windows get ``EMPTY_LOGIT`` (never a detection). An image whose proposals select
+  more than ``zoom_max_fraction`` of its windows runs all of them (the ``tiles`` result). The sky comes from a
+  *whole-frame pass*: each image scaled so that its longer side is ``zoom_sky_size`` pixels (the whole horizon in
+  one view; ``zoom_sky_size=0``: the coarse pass's sky).
 """
 
 from __future__ import annotations
@@ -194,13 +196,14 @@ def scaled_window(image: torch.Tensor, extent: Size, scaled: Size, y0: int, x0: 
     return (band[:, :, cols[0]] * (1 - cols[2]) + band[:, :, cols[1]] * cols[2]).to(image.dtype)
 
 
-def coarse_input(pixel_values: torch.Tensor, image_sizes: Sequence[Size], scale: float, multiple: int
+def coarse_input(pixel_values: torch.Tensor, image_sizes: Sequence[Size], scales: Sequence[float], multiple: int
                  ) -> tuple[torch.Tensor, list[Size]]:
-    """The images scaled by ``scale`` (bilinear, as the training windows), padded with each input's padding value to
-    a canvas that is a multiple of ``multiple``; at ``scale`` 1 the input itself. Returns the canvas and the sizes."""
-    if scale == 1.0:
+    """The images, each scaled by its ``scales`` entry (bilinear, as the training windows), padded with each input's
+    padding value to a canvas that is a multiple of ``multiple``; when every scale is 1, the input itself. Returns the
+    canvas and the scaled sizes."""
+    if all(scale == 1.0 for scale in scales):
         return pixel_values, [tuple(s) for s in image_sizes]
-    sizes = [scaled_size(h, w, scale) for h, w in image_sizes]
+    sizes = [scaled_size(h, w, scale) for (h, w), scale in zip(image_sizes, scales)]
     height = math.ceil(max(h for h, _ in sizes) / multiple) * multiple
     width = math.ceil(max(w for _, w in sizes) / multiple) * multiple
     canvas = []
@@ -213,16 +216,23 @@ def coarse_input(pixel_values: torch.Tensor, image_sizes: Sequence[Size], scale:
     return torch.stack(canvas), sizes
 
 
+def frame_scale(height: int, width: int, size: int) -> float:
+    """The scale at which an image's longer side becomes ``size`` pixels: the whole-frame view of the sky pass."""
+    return size / max(height, width)
+
+
 def proposal_boxes(coarse: dict[str, Any], points: torch.Tensor, coarse_sizes: Sequence[Size],
                    fine_sizes: Sequence[Size], threshold: float, margin: float) -> list[torch.Tensor]:
-    """Per image, the boxes (M, 4) xyxy in fine pixels of the coarse points (``points`` (P, 2)) with sigmoid(cls)
-    >= ``threshold`` inside the image, grown by ``margin`` pixels."""
+    """Per image, the proposals (M, 4) xyxy in fine pixels: the predicted box centre of every coarse point (``points``
+    (P, 2)) inside the image whose detection score sigmoid(cls) x sigmoid(centerness) is >= ``threshold``, grown by
+    ``margin`` pixels to each side."""
     found = []
     for b, ((h, w), (fine_h, fine_w)) in enumerate(zip(coarse_sizes, fine_sizes)):
-        keep = (coarse["logits"][b].float().sigmoid().amax(-1) >= threshold) & (points[:, 0] < w) & (points[:, 1] < h)
-        scale = torch.tensor([fine_w / w, fine_h / h, fine_w / w, fine_h / h], device=points.device)
-        grow = torch.tensor([-margin, -margin, margin, margin], device=points.device)
-        found.append(coarse["pred_boxes"][b][keep].float() * scale + grow)
+        score = coarse["logits"][b].float().sigmoid().amax(-1) * coarse["centerness"][b].float().sigmoid()
+        keep = (score >= threshold) & (points[:, 0] < w) & (points[:, 1] < h)
+        boxes = coarse["pred_boxes"][b][keep].float()
+        centres = (boxes[:, :2] + boxes[:, 2:]) / 2 * torch.tensor([fine_w / w, fine_h / h], device=points.device)
+        found.append(torch.cat([centres - margin, centres + margin], dim=1))
     return found
 
 
@@ -244,17 +254,23 @@ def select_windows(layout: Sequence[Window], proposals: Sequence[torch.Tensor], 
 
 def run_zoom(dense: Dense, pixel_values: torch.Tensor, image_sizes: Sequence[Size], *, coarse_scale: float,
              fine_scale: float, window: int, overlap: int, strides: Sequence[int], batch_size: int,
-             threshold: float, margin: float, max_fraction: float) -> dict[str, Any]:
+             threshold: float, margin: float, max_fraction: float, sky_size: int = 0) -> dict[str, Any]:
     """Zoom inference (see the module docstring): the coarse pass over the whole images, the selected windows of the
-    ``fine_scale`` grid, stitched. Returns the dense outputs over the fine canvas (``image_sizes`` the fine extents,
-    ``input_size`` the fine canvas), the coarse pass's sky (``sky_logits``, ``sky_input_size``,
+    ``fine_scale`` grid, stitched, and the sky of the whole-frame pass (each image's longer side at ``sky_size``
+    pixels; with ``sky_size`` 0, the coarse pass's sky). Returns the dense outputs over the fine canvas
+    (``image_sizes`` the fine extents, ``input_size`` the fine canvas), the sky (``sky_logits``, ``sky_input_size``,
     ``sky_image_sizes``) and the ``windows`` run."""
     batch, _, height, width = pixel_values.shape
     if any(h >= height or w >= width for h, w in image_sizes):
         raise ValueError(f"input {height}x{width} holds an image of image_sizes {list(image_sizes)} without a "
                          "padding row and column; prepare it with the image processor (input_mode='zoom')")
-    coarse_pixels, coarse_sizes = coarse_input(pixel_values, image_sizes, coarse_scale, strides[-1])
+    coarse_pixels, coarse_sizes = coarse_input(pixel_values, image_sizes, [coarse_scale] * batch, strides[-1])
     coarse = dense(coarse_pixels)
+    sky, sky_pixels, sky_sizes = coarse, coarse_pixels, coarse_sizes
+    if sky_size:
+        sky_pixels, sky_sizes = coarse_input(pixel_values, image_sizes,
+                                             [frame_scale(h, w, sky_size) for h, w in image_sizes], strides[-1])
+        sky = dense(sky_pixels)
     fine_sizes = [scaled_size(h, w, fine_scale) for h, w in image_sizes]
     coarse_h, coarse_w = coarse_pixels.shape[-2:]
     points, _ = make_points([(coarse_h // s, coarse_w // s) for s in strides], strides, pixel_values.device)
@@ -269,10 +285,10 @@ def run_zoom(dense: Dense, pixel_values: torch.Tensor, image_sizes: Sequence[Siz
     outputs = stitch_windows(run_batches(dense, crops, layout, batch_size, like=coarse), layout, batch, canvas,
                              window, strides)
     device = pixel_values.device
-    return {**outputs, "sky_logits": coarse["sky_logits"], "windows": windows_tensor(layout, device),
+    return {**outputs, "sky_logits": sky["sky_logits"], "windows": windows_tensor(layout, device),
             "input_size": torch.tensor(canvas, device=device), "image_sizes": torch.tensor(fine_sizes, device=device),
-            "sky_input_size": torch.tensor(coarse_pixels.shape[-2:], device=device),
-            "sky_image_sizes": torch.tensor(coarse_sizes, device=device)}
+            "sky_input_size": torch.tensor(sky_pixels.shape[-2:], device=device),
+            "sky_image_sizes": torch.tensor(sky_sizes, device=device)}
 
 
 def run_image_path(dense: Dense, pixel_values: torch.Tensor, image_sizes: Sequence[Size], config: Any
@@ -284,11 +300,11 @@ def run_image_path(dense: Dense, pixel_values: torch.Tensor, image_sizes: Sequen
     if config.input_mode == "zoom":
         return run_zoom(dense, pixel_values, image_sizes, coarse_scale=config.zoom_coarse_scale,
                         fine_scale=config.tile_scale, threshold=config.zoom_threshold, margin=config.zoom_margin,
-                        max_fraction=config.zoom_max_fraction, **common)
+                        max_fraction=config.zoom_max_fraction, sky_size=config.zoom_sky_size, **common)
     outputs = run_windows(dense, pixel_values, image_sizes, **common)
     return {**outputs, "input_size": torch.tensor(pixel_values.shape[-2:], device=pixel_values.device),
             "image_sizes": torch.tensor(image_sizes, device=pixel_values.device)}
 
 
-__all__ = ["EMPTY_LOGIT", "make_points", "run_image_path", "run_windows", "run_zoom", "scaled_size", "scaled_window",
+__all__ = ["EMPTY_LOGIT", "frame_scale", "make_points", "run_image_path", "run_windows", "run_zoom", "scaled_size", "scaled_window",
            "select_windows", "stitch_windows", "window_canvas", "window_layout", "window_starts"]
