@@ -8,6 +8,9 @@ post-processing) of the model as saved (zoom or tiles mode) is timed with:
 - denormal floats kept (PyTorch's default) or flushed to zero (what every `bafenet` command does);
 - `tile_batch_size` 4 / 8 (the default) / 16 windows per forward pass;
 - the ONNX graph in onnxruntime (`bafenet predict --onnx`), same windows and stitching;
+- that graph quantised to int8 (onnxruntime static quantisation, QDQ, per-channel weights, calibrated on the inputs
+  the frame's own passes feed the network; ``--int8-out FILE`` keeps it, for scoring with `bafenet evaluate --onnx`),
+  with the share of the fp32 detections (>= 0.05) it keeps;
 
 and the share of the stitching (`tiling_bafenet.stitch_windows`) in the PyTorch path. Medians, ratios to the default.
 """
@@ -49,15 +52,27 @@ def flushing(path, flush: bool):
     return run
 
 
-def onnx_path(model, processor, image):
-    """The `bafenet predict --onnx` path: the exported window network in onnxruntime, the model's windows."""
+class RecordingSession:
+    """An onnxruntime session that keeps every input it is fed (the calibration data of the int8 graph)."""
+
+    def __init__(self, session) -> None:
+        self.session, self.feeds = session, []
+
+    def run(self, names, feeds):
+        self.feeds.append(feeds)
+        return self.session.run(names, feeds)
+
+
+def onnx_path(model, processor, image, session=None):
+    """The `bafenet predict --onnx` path: the exported window network in onnxruntime (or ``session``), the model's
+    windows."""
     import onnxruntime
 
     from bafenet.export_onnx import export_onnx, run_onnx
 
-    folder = Path(tempfile.mkdtemp())
-    session = onnxruntime.InferenceSession(str(export_onnx(model, folder / "model.onnx")),
-                                           providers=["CPUExecutionProvider"])
+    if session is None:
+        session = onnxruntime.InferenceSession(str(export_onnx(model, Path(tempfile.mkdtemp()) / "model.onnx")),
+                                               providers=["CPUExecutionProvider"])
     sizes = [(image.height, image.width)]
 
     def run() -> object:
@@ -66,6 +81,46 @@ def onnx_path(model, processor, image):
             return processor.post_process_object_detection(outputs, threshold=0.05, target_sizes=sizes)
 
     return run
+
+
+def int8_session(model, processor, image, out: Path | None):
+    """The exported graph quantised to int8 (static, QDQ, per-channel), calibrated on the inputs one pass of the
+    frame feeds it (coarse and sky passes, windows); saved to ``out`` when given."""
+    import onnxruntime
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+
+    from bafenet.export_onnx import export_onnx
+
+    folder = Path(tempfile.mkdtemp())
+    fp32 = export_onnx(model, folder / "model.onnx")
+    recording = RecordingSession(onnxruntime.InferenceSession(str(fp32), providers=["CPUExecutionProvider"]))
+    onnx_path(model, processor, image, recording)()
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.feeds = iter(recording.feeds)
+
+        def get_next(self):
+            return next(self.feeds, None)
+
+    out = out or folder / "model_int8.onnx"
+    quantize_static(str(fp32), str(out), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+    return onnxruntime.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+
+
+def kept_share(reference, candidate, iou: float = 0.5) -> float:
+    """The share of ``reference`` detections (post-processed, one image) that ``candidate`` also reports (a box of
+    the same label at IoU >= ``iou``)."""
+    from torchvision.ops import box_iou
+
+    ref, cand = reference[0], candidate[0]
+    if len(ref["boxes"]) == 0:
+        return 1.0
+    if len(cand["boxes"]) == 0:
+        return 0.0
+    same = ref["labels"][:, None] == cand["labels"][None, :]
+    return float(((box_iou(ref["boxes"], cand["boxes"]) >= iou) & same).any(1).float().mean())
 
 
 def stitch_share(model, processor, image, repeats: int) -> float:
@@ -100,6 +155,7 @@ def main() -> None:
     parser.add_argument("--model", required=True)
     parser.add_argument("--dataset", required=True)
     parser.add_argument("--frame", default="1280x1024")
+    parser.add_argument("--int8-out", type=Path, default=None, help="keep the int8 ONNX graph at this path")
     args = parser.parse_args()
     start(args)
     model = BafeNetForObjectDetection.from_pretrained(args.model).eval()
@@ -112,10 +168,15 @@ def main() -> None:
         variant.config.tile_batch_size = batch
         candidates[f"tile_batch_size {batch}"] = bafenet_full_path(variant, processor, image)
     candidates["onnxruntime"] = onnx_path(model, processor, image)
+    candidates["onnxruntime int8"] = onnx_path(model, processor, image, int8_session(model, processor, image,
+                                                                                     args.int8_out))
     report(interleaved_median(candidates, args.repeats, 1), "default (flush, batch 8)",
            f"{args.frame} frame, {model.config.input_mode} mode, {torch.get_num_threads()} threads, "
            f"{args.repeats} interleaved repeats")
     print(f"\nstitching: {100 * stitch_share(model, processor, image, args.repeats):.1f} % of the PyTorch path")
+    reference = candidates["onnxruntime"]()
+    print(f"int8 keeps {100 * kept_share(reference, candidates['onnxruntime int8']()):.1f} % of the fp32 ONNX "
+          f"detections (>= 0.05, IoU >= 0.5, {len(reference[0]['boxes'])} of them) on this frame")
 
 
 if __name__ == "__main__":

@@ -95,8 +95,8 @@ def latency(models: dict, processors: dict, rows, repeats: int):
 def coarse_proposals(model, processor, image, thresholds: list[float], margins: list[int]) -> tuple[list, dict]:
     """The windows the zoom mode would run on ``image`` at each (proposal threshold, margin) pair (one coarse pass
     for all of them; `tiling_bafenet` functions as the model calls them), and the image's full window grid."""
-    from bafenet.models.bafenet.tiling_bafenet import (coarse_input, make_points, proposal_boxes, scaled_size,
-                                                       select_windows, window_layout)
+    from bafenet.models.bafenet.tiling_bafenet import (coarse_input, make_points, scaled_size, window_layout,
+                                                       zoom_windows)
 
     config = model.config
     inputs = processor(images=[image])
@@ -109,8 +109,10 @@ def coarse_proposals(model, processor, image, thresholds: list[float], margins: 
                             pixels.device)
     fine = [scaled_size(h, w, config.tile_scale) for h, w in sizes]
     layout = window_layout(fine, config.tile_window, config.tile_overlap)
-    chosen = {(t, m): select_windows(layout, proposal_boxes(coarse, points, coarse_sizes, fine, t, m),
-                                     config.zoom_max_fraction) for t in thresholds for m in margins}
+    chosen = {(t, m): zoom_windows(coarse, points, sizes, coarse_sizes, fine, window=config.tile_window,
+                                   overlap=config.tile_overlap, threshold=t, margin=m,
+                                   max_fraction=config.zoom_max_fraction, tiles_up_to=config.zoom_tiles_up_to)
+              for t in thresholds for m in margins}
     return layout, chosen
 
 

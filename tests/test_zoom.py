@@ -15,7 +15,7 @@ from bafenet.models.bafenet.tiling_bafenet import (EMPTY_LOGIT, make_points, run
 pytestmark = pytest.mark.usefixtures("one_thread_module")
 
 ZOOM = dict(backbone="resnet18", fpn_channels=32, num_head_convs=1, adapter_channels=16, image_size=64,
-            strides=(8, 16), input_mode="zoom", tile_scale=2.0, tile_window=128, tile_overlap=32)
+            strides=(8, 16), input_mode="zoom", tile_scale=2.0, tile_window=128, tile_overlap=32, zoom_tiles_up_to=0)
 
 
 def zoom_model(**overrides) -> tuple[BafeNetForObjectDetection, BafeNetImageProcessor]:
@@ -37,6 +37,8 @@ def test_config_validates_zoom_settings_and_calls_zoom_an_improvement():
         BafeNetConfig.improved(**ZOOM, zoom_coarse_scale=1.5)
     with pytest.raises(ValueError, match="zoom_threshold"):
         BafeNetConfig.improved(**ZOOM, zoom_max_fraction=2.0)
+    with pytest.raises(ValueError, match="zoom_tiles_up_to"):
+        BafeNetConfig.improved(**ZOOM | {"zoom_tiles_up_to": -1})
 
 
 def test_processor_keeps_images_at_their_size_with_a_padding_row_and_column():
@@ -79,10 +81,11 @@ def fake_dense(strides=(8, 16)):
     return dense, calls
 
 
-def run_fake(pixels: torch.Tensor, sizes, max_fraction: float = 0.5, sky_size: int = 0):
+def run_fake(pixels: torch.Tensor, sizes, max_fraction: float = 0.5, sky_size: int = 0, tiles_up_to: int = 0):
     dense, calls = fake_dense()
     out = run_zoom(dense, pixels, sizes, coarse_scale=1.0, fine_scale=2.0, window=128, overlap=32, strides=(8, 16),
-                   batch_size=4, threshold=0.5, margin=0.0, max_fraction=max_fraction, sky_size=sky_size)
+                   batch_size=4, threshold=0.5, margin=0.0, max_fraction=max_fraction, sky_size=sky_size,
+                   tiles_up_to=tiles_up_to)
     return out, calls
 
 
@@ -106,6 +109,15 @@ def test_no_proposal_runs_no_window_and_too_many_run_them_all():
     bright[0, :, 200:, :] = bright[0, :, :, 300:] = 0  # padding
     full, _ = run_fake(bright, [(200, 300)], max_fraction=0.5)
     assert len(full["windows"]) == len(window_layout([(400, 600)], 128, 32))
+
+
+def test_small_images_run_every_window_without_proposals():
+    """An image whose longer side is at most tiles_up_to runs its whole grid (the tiles result); a larger one in the
+    same batch still runs only what its proposals choose (none here)."""
+    out, _ = run_fake(torch.zeros(2, 3, 208, 304), [(200, 300), (100, 150)], tiles_up_to=150)
+    small = window_layout([(400, 600), (200, 300)], 128, 32)
+    assert sorted(map(tuple, out["windows"].tolist())) == sorted((i, y0, x0) for i, y0, x0, _ in small if i == 1)
+    assert len(run_fake(torch.zeros(2, 3, 208, 304), [(200, 300), (100, 150)], tiles_up_to=149)[0]["windows"]) == 0
 
 
 @pytest.mark.parametrize("sky_size,sky_input,sky_image", [(0, [208, 304], [200, 300]), (64, [48, 64], [43, 64])])

@@ -108,6 +108,8 @@ class BafeNetConfig(PreTrainedConfig):
             pass.
         zoom_max_fraction: an image whose proposals choose more than this fraction of its `tile_scale` windows runs
             all of them (the tiles result); see `tiling_bafenet.py`.
+        zoom_tiles_up_to: an image whose longer side is at most this many pixels runs all its `tile_scale` windows
+            (a 400 px frame has at most 20; the x1 coarse pass misses some targets of such small frames); 0: none.
 
     Normalisation and post-processing (`normalization`, `image_mean`, ..., `detection_threshold`, `max_detections`:
     `PROCESSOR_SETTINGS`) belong to [`BafeNetImageProcessor`], saved as `preprocessor_config.json`. Passed here (or
@@ -152,6 +154,7 @@ class BafeNetConfig(PreTrainedConfig):
         zoom_margin: int = 16,
         zoom_max_fraction: float = 0.5,
         zoom_sky_size: int = 256,
+        zoom_tiles_up_to: int = 400,
         **kwargs: Any,
     ) -> None:
         if "score_threshold" in kwargs:  # the name of `detection_threshold` in older config files
@@ -208,6 +211,7 @@ class BafeNetConfig(PreTrainedConfig):
         self.zoom_margin = int(zoom_margin)
         self.zoom_max_fraction = float(zoom_max_fraction)
         self.zoom_sky_size = int(zoom_sky_size)
+        self.zoom_tiles_up_to = int(zoom_tiles_up_to)
         super().__init__(**kwargs)
         self.validate_bafenet()
 
@@ -324,8 +328,9 @@ class BafeNetConfig(PreTrainedConfig):
         if not 0 <= self.zoom_threshold < 1 or self.zoom_margin < 0 or not 0 <= self.zoom_max_fraction <= 1:
             raise ValueError(f"{err}zoom_threshold must be in [0, 1), zoom_margin >= 0 and zoom_max_fraction in "
                              f"[0, 1], got {self.zoom_threshold}, {self.zoom_margin}, {self.zoom_max_fraction}")
-        if self.zoom_sky_size < 0:
-            raise ValueError(f"{err}zoom_sky_size must be >= 0 (0: the sky of the coarse pass), got {self.zoom_sky_size}")
+        if self.zoom_sky_size < 0 or self.zoom_tiles_up_to < 0:
+            raise ValueError(f"{err}zoom_sky_size (0: the sky of the coarse pass) and zoom_tiles_up_to (0: no image "
+                             f"runs all its windows) must be >= 0, got {self.zoom_sky_size}, {self.zoom_tiles_up_to}")
         if self.operating_threshold is not None and not 0 <= self.operating_threshold <= 1:
             raise ValueError(f"{err}operating_threshold must be in [0, 1] or None, got {self.operating_threshold}")
 

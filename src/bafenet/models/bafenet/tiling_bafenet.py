@@ -15,7 +15,9 @@ to the dense outputs of the network (``logits`` (N, P, C), ``pred_boxes`` (N, P,
   *proposals*. Of the ``tile_scale`` window grid (the windows ``tiles`` would run), only the windows whose core meets
   a proposal (its centre grown by ``zoom_margin`` fine pixels) run, at the fine scale, and are stitched exactly as in
   ``tiles``; points of the other windows get ``EMPTY_LOGIT`` (never a detection). An image whose proposals select
-  more than ``zoom_max_fraction`` of its windows runs all of them (the ``tiles`` result). The sky comes from a
+  more than ``zoom_max_fraction`` of its windows runs all of them (the ``tiles`` result), and so does an image whose
+  longer side is at most ``zoom_tiles_up_to`` pixels (a small frame's full grid is cheap, and the x1 coarse pass
+  misses some of its targets). The sky comes from a
   *whole-frame pass*: each image scaled so that its longer side is ``zoom_sky_size`` pixels (the whole horizon in
   one view; ``zoom_sky_size=0``: the coarse pass's sky).
 """
@@ -236,12 +238,17 @@ def proposal_boxes(coarse: dict[str, Any], points: torch.Tensor, coarse_sizes: S
     return found
 
 
-def select_windows(layout: Sequence[Window], proposals: Sequence[torch.Tensor], max_fraction: float) -> list[Window]:
+def select_windows(layout: Sequence[Window], proposals: Sequence[torch.Tensor], max_fraction: float,
+                   run_all: Sequence[bool] = ()) -> list[Window]:
     """The windows whose core meets a proposal box of their image; every window of an image whose selection would
-    exceed ``max_fraction`` of its windows (too many proposals to gain from zooming: the tiles result)."""
+    exceed ``max_fraction`` of its windows (too many proposals to gain from zooming: the tiles result) or whose
+    ``run_all`` entry is true."""
     chosen = []
     for index, boxes in enumerate(proposals):
         windows = [w for w in layout if w[0] == index]
+        if index < len(run_all) and run_all[index]:
+            chosen += windows
+            continue
         if not windows or not len(boxes):
             continue
         cores = torch.tensor([core for *_, core in windows], dtype=boxes.dtype, device=boxes.device)  # y_lo y_hi x_lo x_hi
@@ -252,9 +259,21 @@ def select_windows(layout: Sequence[Window], proposals: Sequence[torch.Tensor], 
     return chosen
 
 
+def zoom_windows(coarse: dict[str, Any], points: torch.Tensor, image_sizes: Sequence[Size],
+                 coarse_sizes: Sequence[Size], fine_sizes: Sequence[Size], *, window: int, overlap: int,
+                 threshold: float, margin: float, max_fraction: float, tiles_up_to: int = 0) -> list[Window]:
+    """The windows of the fine grid that the zoom mode runs: those the coarse pass's proposals choose, and every
+    window of an image whose longer side is at most ``tiles_up_to`` pixels (at x1) or whose proposals choose more
+    than ``max_fraction`` of its windows."""
+    proposals = proposal_boxes(coarse, points, coarse_sizes, fine_sizes, threshold, margin)
+    return select_windows(window_layout(fine_sizes, window, overlap), proposals, max_fraction,
+                          [max(h, w) <= tiles_up_to for h, w in image_sizes])
+
+
 def run_zoom(dense: Dense, pixel_values: torch.Tensor, image_sizes: Sequence[Size], *, coarse_scale: float,
              fine_scale: float, window: int, overlap: int, strides: Sequence[int], batch_size: int,
-             threshold: float, margin: float, max_fraction: float, sky_size: int = 0) -> dict[str, Any]:
+             threshold: float, margin: float, max_fraction: float, sky_size: int = 0,
+             tiles_up_to: int = 0) -> dict[str, Any]:
     """Zoom inference (see the module docstring): the coarse pass over the whole images, the selected windows of the
     ``fine_scale`` grid, stitched, and the sky of the whole-frame pass (each image's longer side at ``sky_size``
     pixels; with ``sky_size`` 0, the coarse pass's sky). Returns the dense outputs over the fine canvas
@@ -274,8 +293,8 @@ def run_zoom(dense: Dense, pixel_values: torch.Tensor, image_sizes: Sequence[Siz
     fine_sizes = [scaled_size(h, w, fine_scale) for h, w in image_sizes]
     coarse_h, coarse_w = coarse_pixels.shape[-2:]
     points, _ = make_points([(coarse_h // s, coarse_w // s) for s in strides], strides, pixel_values.device)
-    proposals = proposal_boxes(coarse, points, coarse_sizes, fine_sizes, threshold, margin)
-    layout = select_windows(window_layout(fine_sizes, window, overlap), proposals, max_fraction)
+    layout = zoom_windows(coarse, points, image_sizes, coarse_sizes, fine_sizes, window=window, overlap=overlap,
+                          threshold=threshold, margin=margin, max_fraction=max_fraction, tiles_up_to=tiles_up_to)
 
     def crops(windows: Sequence[Window]) -> torch.Tensor:
         return torch.stack([scaled_window(pixel_values[i], image_sizes[i], fine_sizes[i], y0, x0, window)
@@ -300,11 +319,12 @@ def run_image_path(dense: Dense, pixel_values: torch.Tensor, image_sizes: Sequen
     if config.input_mode == "zoom":
         return run_zoom(dense, pixel_values, image_sizes, coarse_scale=config.zoom_coarse_scale,
                         fine_scale=config.tile_scale, threshold=config.zoom_threshold, margin=config.zoom_margin,
-                        max_fraction=config.zoom_max_fraction, sky_size=config.zoom_sky_size, **common)
+                        max_fraction=config.zoom_max_fraction, sky_size=config.zoom_sky_size,
+                        tiles_up_to=config.zoom_tiles_up_to, **common)
     outputs = run_windows(dense, pixel_values, image_sizes, **common)
     return {**outputs, "input_size": torch.tensor(pixel_values.shape[-2:], device=pixel_values.device),
             "image_sizes": torch.tensor(image_sizes, device=pixel_values.device)}
 
 
-__all__ = ["EMPTY_LOGIT", "frame_scale", "make_points", "run_image_path", "run_windows", "run_zoom", "scaled_size", "scaled_window",
-           "select_windows", "stitch_windows", "window_canvas", "window_layout", "window_starts"]
+__all__ = ["EMPTY_LOGIT", "frame_scale", "make_points", "run_image_path", "run_windows", "run_zoom", "scaled_size",
+           "scaled_window", "select_windows", "stitch_windows", "window_canvas", "window_layout", "window_starts", "zoom_windows"]
