@@ -95,21 +95,17 @@ def latency(models: dict, processors: dict, rows, repeats: int):
 def coarse_proposals(model, processor, image, thresholds: list[float], margins: list[int]) -> tuple[list, dict]:
     """The windows the zoom mode would run on ``image`` at each (proposal threshold, margin) pair (one coarse pass
     for all of them; `tiling_bafenet` functions as the model calls them), and the image's full window grid."""
-    from bafenet.models.bafenet.tiling_bafenet import (coarse_input, make_points, scaled_size, window_layout,
-                                                       zoom_windows)
+    from bafenet.models.bafenet.tiling_bafenet import coarse_candidates, scaled_size, window_layout, zoom_windows
 
     config = model.config
     inputs = processor(images=[image])
     sizes = [tuple(s) for s in inputs["image_sizes"].tolist()]
     with torch.inference_mode():
-        pixels, coarse_sizes = coarse_input(inputs["pixel_values"], sizes, [config.zoom_coarse_scale] * len(sizes),
-                                            config.strides[-1])
-        coarse = model.dense_outputs(pixels)
-    points, _ = make_points([(pixels.shape[-2] // s, pixels.shape[-1] // s) for s in config.strides], config.strides,
-                            pixels.device)
+        candidates, coarse_sizes = coarse_candidates(model.dense_outputs, inputs["pixel_values"], sizes,
+                                                     config.zoom_coarse_scale, config.strides)
     fine = [scaled_size(h, w, config.tile_scale) for h, w in sizes]
     layout = window_layout(fine, config.tile_window, config.tile_overlap)
-    chosen = {(t, m): zoom_windows(coarse, points, sizes, coarse_sizes, fine, window=config.tile_window,
+    chosen = {(t, m): zoom_windows(candidates, sizes, coarse_sizes, fine, window=config.tile_window,
                                    overlap=config.tile_overlap, threshold=t, margin=m,
                                    max_fraction=config.zoom_max_fraction, tiles_up_to=config.zoom_tiles_up_to)
               for t in thresholds for m in margins}

@@ -144,7 +144,7 @@ def assert_same_detections(scores, boxes, reference, atol: float) -> None:
         free[best] = False
 
 @pytest.mark.slow
-@pytest.mark.parametrize("mode", [{}, {"input_mode": "zoom", "zoom_threshold": 0.45, "zoom_max_fraction": 1.0,
+@pytest.mark.parametrize("mode", [{}, {"input_mode": "zoom", "zoom_threshold": 0.25, "zoom_max_fraction": 1.0,
                                   "zoom_tiles_up_to": 0}],
                          ids=["tiles", "zoom"])
 def test_detections_identical_through_every_entry_point(synthetic_dataset_dir, tmp_path, mode):

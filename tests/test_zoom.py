@@ -96,7 +96,8 @@ def test_only_the_windows_whose_core_meets_a_proposal_run():
     layout = window_layout([(400, 600)], 128, 32)  # the proposal at x2: the centre (504, 296), no margin
     hit = [(y0, x0) for _, y0, x0, (y_lo, y_hi, x_lo, x_hi) in layout if y_lo < 296 < y_hi and x_lo < 504 < x_hi]
     assert sorted(map(tuple, out["windows"][:, 1:].tolist())) == sorted(hit) and len(hit) == 1
-    assert calls[0] == (1, 3, 208, 304) and sum(c[0] for c in calls[1:]) == len(hit)  # coarse pass, then the windows
+    # the coarse pass, the sky pass (here at the coarse scale: sky_size 0), then the windows
+    assert calls[:2] == [(1, 3, 208, 304)] * 2 and sum(c[0] for c in calls[2:]) == len(hit)
     assert out["input_size"].tolist() == [416, 608] and out["image_sizes"].tolist() == [[400, 600]]
     # points outside the windows run are empty: never a detection
     assert (out["logits"] > EMPTY_LOGIT / 2).sum() < out["logits"].numel() / 4
@@ -109,6 +110,18 @@ def test_no_proposal_runs_no_window_and_too_many_run_them_all():
     bright[0, :, 200:, :] = bright[0, :, :, 300:] = 0  # padding
     full, _ = run_fake(bright, [(200, 300)], max_fraction=0.5)
     assert len(full["windows"]) == len(window_layout([(400, 600)], 128, 32))
+
+
+def test_each_image_has_its_own_coarse_canvas():
+    """A small frame batched with a large one is not run on the large one's canvas in the coarse pass; its
+    proposals are where its own bright cell is."""
+    pixels = torch.zeros(2, 3, 208, 304)
+    pixels[1, :, 40:48, 40:48] = 1.0  # a bright cell of the small image (its centre (44, 44) x1 -> (88, 88) x2)
+    out, calls = run_fake(pixels, [(200, 300), (60, 90)])
+    assert calls[:2] == [(1, 3, 208, 304), (1, 3, 64, 96)]
+    hit = [(1, y0, x0) for i, y0, x0, (y_lo, y_hi, x_lo, x_hi) in window_layout([(400, 600), (120, 180)], 128, 32)
+           if i == 1 and y_lo < 88 < y_hi and x_lo < 88 < x_hi]
+    assert sorted(map(tuple, out["windows"].tolist())) == hit and len(hit) == 1
 
 
 def test_small_images_run_every_window_without_proposals():
@@ -128,7 +141,7 @@ def test_sky_comes_from_its_own_pass_in_its_own_geometry(sky_size, sky_input, sk
     pixels[0, :, :100] = 1.0  # the top half is "sky"
     out, calls = run_fake(pixels, [(200, 300)], sky_size=sky_size)
     assert out["sky_input_size"].tolist() == sky_input and out["sky_image_sizes"].tolist() == [sky_image]
-    assert calls[: 1 + bool(sky_size)] == [(1, 3, 208, 304)] + ([(1, 3, *sky_input)] if sky_size else [])
+    assert calls[:2] == [(1, 3, 208, 304), (1, 3, *sky_input)]
     _, processor = zoom_model()
     sky = processor.post_process_sky_segmentation({**out, "sky_logits": tuple(m * 20 - 10 for m in out["sky_logits"])},
                                                   target_sizes=[(200, 300)])[0]

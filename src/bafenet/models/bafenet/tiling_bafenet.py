@@ -10,7 +10,8 @@ to the dense outputs of the network (``logits`` (N, P, C), ``pred_boxes`` (N, P,
   grid; every ``tile_window`` squared window runs, and each point of the scaled image takes the values of the one
   window whose *core* holds it (inner borders are cut half-way through the overlap), so nothing is counted twice.
 * ``zoom`` (:func:`run_zoom`): the processor hands over each image at its own size (x1), padded by at least one
-  pixel. A *coarse pass* runs the network once over every whole image at ``zoom_coarse_scale``: the predicted box
+  pixel. A *coarse pass* runs the network once over every whole image at ``zoom_coarse_scale`` (each image on a
+  canvas of its own, not the batch's): the predicted box
   centres of its points whose detection score (sigmoid(cls) x sigmoid(centerness)) is >= ``zoom_threshold`` are
   *proposals*. Of the ``tile_scale`` window grid (the windows ``tiles`` would run), only the windows whose core meets
   a proposal (its centre grown by ``zoom_margin`` fine pixels) run, at the fine scale, and are stitched exactly as in
@@ -19,7 +20,7 @@ to the dense outputs of the network (``logits`` (N, P, C), ``pred_boxes`` (N, P,
   longer side is at most ``zoom_tiles_up_to`` pixels (a small frame's full grid is cheap, and the x1 coarse pass
   misses some of its targets). The sky comes from a
   *whole-frame pass*: each image scaled so that its longer side is ``zoom_sky_size`` pixels (the whole horizon in
-  one view; ``zoom_sky_size=0``: the coarse pass's sky).
+  one view; ``zoom_sky_size=0``: a pass at the coarse scale over the batch, the sky of earlier versions).
 """
 
 from __future__ import annotations
@@ -223,17 +224,36 @@ def frame_scale(height: int, width: int, size: int) -> float:
     return size / max(height, width)
 
 
-def proposal_boxes(coarse: dict[str, Any], points: torch.Tensor, coarse_sizes: Sequence[Size],
+def coarse_candidates(dense: Dense, pixel_values: torch.Tensor, image_sizes: Sequence[Size], scale: float,
+                      strides: Sequence[int]) -> tuple[list[tuple[torch.Tensor, torch.Tensor]], list[Size]]:
+    """The coarse pass: every image scaled by ``scale`` through ``dense`` on a canvas of its own (its scaled size
+    rounded up to a multiple of the largest stride; images of one canvas size run together, so a small frame never
+    pays for a large one's canvas). Per image, the detection score sigmoid(cls) x sigmoid(centerness) (P,) of every
+    point inside it and the predicted box centre (P, 2) xy in scaled pixels; and the scaled sizes."""
+    multiple = strides[-1]
+    sizes = [scaled_size(h, w, scale) for h, w in image_sizes]
+    canvases = [(math.ceil(h / multiple) * multiple, math.ceil(w / multiple) * multiple) for h, w in sizes]
+    found: list[Any] = [None] * len(sizes)
+    for canvas in dict.fromkeys(canvases):
+        group = [i for i, c in enumerate(canvases) if c == canvas]
+        pixels, _ = coarse_input(pixel_values[group], [image_sizes[i] for i in group], [scale] * len(group), multiple)
+        out = dense(pixels[..., : canvas[0], : canvas[1]])
+        points, _ = make_points([(canvas[0] // s, canvas[1] // s) for s in strides], strides, pixel_values.device)
+        for b, i in enumerate(group):
+            inside = (points[:, 0] < sizes[i][1]) & (points[:, 1] < sizes[i][0])
+            score = out["logits"][b].float().sigmoid().amax(-1) * out["centerness"][b].float().sigmoid()
+            boxes = out["pred_boxes"][b].float()
+            found[i] = (score[inside], ((boxes[:, :2] + boxes[:, 2:]) / 2)[inside])
+    return found, sizes
+
+
+def proposal_boxes(candidates: Sequence[tuple[torch.Tensor, torch.Tensor]], coarse_sizes: Sequence[Size],
                    fine_sizes: Sequence[Size], threshold: float, margin: float) -> list[torch.Tensor]:
-    """Per image, the proposals (M, 4) xyxy in fine pixels: the predicted box centre of every coarse point (``points``
-    (P, 2)) inside the image whose detection score sigmoid(cls) x sigmoid(centerness) is >= ``threshold``, grown by
-    ``margin`` pixels to each side."""
+    """Per image, the proposals (M, 4) xyxy in fine pixels: the predicted box centre of every coarse point
+    (:func:`coarse_candidates`) whose detection score is >= ``threshold``, grown by ``margin`` pixels to each side."""
     found = []
-    for b, ((h, w), (fine_h, fine_w)) in enumerate(zip(coarse_sizes, fine_sizes)):
-        score = coarse["logits"][b].float().sigmoid().amax(-1) * coarse["centerness"][b].float().sigmoid()
-        keep = (score >= threshold) & (points[:, 0] < w) & (points[:, 1] < h)
-        boxes = coarse["pred_boxes"][b][keep].float()
-        centres = (boxes[:, :2] + boxes[:, 2:]) / 2 * torch.tensor([fine_w / w, fine_h / h], device=points.device)
+    for (score, centres), (h, w), (fine_h, fine_w) in zip(candidates, coarse_sizes, fine_sizes):
+        centres = centres[score >= threshold] * torch.tensor([fine_w / w, fine_h / h], device=centres.device)
         found.append(torch.cat([centres - margin, centres + margin], dim=1))
     return found
 
@@ -259,13 +279,13 @@ def select_windows(layout: Sequence[Window], proposals: Sequence[torch.Tensor], 
     return chosen
 
 
-def zoom_windows(coarse: dict[str, Any], points: torch.Tensor, image_sizes: Sequence[Size],
+def zoom_windows(candidates: Sequence[tuple[torch.Tensor, torch.Tensor]], image_sizes: Sequence[Size],
                  coarse_sizes: Sequence[Size], fine_sizes: Sequence[Size], *, window: int, overlap: int,
                  threshold: float, margin: float, max_fraction: float, tiles_up_to: int = 0) -> list[Window]:
     """The windows of the fine grid that the zoom mode runs: those the coarse pass's proposals choose, and every
     window of an image whose longer side is at most ``tiles_up_to`` pixels (at x1) or whose proposals choose more
     than ``max_fraction`` of its windows."""
-    proposals = proposal_boxes(coarse, points, coarse_sizes, fine_sizes, threshold, margin)
+    proposals = proposal_boxes(candidates, coarse_sizes, fine_sizes, threshold, margin)
     return select_windows(window_layout(fine_sizes, window, overlap), proposals, max_fraction,
                           [max(h, w) <= tiles_up_to for h, w in image_sizes])
 
@@ -276,24 +296,19 @@ def run_zoom(dense: Dense, pixel_values: torch.Tensor, image_sizes: Sequence[Siz
              tiles_up_to: int = 0) -> dict[str, Any]:
     """Zoom inference (see the module docstring): the coarse pass over the whole images, the selected windows of the
     ``fine_scale`` grid, stitched, and the sky of the whole-frame pass (each image's longer side at ``sky_size``
-    pixels; with ``sky_size`` 0, the coarse pass's sky). Returns the dense outputs over the fine canvas
+    pixels; with ``sky_size`` 0, a pass at ``coarse_scale`` over the batch's canvas). Returns the dense outputs over the fine canvas
     (``image_sizes`` the fine extents, ``input_size`` the fine canvas), the sky (``sky_logits``, ``sky_input_size``,
     ``sky_image_sizes``) and the ``windows`` run."""
     batch, _, height, width = pixel_values.shape
     if any(h >= height or w >= width for h, w in image_sizes):
         raise ValueError(f"input {height}x{width} holds an image of image_sizes {list(image_sizes)} without a "
                          "padding row and column; prepare it with the image processor (input_mode='zoom')")
-    coarse_pixels, coarse_sizes = coarse_input(pixel_values, image_sizes, [coarse_scale] * batch, strides[-1])
-    coarse = dense(coarse_pixels)
-    sky, sky_pixels, sky_sizes = coarse, coarse_pixels, coarse_sizes
-    if sky_size:
-        sky_pixels, sky_sizes = coarse_input(pixel_values, image_sizes,
-                                             [frame_scale(h, w, sky_size) for h, w in image_sizes], strides[-1])
-        sky = dense(sky_pixels)
+    candidates, coarse_sizes = coarse_candidates(dense, pixel_values, image_sizes, coarse_scale, strides)
+    sky_scales = [frame_scale(h, w, sky_size) if sky_size else coarse_scale for h, w in image_sizes]
+    sky_pixels, sky_sizes = coarse_input(pixel_values, image_sizes, sky_scales, strides[-1])
+    sky = dense(sky_pixels)
     fine_sizes = [scaled_size(h, w, fine_scale) for h, w in image_sizes]
-    coarse_h, coarse_w = coarse_pixels.shape[-2:]
-    points, _ = make_points([(coarse_h // s, coarse_w // s) for s in strides], strides, pixel_values.device)
-    layout = zoom_windows(coarse, points, image_sizes, coarse_sizes, fine_sizes, window=window, overlap=overlap,
+    layout = zoom_windows(candidates, image_sizes, coarse_sizes, fine_sizes, window=window, overlap=overlap,
                           threshold=threshold, margin=margin, max_fraction=max_fraction, tiles_up_to=tiles_up_to)
 
     def crops(windows: Sequence[Window]) -> torch.Tensor:
@@ -301,7 +316,7 @@ def run_zoom(dense: Dense, pixel_values: torch.Tensor, image_sizes: Sequence[Siz
                             for i, y0, x0, _ in windows])
 
     canvas = window_canvas(fine_sizes, window, overlap)
-    outputs = stitch_windows(run_batches(dense, crops, layout, batch_size, like=coarse), layout, batch, canvas,
+    outputs = stitch_windows(run_batches(dense, crops, layout, batch_size, like=sky), layout, batch, canvas,
                              window, strides)
     device = pixel_values.device
     return {**outputs, "sky_logits": sky["sky_logits"], "windows": windows_tensor(layout, device),
