@@ -165,7 +165,7 @@ def test_detections_identical_through_every_entry_point(synthetic_dataset_dir, t
     model, processor = tiles_model(dict(max_detections=100_000, pre_nms_top_k=100_000, nms_iou_threshold=1.0),
                                    prior_prob=0.5, **mode)
     with torch.no_grad():
-        model.head.conv_reg.bias.fill_(float(np.log(10.0)))
+        model.head.reg_output.bias.fill_(float(np.log(10.0)))
     model.save_pretrained(start)
     processor.save_pretrained(start)
     out = tmp_path / "run"
