@@ -30,12 +30,26 @@ import torch
 import torch.nn.functional as F
 
 EMPTY_LOGIT = -1e4  # logit of canvas points no window covers (sigmoid = 0: never a detection)
+
+# The default input geometry, one owner for `BafeNetConfig` and `BafeNetImageProcessor` (both import this module; as
+# shipped remote code they may import only their siblings). The tile window defaults to the image size in both.
+DEFAULT_IMAGE_SIZE = 512  # model input side in pixels (the original's 512x512)
+DEFAULT_STRIDES = (8, 16, 32)  # FPN levels P3-P5, the original's; the largest is the processor's size divisor
+DEFAULT_TILE_SCALE = 2.0  # tiles and zoom modes: targets reach the network at twice their size
+DEFAULT_TILE_OVERLAP = 64  # pixels shared by neighbouring windows
+TILE_GEOMETRY = ("tile_scale", "tile_window", "tile_overlap")
 Dense = Callable[[torch.Tensor], dict]
 Size = tuple[int, int]
 Window = tuple[int, int, int, tuple[int, int, int, int]]  # (image index, y0, x0, core (y_lo, y_hi, x_lo, x_hi))
 
 
 # ------------------------------------------------------------------------------------------------------ geometry
+def tile_geometry(source: Any) -> dict[str, Any]:
+    """``tile_scale``, ``tile_window`` and ``tile_overlap`` of a `BafeNetConfig` or a `BafeNetImageProcessor` (the
+    processor takes them from the model's config: `BafeNetImageProcessor.from_model_config`)."""
+    return {name: getattr(source, name) for name in TILE_GEOMETRY}
+
+
 def scaled_size(height: int, width: int, scale: float) -> Size:
     """(height, width) of an image scaled by `scale` with its aspect ratio kept."""
     return max(1, int(round(height * scale))), max(1, int(round(width * scale)))
@@ -306,5 +320,6 @@ def run_image_path(dense: Dense, pixel_values: torch.Tensor, image_sizes: Sequen
             "image_sizes": torch.tensor(image_sizes, device=pixel_values.device)}
 
 
-__all__ = ["EMPTY_LOGIT", "frame_scale", "make_points", "run_image_path", "run_windows", "run_zoom", "scaled_size", "scaled_window",
-           "select_windows", "stitch_windows", "window_canvas", "window_layout", "window_starts"]
+__all__ = ["DEFAULT_IMAGE_SIZE", "DEFAULT_STRIDES", "DEFAULT_TILE_OVERLAP", "DEFAULT_TILE_SCALE", "EMPTY_LOGIT",
+           "TILE_GEOMETRY", "frame_scale", "make_points", "run_image_path", "run_windows", "run_zoom", "scaled_size", "scaled_window",
+           "select_windows", "stitch_windows", "tile_geometry", "window_canvas", "window_layout", "window_starts"]
