@@ -80,7 +80,8 @@ class BafeNetConfig(PreTrainedConfig):
         loss_weights: weights of `loss_cls`, `loss_bbox`, `loss_centerness`, `loss_seg` (all 1 in the original).
         operating_threshold: the model's operating point, a detection score in [0, 1]: the trainer stores the best-F1
             score on validation. The default threshold of the `object-detection` pipeline, of `bafenet predict` and of
-            the at-a-score metrics of `bafenet evaluate` (`None`: not chosen; they fall back to 0.5, 0.3, 0.5).
+            the at-a-score metrics of `bafenet evaluate` (`None`: not chosen; all three fall back to 0.5:
+            `bafenet.evaluation.FALLBACK_OPERATING_THRESHOLD`, and its copy `pipeline_bafenet.FALLBACK_THRESHOLD`).
         mode: `"faithful"` or `"improved"` (see module docstring); validated against the switches below.
         learned_selector: improvement (a): straight-through channel selection, the hard top-K mask in the forward
             pass and the gradient through the sigmoid scores, so the scorer learns. Off in the original.
