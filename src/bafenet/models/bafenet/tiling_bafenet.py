@@ -187,7 +187,11 @@ def resample_axis(start: int, count: int, scaled: int, size: int, device: torch.
     """Bilinear source indices of output pixels ``start .. start + count - 1`` of an axis of ``size`` pixels scaled
     to ``scaled`` (half-pixel centres, as ``F.interpolate(..., size=scaled, mode="bilinear", align_corners=False)``
     and the training windows): (low, high, weight of high). Pixels at or past ``scaled`` (the padding) read index
-    ``size``, the first padding pixel of the input."""
+    ``size``, the first padding pixel of the input.
+
+    The training pipeline has a numpy copy (``bafenet.data.transforms._source_coordinates``, ``resize_bilinear``,
+    ``scaled_crop``): this file ships as remote code and may import only torch and its siblings, and the numpy data
+    pipeline may not import the model; tests/test_transforms.py checks that the two agree."""
     position = torch.arange(start, start + count, device=device, dtype=torch.float32)
     source = ((position + 0.5) * (size / scaled) - 0.5).clamp(min=0)
     low = source.floor().long().clamp(max=size - 1)
