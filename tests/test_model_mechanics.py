@@ -85,31 +85,31 @@ def test_config_refuses_inconsistent_settings(kwargs, message):
 
 
 # ---------------------------------------------------------------------------------------------------------- exchange
-def _loop_reference(exchange: ChannelAttExchange, x1: torch.Tensor, x2: torch.Tensor):
+def _loop_reference(exchange: ChannelAttExchange, seg: torch.Tensor, cls: torch.Tensor):
     """The original's Python loop over the batch, for comparison."""
-    _, i1 = exchange.select(x1)
-    _, i2 = exchange.select(x2)
-    out1, out2 = x1.clone(), x2.clone()
-    for b in range(x1.shape[0]):
-        e1 = exchange.adapter(x1[b, i1[b]].permute(1, 2, 0)).permute(2, 0, 1)
-        e2 = exchange.adapter(x2[b, i2[b]].permute(1, 2, 0)).permute(2, 0, 1)
-        out1[b, i1[b]] = e2
-        out2[b, i2[b]] = e1
-    return out1, out2, i1, i2
+    _, seg_top = exchange.select(seg)
+    _, cls_top = exchange.select(cls)
+    seg_out, cls_out = seg.clone(), cls.clone()
+    for b in range(seg.shape[0]):
+        seg_adapted = exchange.adapter(seg[b, seg_top[b]].permute(1, 2, 0)).permute(2, 0, 1)
+        cls_adapted = exchange.adapter(cls[b, cls_top[b]].permute(1, 2, 0)).permute(2, 0, 1)
+        seg_out[b, seg_top[b]] = cls_adapted
+        cls_out[b, cls_top[b]] = seg_adapted
+    return seg_out, cls_out, seg_top, cls_top
 
 
 @pytest.mark.parametrize("learned", [False, True])
 def test_exchange_swaps_k_channels_per_sample_and_keeps_the_others(learned):
     torch.manual_seed(0)
     exchange = ChannelAttExchange(channels=16, num_exchange=8, adapter_channels=4, learned=learned)
-    x1, x2 = torch.randn(3, 16, 5, 6), torch.randn(3, 16, 5, 6)
-    out1, out2 = exchange(x1, x2)
-    ref1, ref2, i1, i2 = _loop_reference(exchange, x1, x2)
-    torch.testing.assert_close(out1, ref1, rtol=0, atol=1e-6)
-    torch.testing.assert_close(out2, ref2, rtol=0, atol=1e-6)
-    assert torch.equal(i1, i1.sort(dim=1).values)  # indices sorted ascending
-    assert len({tuple(r) for r in i1.tolist()}) > 1  # per-sample selection
-    for out, x, idx in ((out1, x1, i1), (out2, x2, i2)):
+    seg, cls = torch.randn(3, 16, 5, 6), torch.randn(3, 16, 5, 6)
+    seg_out, cls_out = exchange(seg, cls)
+    seg_ref, cls_ref, seg_top, cls_top = _loop_reference(exchange, seg, cls)
+    torch.testing.assert_close(seg_out, seg_ref, rtol=0, atol=1e-6)
+    torch.testing.assert_close(cls_out, cls_ref, rtol=0, atol=1e-6)
+    assert torch.equal(seg_top, seg_top.sort(dim=1).values)  # indices sorted ascending
+    assert len({tuple(r) for r in seg_top.tolist()}) > 1  # per-sample selection
+    for out, x, idx in ((seg_out, seg, seg_top), (cls_out, cls, cls_top)):
         changed = (out != x).flatten(2).any(-1)  # (B, C)
         assert changed.sum(1).tolist() == [8, 8, 8]
         assert torch.equal(changed, torch.zeros_like(changed).scatter(1, idx, True))
@@ -135,8 +135,8 @@ def test_learned_selector_forward_is_the_hard_exchange():
     hard = ChannelAttExchange(16, 8, 4, learned=False)
     soft = ChannelAttExchange(16, 8, 4, learned=True)
     soft.load_state_dict(hard.state_dict())
-    x1, x2 = torch.randn(2, 16, 4, 4), torch.randn(2, 16, 4, 4)
-    for a, b in zip(hard(x1, x2), soft(x1, x2)):
+    seg, cls = torch.randn(2, 16, 4, 4), torch.randn(2, 16, 4, 4)
+    for a, b in zip(hard(seg, cls), soft(seg, cls)):
         assert torch.equal(a, b)
 
 
@@ -167,9 +167,9 @@ def test_channel_scores_are_float32_under_autocast(learned):
     scores, index = exchange.select(x)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         scores_amp, index_amp = exchange.select(x.bfloat16())
-        out1, out2 = exchange(x.bfloat16(), x.bfloat16())
+        seg_out, cls_out = exchange(x.bfloat16(), x.bfloat16())
     assert seen == [(torch.float32, torch.float32)] * 4
-    assert scores_amp.dtype == out1.dtype == out2.dtype == torch.bfloat16  # the rest of the head stays in bf16
+    assert scores_amp.dtype == seg_out.dtype == cls_out.dtype == torch.bfloat16  # the rest of the head stays in bf16
     assert torch.equal(index, index_amp)
 
 
@@ -300,8 +300,8 @@ def test_output_shapes_and_box_decoding():
 # --------------------------------------------------------------------------------------------------- init and weights
 def test_head_init_follows_the_original():
     model = tiny()
-    assert model.head.conv_cls.bias.item() == pytest.approx(-4.59512, abs=1e-4)
-    assert model.head.cls_convs[0].weight.std().item() == pytest.approx(0.01, rel=0.2)
+    assert model.head.cls_output.bias.item() == pytest.approx(-4.59512, abs=1e-4)
+    assert model.head.cls_tower[0].weight.std().item() == pytest.approx(0.01, rel=0.2)
     assert model.head.lsk.conv0.bias.abs().sum() == 0 and model.fpn.layer_blocks[0][0].bias.abs().sum() == 0
     assert model.backbone.conv1.weight.std().item() > 0.015  # timm's own init, not transformers' N(0, 0.02)
     assert all(s.scale.item() == 1.0 for s in model.scales)

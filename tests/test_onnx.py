@@ -81,16 +81,17 @@ def test_exchange_ties_select_the_same_channels_in_onnxruntime(tmp_path):
     with torch.no_grad():  # raw channel scores exactly 0 for every channel, in both runtimes
         exchange.scorer.conv.weight.zero_()
         exchange.scorer.conv.bias.zero_()
-    x1, x2 = torch.randn(2, 32, 6, 6), torch.randn(2, 32, 6, 6)
-    assert torch.equal(exchange.select(x1)[1], torch.arange(16).expand(2, -1))
+    seg, cls = torch.randn(2, 32, 6, 6), torch.randn(2, 32, 6, 6)
+    assert torch.equal(exchange.select(seg)[1], torch.arange(16).expand(2, -1))
     path = tmp_path / "exchange.onnx"
     with torch.no_grad():
-        torch.onnx.export(exchange, (x1, x2), str(path), input_names=["x1", "x2"], opset_version=17, dynamo=False)
+        torch.onnx.export(exchange, (seg, cls), str(path), input_names=["seg_features", "cls_features"],
+                          opset_version=17, dynamo=False)
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    got = session.run(None, {"x1": x1.numpy(), "x2": x2.numpy()})
+    got = session.run(None, {"seg_features": seg.numpy(), "cls_features": cls.numpy()})
     with torch.no_grad():
-        expected = exchange(x1, x2)
-    for ours, reference, x in zip(got, expected, (x1, x2)):
+        expected = exchange(seg, cls)
+    for ours, reference, x in zip(got, expected, (seg, cls)):
         np.testing.assert_allclose(ours, reference.numpy(), atol=1e-5)
         changed = np.abs(ours - x.numpy()).reshape(2, 32, -1).max(-1) > 0
         assert changed[:, :16].all() and not changed[:, 16:].any()  # onnxruntime exchanged channels 0..15 too

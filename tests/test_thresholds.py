@@ -60,3 +60,21 @@ def test_evaluate_and_predict_take_both_thresholds(module):
     assert (args.detection_threshold, args.operating_threshold) == (0.01, 0.4)
     defaults = _parse(module, extra)
     assert (defaults.detection_threshold, defaults.operating_threshold) == (None, None)  # processor's / model's
+
+
+def test_the_pipeline_falls_back_to_the_package_operating_threshold():
+    """The remote-code pipeline cannot import bafenet, so it keeps its own copy of the fallback operating point."""
+    from transformers import pipeline
+
+    from bafenet.evaluation import FALLBACK_OPERATING_THRESHOLD
+    from bafenet.models.bafenet import BafeNetConfig, BafeNetForObjectDetection, BafeNetImageProcessor
+    from bafenet.models.bafenet.pipeline_bafenet import FALLBACK_THRESHOLD, BafeNetObjectDetectionPipeline
+
+    assert FALLBACK_THRESHOLD == FALLBACK_OPERATING_THRESHOLD == 0.5
+    config = BafeNetConfig(backbone="resnet18", fpn_channels=32, num_head_convs=1, adapter_channels=16, image_size=128)
+    detector = pipeline("object-detection", model=BafeNetForObjectDetection(config),
+                        image_processor=BafeNetImageProcessor.from_model_config(config),
+                        pipeline_class=BafeNetObjectDetectionPipeline)
+    assert detector.default_threshold == FALLBACK_OPERATING_THRESHOLD
+    config.operating_threshold = 0.25
+    assert detector.default_threshold == 0.25

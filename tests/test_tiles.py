@@ -12,6 +12,8 @@ from bafenet.data.transforms import DetectionSample, TileTransform, scaled_crop
 from bafenet.models.bafenet import BafeNetConfig, BafeNetForObjectDetection, BafeNetImageProcessor
 from bafenet.models.bafenet.configuration_bafenet import scaled_size, window_starts
 from bafenet.models.bafenet.modeling_bafenet import window_layout
+from bafenet.models.bafenet.tiling_bafenet import (DEFAULT_IMAGE_SIZE, DEFAULT_STRIDES, DEFAULT_TILE_OVERLAP,
+                                                   DEFAULT_TILE_SCALE, tile_geometry)
 
 pytestmark = pytest.mark.usefixtures("one_thread_module")
 
@@ -54,6 +56,22 @@ def test_config_validates_tiles_settings_and_calls_them_improvements():
     with pytest.raises(ValueError, match="tile_window"):
         BafeNetConfig.improved(**{**TILES, "tile_window": 100})
     assert scaled_size(1024, 1280, 2.0) == (2048, 2560)
+
+
+def test_tile_geometry_has_one_owner_and_one_default():
+    """Config and processor built with their defaults agree on the input geometry (the constants of tiling_bafenet),
+    and the processor's window is its own image size when not given, as the config's is."""
+    config, processor = BafeNetConfig(), BafeNetImageProcessor()
+    assert tile_geometry(config) == tile_geometry(processor) == tile_geometry(
+        BafeNetImageProcessor.from_model_config(config))
+    assert tile_geometry(config) == {"tile_scale": DEFAULT_TILE_SCALE, "tile_window": DEFAULT_IMAGE_SIZE,
+                                     "tile_overlap": DEFAULT_TILE_OVERLAP}
+    assert processor.size == {"height": config.image_size, "width": config.image_size}
+    assert config.image_size == DEFAULT_IMAGE_SIZE and tuple(config.strides) == DEFAULT_STRIDES
+    assert processor.size_divisor == config.strides[-1]
+    small = BafeNetImageProcessor(size={"height": 256, "width": 256})
+    assert small.tile_window == BafeNetConfig(image_size=256).tile_window == 256
+    assert BafeNetImageProcessor(size={"height": 256, "width": 256}, tile_window=128).tile_window == 128
 
 
 # ----------------------------------------------------------------------------------------------------- stitching
@@ -166,7 +184,7 @@ def test_detections_identical_through_every_entry_point(synthetic_dataset_dir, t
     model, processor = tiles_model(dict(max_detections=100_000, pre_nms_top_k=100_000, nms_iou_threshold=1.0),
                                    prior_prob=0.5, **mode)
     with torch.no_grad():
-        model.head.conv_reg.bias.fill_(float(np.log(10.0)))
+        model.head.reg_output.bias.fill_(float(np.log(10.0)))
     model.save_pretrained(start)
     processor.save_pretrained(start)
     out = tmp_path / "run"

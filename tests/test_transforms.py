@@ -75,6 +75,33 @@ def test_resize_bilinear_matches_half_pixel_convention():
     assert resize_bilinear(image, 2, 2) is not image
 
 
+@pytest.mark.parametrize("size", [(37, 53), (140, 90), (90, 130), (180, 260)])
+def test_numpy_and_torch_bilinear_resizes_agree(size):
+    """The training pipeline's numpy resize and the model's torch resampling (processor and zoom windows) are two
+    copies of one sampling rule: the same source pixels and weights, the same image up to the numpy rounding."""
+    import torch
+    import torch.nn.functional as F
+
+    from bafenet.data.transforms import _source_coordinates
+    from bafenet.models.bafenet.tiling_bafenet import resample_axis, scaled_window
+
+    image = np.random.default_rng(size[0]).integers(0, 256, (90, 130), dtype=np.uint8)
+    height, width = size
+    for out, length in ((height, 90), (width, 130)):
+        low, high, weight = _source_coordinates(out, length)
+        t_low, t_high, t_weight = resample_axis(0, out, out, length, torch.device("cpu"))
+        assert np.array_equal(low, t_low.numpy()) and np.array_equal(high, t_high.numpy())
+        moving = low != high  # at the clamped edge both read one pixel, whatever the weight
+        assert np.abs(weight - t_weight.numpy())[moving].max() < 1e-4
+    ours = resize_bilinear(image, height, width).astype(np.float64)
+    pixels = torch.tensor(image, dtype=torch.float32)[None]
+    interpolated = F.interpolate(pixels[None], size=size, mode="bilinear", align_corners=False)[0, 0].numpy()
+    padded = F.pad(pixels, (0, 1, 0, 1))  # scaled_window reads one padding row and column past the image
+    window = scaled_window(padded, (90, 130), size, 0, 0, max(size))[0, :height, :width].numpy()
+    for theirs in (interpolated, window):  # numpy rounds to uint8; torch's float32 coordinates differ by < 2e-3
+        assert np.abs(ours - theirs).max() <= 0.5 + 2e-3
+
+
 @pytest.mark.parametrize("seed", range(25))
 def test_bag_cp_pastes_only_on_free_sky_and_labels_match_pixels(seed):
     dst, src = make_sample(seed), make_sample(seed + 1000, n_targets=12)

@@ -88,7 +88,8 @@ def sample_from_row(row: dict[str, Any]) -> DetectionSample:
 
 
 def _source_coordinates(out_size: int, in_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Half-pixel-centre sampling (OpenCV ``INTER_LINEAR``): left index, right index, right weight per output px."""
+    """Half-pixel-centre sampling (OpenCV ``INTER_LINEAR``): left index, right index, right weight per output px.
+    (The torch copy in the model's remote code is ``tiling_bafenet.resample_axis``; see :func:`resize_bilinear`.)"""
     scale = in_size / out_size
     coords = (np.arange(out_size, dtype=np.float64) + 0.5) * scale - 0.5
     coords = np.clip(coords, 0, in_size - 1)
@@ -98,7 +99,14 @@ def _source_coordinates(out_size: int, in_size: int) -> tuple[np.ndarray, np.nda
 
 
 def resize_bilinear(image: np.ndarray, height: int, width: int) -> np.ndarray:
-    """Bilinear resize of an (H, W) or (H, W, C) uint8 array, no antialiasing (like ``cv2.INTER_LINEAR``)."""
+    """Bilinear resize of an (H, W) or (H, W, C) uint8 array, no antialiasing (like ``cv2.INTER_LINEAR``).
+
+    The numpy twin of the model's torch resampling (the image processor's ``F.interpolate(..., mode="bilinear",
+    align_corners=False)``, ``tiling_bafenet.resample_axis`` / ``scaled_window``), on purpose: this module is
+    numpy-only and sits above the model in the layers (it may not import ``models/``), and the model's files ship as
+    remote code that may not import ``bafenet``. The sampling is the same (half-pixel centres, edge clamping); this
+    one rounds to the input's dtype. tests/test_transforms.py checks that the two agree.
+    """
     if image.shape[:2] == (height, width):
         return image.copy()
     top, bottom, wy = _source_coordinates(height, image.shape[0])

@@ -21,6 +21,7 @@ from typing import Any
 
 from transformers import PreTrainedConfig
 
+from .tiling_bafenet import DEFAULT_IMAGE_SIZE, DEFAULT_STRIDES, DEFAULT_TILE_OVERLAP, DEFAULT_TILE_SCALE
 # The geometry of the tiles and zoom modes lives in tiling_bafenet.py; importable from here as before 0.3.0.
 from .tiling_bafenet import scaled_size, window_starts  # noqa: F401
 
@@ -79,7 +80,8 @@ class BafeNetConfig(PreTrainedConfig):
         loss_weights: weights of `loss_cls`, `loss_bbox`, `loss_centerness`, `loss_seg` (all 1 in the original).
         operating_threshold: the model's operating point, a detection score in [0, 1]: the trainer stores the best-F1
             score on validation. The default threshold of the `object-detection` pipeline, of `bafenet predict` and of
-            the at-a-score metrics of `bafenet evaluate` (`None`: not chosen; they fall back to 0.5, 0.3, 0.5).
+            the at-a-score metrics of `bafenet evaluate` (`None`: not chosen; all three fall back to 0.5:
+            `bafenet.evaluation.FALLBACK_OPERATING_THRESHOLD`, and its copy `pipeline_bafenet.FALLBACK_THRESHOLD`).
         mode: `"faithful"` or `"improved"` (see module docstring); validated against the switches below.
         learned_selector: improvement (a): straight-through channel selection, the hard top-K mask in the forward
             pass and the gradient through the sigmoid scores, so the scorer learns. Off in the original.
@@ -128,9 +130,9 @@ class BafeNetConfig(PreTrainedConfig):
         backbone_weights: str | None = None,
         backbone_weights_provenance: dict[str, Any] | None = None,
         backbone_init: str | None = None,
-        image_size: int = 512,
+        image_size: int = DEFAULT_IMAGE_SIZE,
         fpn_channels: int = 256,
-        strides: list[int] | tuple[int, ...] = (8, 16, 32),
+        strides: list[int] | tuple[int, ...] = DEFAULT_STRIDES,
         regress_ranges: list[list[float]] | None = None,
         num_head_convs: int = 4,
         gn_groups: int = 32,
@@ -145,9 +147,9 @@ class BafeNetConfig(PreTrainedConfig):
         learned_selector: bool = False,
         assign_tiny_boxes: bool = False,
         input_mode: str = "resize",
-        tile_scale: float = 2.0,
+        tile_scale: float = DEFAULT_TILE_SCALE,
         tile_window: int | None = None,
-        tile_overlap: int = 64,
+        tile_overlap: int = DEFAULT_TILE_OVERLAP,
         tile_batch_size: int = 8,
         zoom_coarse_scale: float = 1.0,
         zoom_threshold: float = 0.05,
@@ -240,7 +242,7 @@ class BafeNetConfig(PreTrainedConfig):
             found.append("learned_selector")
         if self.assign_tiny_boxes:
             found.append("assign_tiny_boxes")
-        if self.strides != [8, 16, 32]:
+        if self.strides != list(DEFAULT_STRIDES):  # the original's P3-P5
             found.append(f"strides={self.strides}")
         if self.regress_ranges != _default_regress_ranges(self.strides):
             found.append("regress_ranges")

@@ -18,7 +18,8 @@ from transformers.image_processing_utils import BaseImageProcessor
 from transformers.utils import logging
 
 from .configuration_bafenet import INPUT_MODES
-from .tiling_bafenet import scaled_size, window_canvas
+from .tiling_bafenet import (DEFAULT_IMAGE_SIZE, DEFAULT_STRIDES, DEFAULT_TILE_OVERLAP, DEFAULT_TILE_SCALE,
+                             scaled_size, tile_geometry, window_canvas)
 
 logger = logging.get_logger(__name__)
 
@@ -98,6 +99,9 @@ class BafeNetImageProcessor(BaseImageProcessor):
             Or `"zoom"`: each image at its own size, padded (raw value 0) by at least one pixel to a multiple of
             `size_divisor`; `image_sizes` gives each image's extent, and the model makes the coarse pass and scales
             the windows it selects by `tile_scale` itself.
+        tile_scale, tile_window, tile_overlap: tiles and zoom modes: the scale of the images, the side of the sliding
+            windows (`None`: the side of `size`, the model's image size, as in `BafeNetConfig`) and their overlap in
+            pixels; `from_model_config` copies them from the model's config (`tiling_bafenet.tile_geometry`).
         size_divisor: zoom mode: the padded input is a multiple of it (the model's largest stride).
         do_rescale: multiply by `rescale_factor`; `False` for inputs already on the rescaled scale.
         do_normalize: subtract `image_mean`, divide by `image_std`.
@@ -131,10 +135,10 @@ class BafeNetImageProcessor(BaseImageProcessor):
         nms_iou_threshold: float = 0.5,
         max_detections: int = 100,
         input_mode: str = "resize",
-        tile_scale: float = 2.0,
-        tile_window: int = 512,
-        tile_overlap: int = 64,
-        size_divisor: int = 32,
+        tile_scale: float = DEFAULT_TILE_SCALE,
+        tile_window: int | None = None,
+        tile_overlap: int = DEFAULT_TILE_OVERLAP,
+        size_divisor: int = DEFAULT_STRIDES[-1],
         **kwargs: Any,
     ) -> None:
         kwargs.pop("use_fast", None), kwargs.pop("backend", None)  # one implementation (torch): nothing to choose
@@ -145,17 +149,17 @@ class BafeNetImageProcessor(BaseImageProcessor):
         if input_mode not in INPUT_MODES:
             raise ValueError(f"input_mode must be one of {INPUT_MODES}, got {input_mode!r}")
         self.input_mode = input_mode
-        self.tile_scale = float(tile_scale)
-        self.tile_window = int(tile_window)
-        self.tile_overlap = int(tile_overlap)
-        self.size_divisor = int(size_divisor)
         self.do_rescale = bool(do_rescale)
         if normalization not in NORMALIZATION_PRESETS:
             raise ValueError(f"unknown normalization {normalization!r}; choose one of {sorted(NORMALIZATION_PRESETS)}")
         mean, std, factor, order = NORMALIZATION_PRESETS[normalization]
-        self.size = dict(size) if size is not None else {"height": 512, "width": 512}
+        self.size = dict(size) if size is not None else {"height": DEFAULT_IMAGE_SIZE, "width": DEFAULT_IMAGE_SIZE}
         if set(self.size) != {"height", "width"}:
             raise ValueError(f"size must be {{'height': H, 'width': W}}, got {self.size}")
+        self.tile_scale = float(tile_scale)
+        self.tile_window = int(tile_window) if tile_window is not None else min(self.size.values())
+        self.tile_overlap = int(tile_overlap)
+        self.size_divisor = int(size_divisor)
         self.do_resize = do_resize
         self.do_normalize = do_normalize
         self.normalization = normalization
@@ -187,9 +191,7 @@ class BafeNetImageProcessor(BaseImageProcessor):
             size={"height": config.image_size, "width": config.image_size},
             normalization=default_normalization(config.backbone),
             input_mode=config.input_mode,
-            tile_scale=config.tile_scale,
-            tile_window=config.tile_window,
-            tile_overlap=config.tile_overlap,
+            **tile_geometry(config),
             size_divisor=config.strides[-1],
         )
         params.update(getattr(config, "processor_settings", {}))

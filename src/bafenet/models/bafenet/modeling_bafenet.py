@@ -17,10 +17,13 @@ Conventions
 from __future__ import annotations
 
 import math
+import re
+import warnings
 from collections import OrderedDict
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import timm
 import torch
@@ -275,7 +278,7 @@ class LSKChannelScorer(LSKModule):
 
 
 class ChannelAttExchange(nn.Module):
-    """Dynamic cross-task hard exchange of K = int(C p) channels between the seg (x1) and cls (x2) features.
+    """Dynamic cross-task hard exchange of K = int(C p) channels between the seg and the cls features.
 
     Per sample, the K channels with the highest score of each branch are selected (see `top_k_channels`: ranked by
     the raw, pre-sigmoid score, ties to the lower channel index, indices sorted ascending), passed through the shared
@@ -314,17 +317,19 @@ class ChannelAttExchange(nn.Module):
         picked = x.gather(1, index)  # (B, K, H, W)
         return self.adapter(picked.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
 
-    def forward(self, x1: torch.Tensor, x2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        (s1, i1), (s2, i2) = self.select(x1), self.select(x2)
-        h, w = x1.shape[-2:]
-        index1 = i1[:, :, None, None].expand(-1, -1, h, w)
-        index2 = i2[:, :, None, None].expand(-1, -1, h, w)
-        out1 = x1.scatter(1, index1, self._adapt(x2, index2))  # seg's top-K slots get the adapted cls channels
-        out2 = x2.scatter(1, index2, self._adapt(x1, index1))
+    def forward(self, seg_features: torch.Tensor, cls_features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, C, H, W) seg and cls features -> the exchanged (seg, cls) features (`x1`, `x2` of the original)."""
+        (seg_scores, seg_top), (cls_scores, cls_top) = self.select(seg_features), self.select(cls_features)
+        h, w = seg_features.shape[-2:]
+        seg_index = seg_top[:, :, None, None].expand(-1, -1, h, w)
+        cls_index = cls_top[:, :, None, None].expand(-1, -1, h, w)
+        # each branch's top-K slots get the other branch's top-K channels, adapted
+        seg_exchanged = seg_features.scatter(1, seg_index, self._adapt(cls_features, cls_index))
+        cls_exchanged = cls_features.scatter(1, cls_index, self._adapt(seg_features, seg_index))
         if self.learned:
-            out1 = _straight_through(out1, x1, s1, i1)
-            out2 = _straight_through(out2, x2, s2, i2)
-        return out1, out2
+            seg_exchanged = _straight_through(seg_exchanged, seg_features, seg_scores, seg_top)
+            cls_exchanged = _straight_through(cls_exchanged, cls_features, cls_scores, cls_top)
+        return seg_exchanged, cls_exchanged
 
 
 def top_k_channels(raw_scores: torch.Tensor, k: int) -> torch.Tensor:
@@ -349,34 +354,79 @@ def _straight_through(hard: torch.Tensor, original: torch.Tensor, scores: torch.
     return hard + (hard - original).detach() * ste[:, :, None, None]
 
 
+# Head attributes renamed in 0.3.0 (old name -> new name). The old names stay readable (with a FutureWarning), and
+# weights saved under them load: `from_pretrained` renames the keys (`LEGACY_KEY_MAPPING`), and so does
+# `load_state_dict` (a pre-hook of the head, for training checkpoints and plain torch state dicts).
+LEGACY_HEAD_NAMES = {
+    "cls_convs": "cls_tower",
+    "reg_convs": "reg_tower",
+    "seg_convs": "seg_tower",
+    "convs_seg": "seg_bottleneck",
+    "convs_cls": "cls_bottleneck",
+    "conv_cls": "cls_output",
+    "conv_centerness": "centerness_output",
+    "conv_reg": "reg_output",
+    "conv_seg": "seg_output",
+}
+# Old state-dict key fragment -> new, as saved by `BafeNetForObjectDetection` before 0.3.0.
+LEGACY_KEY_MAPPING = {f"head.{old}.": f"head.{new}." for old, new in LEGACY_HEAD_NAMES.items()}
+
+
+def _rename_legacy_head_keys(module: nn.Module, state_dict: dict, prefix: str, *args: Any) -> None:
+    """`load_state_dict` pre-hook of the head: keys under an old attribute name (`LEGACY_HEAD_NAMES`) get the new."""
+    for key in [k for k in state_dict if k.startswith(prefix)]:
+        name, _, rest = key[len(prefix):].partition(".")
+        if name in LEGACY_HEAD_NAMES and rest:
+            new_key = f"{prefix}{LEGACY_HEAD_NAMES[name]}.{rest}"
+            if new_key not in state_dict:
+                state_dict[new_key] = state_dict.pop(key)
+
+
 class BafeNetHead(nn.Module):
-    """The BAFE head, shared by all FPN levels (per-level `Scale` lives in the model)."""
+    """The BAFE head, shared by all FPN levels (per-level `Scale` lives in the model).
+
+    Per level: three towers (`cls_tower`, `reg_tower`, `seg_tower`: 4 x conv3x3 + GN + ReLU, the original's
+    `cls_convs`, ...), one `lsk` applied to the seg and cls features, a conv-BN-ReLU bottleneck per branch
+    (`seg_bottleneck`, `cls_bottleneck`: C -> C/2 -> C, the original's `convs_seg`, `convs_cls`), the channel
+    `exchange`, and the output convs `cls_output`, `centerness_output` (both from the exchanged cls features),
+    `reg_output` (from the reg tower) and `seg_output` (sky, from the exchanged seg features). The pre-0.3.0 names
+    (`LEGACY_HEAD_NAMES`) still read, with a FutureWarning.
+    """
 
     def __init__(self, config: BafeNetConfig) -> None:
         super().__init__()
         c, depth, groups = config.fpn_channels, config.num_head_convs, config.gn_groups
-        self.cls_convs = conv_gn_relu_tower(c, depth, groups)
-        self.reg_convs = conv_gn_relu_tower(c, depth, groups)
-        self.seg_convs = conv_gn_relu_tower(c, depth, groups)
+        self.cls_tower = conv_gn_relu_tower(c, depth, groups)
+        self.reg_tower = conv_gn_relu_tower(c, depth, groups)
+        self.seg_tower = conv_gn_relu_tower(c, depth, groups)
         self.lsk = LSKModule(c)  # one module applied to both branches
-        self.convs_seg = conv_bn_relu_pair(c)
-        self.convs_cls = conv_bn_relu_pair(c)
+        self.seg_bottleneck = conv_bn_relu_pair(c)
+        self.cls_bottleneck = conv_bn_relu_pair(c)
         self.exchange = ChannelAttExchange(
             c, config.num_exchange_channels, config.adapter_channels, learned=config.learned_selector
         )
-        self.conv_cls = nn.Conv2d(c, config.num_labels, 3, padding=1)
-        self.conv_centerness = nn.Conv2d(c, 1, 3, padding=1)
-        self.conv_reg = nn.Conv2d(c, 4, 3, padding=1)
-        self.conv_seg = nn.Conv2d(c, 1, 3, padding=1)
+        self.cls_output = nn.Conv2d(c, config.num_labels, 3, padding=1)
+        self.centerness_output = nn.Conv2d(c, 1, 3, padding=1)
+        self.reg_output = nn.Conv2d(c, 4, 3, padding=1)
+        self.seg_output = nn.Conv2d(c, 1, 3, padding=1)
+        self.register_load_state_dict_pre_hook(_rename_legacy_head_keys)
+
+    def __getattr__(self, name: str) -> Any:
+        if name in LEGACY_HEAD_NAMES:
+            new = LEGACY_HEAD_NAMES[name]
+            warnings.warn(f"BafeNetHead.{name} is renamed {new} (0.3.0); the old name will be removed",
+                          FutureWarning, stacklevel=2)
+            return super().__getattr__(new)
+        return super().__getattr__(name)
 
     def forward(self, x: torch.Tensor, scale: Scale) -> tuple[torch.Tensor, ...]:
         """One level: returns cls logits (B, C, H, W), distances (B, 4, H, W), centerness and sky logits (B, 1, H, W)."""
-        cls_feat, reg_feat, seg_feat = self.cls_convs(x), self.reg_convs(x), self.seg_convs(x)
+        cls_feat, reg_feat, seg_feat = self.cls_tower(x), self.reg_tower(x), self.seg_tower(x)
         seg_feat, cls_feat = self.lsk(seg_feat), self.lsk(cls_feat)
-        seg_feat, cls_feat = self.convs_seg(seg_feat), self.convs_cls(cls_feat)
+        seg_feat, cls_feat = self.seg_bottleneck(seg_feat), self.cls_bottleneck(cls_feat)
         seg_feat, cls_feat = self.exchange(seg_feat, cls_feat)
-        distances = scale(self.conv_reg(reg_feat)).float().exp()
-        return self.conv_cls(cls_feat), distances, self.conv_centerness(cls_feat), self.conv_seg(seg_feat)
+        distances = scale(self.reg_output(reg_feat)).float().exp()
+        return self.cls_output(cls_feat), distances, self.centerness_output(cls_feat), self.seg_output(seg_feat)
 
 
 # ------------------------------------------------------------------------------------------ targets and losses
@@ -550,6 +600,24 @@ class BafeNetPreTrainedModel(PreTrainedModel):
     main_input_name = "pixel_values"
     input_modalities = ("image",)
 
+    @classmethod
+    def from_pretrained(cls, *args: Any, key_mapping: dict[str, str] | None = None, **kwargs: Any) -> Any:
+        """`PreTrainedModel.from_pretrained`, also reading weights saved under the head's pre-0.3.0 names
+        (`LEGACY_KEY_MAPPING`, given to transformers as `key_mapping`; a `key_mapping` passed here is applied too).
+
+        transformers keeps the renamings a load used and reverses them in `save_pretrained`; the legacy ones are
+        dropped from that record, so a model read from an old folder saves under the new names."""
+        legacy = {re.escape(old): new for old, new in LEGACY_KEY_MAPPING.items()}
+        loaded = super().from_pretrained(*args, key_mapping={**legacy, **(key_mapping or {})}, **kwargs)
+        model = loaded[0] if isinstance(loaded, tuple) else loaded
+        used = getattr(model, "_weight_conversions", None)
+        if used:
+            model._weight_conversions = [
+                c for c in used
+                if not set(getattr(c, "_original_source_patterns", c.source_patterns)) <= set(legacy)
+            ]
+        return loaded
+
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
         """Head convs: Normal(0, 0.01), zero bias, classifier bias = prior (mmdet `AnchorFreeHead`); FPN convs: Xavier
@@ -597,7 +665,7 @@ class BafeNetForObjectDetection(BafeNetPreTrainedModel):
             for sub in tagged.modules():
                 if isinstance(sub, nn.Conv2d):
                     sub._bafenet_init = role
-        self.head.conv_cls._bafenet_init = "head_cls"
+        self.head.cls_output._bafenet_init = "head_cls"
         self.gradient_checkpointing = False  # set by `gradient_checkpointing_enable()`
         # `register_for_auto_class` stores one auto class; also map AutoModel so both Auto classes load the folder.
         auto_map = dict(getattr(config, "auto_map", None) or {})

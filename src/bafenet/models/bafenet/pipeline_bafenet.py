@@ -21,7 +21,11 @@ from typing import Any
 
 from transformers.pipelines.object_detection import ObjectDetectionPipeline
 
-FALLBACK_THRESHOLD = 0.5  # transformers' default, for a model without a stored operating point
+# The threshold of a model without a stored operating point: transformers' default, and the same 0.5 as
+# `bafenet.evaluation.FALLBACK_OPERATING_THRESHOLD` (`bafenet predict` / `evaluate`). A second copy, not an import:
+# this file ships as remote code, which may import only its siblings, transformers and torch (bafenet need not be
+# installed); tests/test_thresholds.py checks that the two are equal.
+FALLBACK_THRESHOLD = 0.5
 
 
 class BafeNetObjectDetectionPipeline(ObjectDetectionPipeline):

@@ -33,12 +33,26 @@ import torch
 import torch.nn.functional as F
 
 EMPTY_LOGIT = -1e4  # logit of canvas points no window covers (sigmoid = 0: never a detection)
+
+# The default input geometry, one owner for `BafeNetConfig` and `BafeNetImageProcessor` (both import this module; as
+# shipped remote code they may import only their siblings). The tile window defaults to the image size in both.
+DEFAULT_IMAGE_SIZE = 512  # model input side in pixels (the original's 512x512)
+DEFAULT_STRIDES = (8, 16, 32)  # FPN levels P3-P5, the original's; the largest is the processor's size divisor
+DEFAULT_TILE_SCALE = 2.0  # tiles and zoom modes: targets reach the network at twice their size
+DEFAULT_TILE_OVERLAP = 64  # pixels shared by neighbouring windows
+TILE_GEOMETRY = ("tile_scale", "tile_window", "tile_overlap")
 Dense = Callable[[torch.Tensor], dict]
 Size = tuple[int, int]
 Window = tuple[int, int, int, tuple[int, int, int, int]]  # (image index, y0, x0, core (y_lo, y_hi, x_lo, x_hi))
 
 
 # ------------------------------------------------------------------------------------------------------ geometry
+def tile_geometry(source: Any) -> dict[str, Any]:
+    """``tile_scale``, ``tile_window`` and ``tile_overlap`` of a `BafeNetConfig` or a `BafeNetImageProcessor` (the
+    processor takes them from the model's config: `BafeNetImageProcessor.from_model_config`)."""
+    return {name: getattr(source, name) for name in TILE_GEOMETRY}
+
+
 def scaled_size(height: int, width: int, scale: float) -> Size:
     """(height, width) of an image scaled by `scale` with its aspect ratio kept."""
     return max(1, int(round(height * scale))), max(1, int(round(width * scale)))
@@ -176,7 +190,11 @@ def resample_axis(start: int, count: int, scaled: int, size: int, device: torch.
     """Bilinear source indices of output pixels ``start .. start + count - 1`` of an axis of ``size`` pixels scaled
     to ``scaled`` (half-pixel centres, as ``F.interpolate(..., size=scaled, mode="bilinear", align_corners=False)``
     and the training windows): (low, high, weight of high). Pixels at or past ``scaled`` (the padding) read index
-    ``size``, the first padding pixel of the input."""
+    ``size``, the first padding pixel of the input.
+
+    The training pipeline has a numpy copy (``bafenet.data.transforms._source_coordinates``, ``resize_bilinear``,
+    ``scaled_crop``): this file ships as remote code and may import only torch and its siblings, and the numpy data
+    pipeline may not import the model; tests/test_transforms.py checks that the two agree."""
     position = torch.arange(start, start + count, device=device, dtype=torch.float32)
     source = ((position + 0.5) * (size / scaled) - 0.5).clamp(min=0)
     low = source.floor().long().clamp(max=size - 1)
@@ -341,5 +359,7 @@ def run_image_path(dense: Dense, pixel_values: torch.Tensor, image_sizes: Sequen
             "image_sizes": torch.tensor(image_sizes, device=pixel_values.device)}
 
 
-__all__ = ["EMPTY_LOGIT", "frame_scale", "make_points", "run_image_path", "run_windows", "run_zoom", "scaled_size",
-           "scaled_window", "select_windows", "stitch_windows", "window_canvas", "window_layout", "window_starts", "zoom_windows"]
+__all__ = ["DEFAULT_IMAGE_SIZE", "DEFAULT_STRIDES", "DEFAULT_TILE_OVERLAP", "DEFAULT_TILE_SCALE", "EMPTY_LOGIT",
+           "TILE_GEOMETRY", "coarse_candidates", "frame_scale", "make_points", "run_image_path", "run_windows",
+           "run_zoom", "scaled_size", "scaled_window", "select_windows", "stitch_windows", "tile_geometry",
+           "window_canvas", "window_layout", "window_starts", "zoom_windows"]
