@@ -268,3 +268,71 @@ def test_scoring_options_old_names_are_deprecated_aliases():
         assert ScoringOptions.of(None, iou_threshold=0.4) == options
     with pytest.warns(DeprecationWarning, match="with_fallback_threshold"):
         assert options.at(0.2) == options.with_fallback_threshold(0.2)
+
+
+# ------------------------------------------------------------------------------------------ --onnx: one-line refusals
+def _identity_onnx(path, metadata: dict[str, str] | None):
+    """A one-node ONNX file (no export needed) carrying ``metadata`` as its ``metadata_props``."""
+    from onnx import TensorProto, helper, save
+
+    tensor = lambda name: helper.make_tensor_value_info(name, TensorProto.FLOAT, [1])  # noqa: E731
+    graph = helper.make_graph([helper.make_node("Identity", ["pixel_values"], ["logits"])], "g",
+                              [tensor("pixel_values")], [tensor("logits")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    helper.set_model_props(model, metadata or {})
+    save(model, str(path))
+    return path
+
+
+@pytest.mark.parametrize("case", ["missing", "folder", "not_onnx", "no_metadata", "mismatch", "cuda", "predictions"])
+def test_a_bad_onnx_option_is_one_line_naming_the_file_and_the_fix(case, tiny_model_dir, synthetic_dataset_dir,
+                                                                   tmp_path, capsys):
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnx")
+    from conftest import one_line_error
+
+    from bafenet.cli import main
+    from bafenet.inference import onnx_metadata
+    from bafenet.models.loading import load_config
+
+    onnx = tmp_path / "model.onnx"
+    expected = onnx_metadata(load_config(tiny_model_dir))
+    device, needles = [], [f"--onnx {onnx}"]
+    if case == "missing":
+        needles += ["no such file", "bafenet export onnx"]
+    elif case == "folder":
+        onnx.mkdir()
+        needles += ["is a folder"]
+    elif case == "not_onnx":
+        onnx.write_bytes(b"not an onnx file\n" * 10)
+        needles += ["not an ONNX file", "bafenet export onnx"]
+    elif case == "no_metadata":
+        _identity_onnx(onnx, None)
+        needles += ["no bafenet export metadata", f"bafenet export onnx --model {tiny_model_dir} --out {onnx}"]
+    elif case == "mismatch":  # exported for a tiles model with two levels
+        _identity_onnx(onnx, {**expected, "bafenet.input_mode": "tiles", "bafenet.strides": "[8, 16]"})
+        needles += ["input_mode tiles (the model: resize)", "strides [8, 16] (the model: [8, 16, 32])",
+                    f"re-export it with `bafenet export onnx --model {tiny_model_dir} --out {onnx}`"]
+    elif case == "cuda":
+        _identity_onnx(onnx, expected)
+        device, needles = ["--device", "cuda"], ["--device cuda", f"--onnx {onnx}", "onnxruntime on the CPU"]
+    out = tmp_path / "r.json"
+    source = ["--model", str(tiny_model_dir)]
+    if case == "predictions":
+        _identity_onnx(onnx, expected)
+        source, needles = ["--predictions", str(tmp_path / "p.json")], [f"--onnx {onnx}", "goes with --model"]
+    argv = ["evaluate", *source, "--onnx", str(onnx), "--dataset", str(synthetic_dataset_dir), "--split", "test",
+            "--out", str(out), *device]
+    assert main(argv) == 1
+    one_line_error(capsys, *needles)
+    assert not out.exists()
+    if case in ("mismatch", "cuda"):  # `bafenet predict --onnx` refuses it with the same line
+        image = tmp_path / "in.png"
+        from PIL import Image
+
+        Image.fromarray(np.zeros((32, 32), np.uint8)).save(image)
+        argv = ["predict", "--model", str(tiny_model_dir), "--onnx", str(onnx), str(image), "--out",
+                str(tmp_path / "p"), *device]
+        assert main(argv) == 1
+        one_line_error(capsys, *needles)
+        assert not (tmp_path / "p").exists()

@@ -1,6 +1,7 @@
 """ONNX export: onnxruntime matches PyTorch (atol 1e-4 on probabilities and input-normalised boxes), the top-K
-channel exchange breaks ties as PyTorch does (lower channel index first), and `bafenet predict --onnx` gives the
-PyTorch detections."""
+channel exchange breaks ties as PyTorch does (lower channel index first), the file records what it was exported for,
+and `bafenet predict --onnx` and `bafenet evaluate --onnx` give the PyTorch detections (tiles and zoom modes:
+tests/test_tiles.py)."""
 
 from __future__ import annotations
 
@@ -115,3 +116,37 @@ def test_predict_with_onnx_gives_the_pytorch_detections(varied_model_dir, onnx_f
         assert len(torch_record["scores"]) == len(onnx_record["scores"]) > 0
         np.testing.assert_allclose(onnx_record["scores"], torch_record["scores"], atol=ATOL)
         np.testing.assert_allclose(onnx_record["boxes"], torch_record["boxes"], atol=0.011)  # JSON keeps 2 decimals
+
+
+def test_the_file_records_what_it_was_exported_for(varied_model_dir, onnx_file):
+    import onnx
+
+    from bafenet import __version__
+
+    recorded = {prop.key: prop.value for prop in onnx.load(str(onnx_file)).metadata_props}
+    size = TINY_MODEL_KWARGS["image_size"]
+    assert recorded == {"bafenet.input_mode": "resize", "bafenet.input_size": f"[{size}, {size}]",
+                        "bafenet.strides": "[8, 16, 32]", "bafenet.class_names": '["target"]',
+                        "bafenet.backbone": "resnet18", "bafenet.version": __version__}
+
+
+def test_evaluate_with_onnx_gives_the_pytorch_detections(varied_model_dir, onnx_file, synthetic_dataset_dir,
+                                                         tmp_path):
+    from bafenet.cli import main
+
+    results = {}
+    for name, extra in (("torch", ["--device", "cpu"]), ("onnx", ["--onnx", str(onnx_file)])):
+        out = tmp_path / f"{name}.json"
+        assert main(["evaluate", "--model", str(varied_model_dir), "--dataset", str(synthetic_dataset_dir),
+                     "--split", "test", "--out", str(out), "--batch-size", "3", "--operating-threshold", "0.05",
+                     *extra]) == 0
+        results[name] = json.loads(out.read_text())
+    assert results["onnx"]["meta"]["device"] == "cpu (onnxruntime)"
+    assert results["onnx"]["sky_IoU"] == pytest.approx(results["torch"]["sky_IoU"], abs=1e-3)
+    pairs = list(zip(results["torch"]["detections"], results["onnx"]["detections"]))
+    assert len(pairs) == len(results["torch"]["detections"]) > 0
+    for torch_record, onnx_record in pairs:
+        assert onnx_record["image_id"] == torch_record["image_id"]
+        assert len(torch_record["scores"]) == len(onnx_record["scores"]) > 0
+        np.testing.assert_allclose(onnx_record["scores"], torch_record["scores"], atol=ATOL)
+        np.testing.assert_allclose(onnx_record["boxes"], torch_record["boxes"], atol=1e-3)

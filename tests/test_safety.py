@@ -292,8 +292,14 @@ def test_no_output_is_or_holds_or_lies_inside_any_input(tiny_model_dir, syntheti
     model = tmp_path / "M"
     shutil.copytree(tiny_model_dir, model)
     predictions = _predictions_file(synthetic_dataset_dir, tmp_path / "preds.json")
+    onnx = tmp_path / "exported" / "model.onnx"  # an input like the model: never written over, into or around
+    onnx.parent.mkdir()
+    onnx.write_bytes(b"onnx bytes")
+    onnx_json = onnx.with_suffix(".json")
+    onnx_json.write_bytes(b"onnx bytes")
     dataset = str(synthetic_dataset_dir)
-    before = {**_snapshot(project), **_snapshot(model), "preds": predictions.read_bytes()}
+    before = {**_snapshot(project), **_snapshot(model), "preds": predictions.read_bytes(), "onnx": onnx.read_bytes(),
+              "onnx_json": onnx_json.read_bytes()}
     refused = [
         (["predict", "--model", str(project / "mymodel"), str(image), "--out", str(project), "--overwrite"],
          "holds the input"),
@@ -307,6 +313,11 @@ def test_no_output_is_or_holds_or_lies_inside_any_input(tiny_model_dir, syntheti
           "--overwrite"], "lies inside the input"),
         (["evaluate", "--predictions", str(predictions), "--dataset", dataset, "--out", str(predictions),
           "--overwrite"], "is or holds the input"),
+        # an --out that is the --onnx file, whatever the file is called (evaluate writes .json only)
+        (["evaluate", "--model", str(model), "--onnx", str(onnx_json), "--dataset", dataset, "--out",
+          str(onnx_json), "--overwrite"], "is or holds the input"),
+        (["predict", "--model", str(model), "--onnx", str(onnx), str(image), "--out", str(onnx.parent),
+          "--overwrite"], "holds the input"),
         (["data", "stats", "--dataset", dataset, "--out", str(synthetic_dataset_dir / "stats2"), "--overwrite"],
          "lies inside the input"),
         (["train", "--dataset", dataset, "--output-dir", str(synthetic_dataset_dir / "run"), "--report-to",
@@ -315,7 +326,8 @@ def test_no_output_is_or_holds_or_lies_inside_any_input(tiny_model_dir, syntheti
     for command, needle in refused:
         assert main(command) == 1, command
         one_line_error(capsys, needle)
-    assert {**_snapshot(project), **_snapshot(model), "preds": predictions.read_bytes()} == before
+    assert {**_snapshot(project), **_snapshot(model), "preds": predictions.read_bytes(), "onnx": onnx.read_bytes(),
+            "onnx_json": onnx_json.read_bytes()} == before
 
 
 def test_an_out_that_is_a_symbolic_link_is_refused_before_writing(tmp_path, capsys):

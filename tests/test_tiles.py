@@ -166,13 +166,14 @@ def assert_same_detections(scores, boxes, reference, atol: float) -> None:
                                   "zoom_tiles_up_to": 0}],
                          ids=["tiles", "zoom"])
 def test_detections_identical_through_every_entry_point(synthetic_dataset_dir, tmp_path, mode):
-    """Validation during training, `bafenet evaluate`, `bafenet predict` (PyTorch and ONNX) and the transformers
-    pipeline give the same detections on images larger than one window (320x256 in 128 px windows: 3 x 3 windows,
+    """Validation during training, `bafenet evaluate` (PyTorch and ONNX), `bafenet predict` (PyTorch and ONNX) and
+    the transformers pipeline give the same detections on images larger than one window (320x256 in 128 px windows: 3 x 3 windows,
     detections straddling the window borders included), in the tiles mode and in the zoom mode (a coarse pass over
     the whole image chooses the windows)."""
     import datasets
     from transformers import pipeline
 
+    from bafenet.cli import main
     from bafenet.evaluation import evaluate_predictions, predict_split
     from bafenet.export_onnx import export_onnx
     from bafenet.predict import Predictor
@@ -209,9 +210,22 @@ def test_detections_identical_through_every_entry_point(synthetic_dataset_dir, t
     for reference, got in zip(evaluated, in_training):
         assert_same_detections(got["scores"], got["boxes"], reference, atol=1e-4)
 
+    onnx_file = export_onnx(out, tmp_path / "model.onnx")
+    # the command line, with and without --onnx: the detections of its results JSON (all that pass the processor's
+    # detection cut; --operating-threshold 0.05 sets the at-a-score metrics to the predictors' cut below)
+    for name, extra, atol in (("torch", ["--device", "cpu"], 1e-4), ("onnx", ["--onnx", str(onnx_file)], 1e-3)):
+        results_path = tmp_path / f"{name}.json"
+        assert main(["evaluate", "--model", str(out), "--dataset", str(synthetic_dataset_dir), "--split", "validation",
+                     "--out", str(results_path), "--batch-size", "2", "--operating-threshold", "0.05", *extra]) == 0
+        results = json.loads(results_path.read_text())
+        assert results["meta"]["onnx"] == (None if name == "torch" else str(onnx_file))
+        assert [d["image_id"] for d in results["detections"]] == [d["image_id"] for d in evaluated]
+        for reference, got in zip(evaluated, results["detections"]):
+            assert_same_detections(got["scores"], got["boxes"], reference, atol=atol)
+
     images = [image.convert("L") for image in validation["image"]]
     torch_predictor = Predictor(out, operating_threshold=0.05, device="cpu")
-    onnx_predictor = Predictor(out, onnx=export_onnx(out, tmp_path / "model.onnx"), operating_threshold=0.05)
+    onnx_predictor = Predictor(out, onnx=onnx_file, operating_threshold=0.05)
     detector = pipeline("object-detection", model=str(out), trust_remote_code=True)
     straddling = 0
     for reference, image in zip(evaluated, images):

@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 
 from .data.transforms import row_boxes, row_name
-from .inference import evaluation_loop, inference_loader, model_forward
+from .inference import InferenceModel, inference_loader
 from .metrics._checks import check_boxes, check_scores
 from .metrics.box import VOC_CONVENTIONS, coco_detection_metrics, match_detections, precision_recall_curve, voc_detection_metrics
 from .metrics.breakdown import localisation_quality, metrics_by_size
@@ -152,25 +152,31 @@ def predict_split(
     ``detection_threshold``, by default the processor's own (0.05), NMS, at most ``max_detections``). When
     ``sky_metric`` is given, each predicted sky mask is scored against the row's ``sky_mask`` on the fly (nothing is
     kept in memory).
-    The model runs in eval mode on ``device`` (default: where it already is) and gets its train/eval mode back.
+    ``model``: a PyTorch model, run in eval mode on ``device`` (default: where it already is), which gets its
+    train/eval mode back; or a loaded `bafenet.inference.InferenceModel` (PyTorch or onnxruntime), run as loaded
+    (``device`` is not used; ``processor`` None: its own).
     """
     import torch
 
     _check_columns(dataset, ("image", "image_id", "width", "height") + (("sky_mask",) if sky_metric else ()))
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if isinstance(model, InferenceModel):
+        return _predict(model.with_processor(processor), dataset, batch_size, detection_threshold, sky_metric,
+                        progress)
     if device is None:  # stay where the model is (e.g. during training); the CLI picks cuda when available
         device = next(model.parameters()).device
     device = torch.device(device)
     was_training = model.training
     model = model.to(device).eval()
     try:
-        return _predict(model, processor, dataset, batch_size, device, detection_threshold, sky_metric, progress)
+        return _predict(InferenceModel.from_loaded(model, processor, device), dataset, batch_size,
+                        detection_threshold, sky_metric, progress)
     finally:
         model.train(was_training)
 
 
-def _predict(model: Any, processor: Any, dataset: Any, batch_size: int, device: Any, threshold: float | None,
+def _predict(network: InferenceModel, dataset: Any, batch_size: int, threshold: float | None,
              sky_metric: SkyIoU | None, progress: bool) -> list[dict[str, Any]]:
     from tqdm.auto import tqdm
 
@@ -179,9 +185,8 @@ def _predict(model: Any, processor: Any, dataset: Any, batch_size: int, device: 
     skies = dataset.select_columns(["sky_mask"]) if sky_metric is not None else None
     detections: list[dict[str, Any]] = []
     with tqdm(total=len(dataset), desc="Evaluating", unit="img", disable=not progress) as bar:
-        for i, result in evaluation_loop(model_forward(model, device), processor,
-                                         inference_loader(dataset, processor, batch_size), threshold,
-                                         sky=sky_metric is not None):
+        for i, result in network.detect_batches(inference_loader(dataset, network.processor, batch_size), threshold,
+                                                sky=sky_metric is not None):
             shape = (int(heights[i]), int(widths[i]))
             detections.append({"image_id": ids[i], "image_name": names[i], "width": shape[1], "height": shape[0],
                                "boxes": result["boxes"], "scores": result["scores"]})
@@ -411,11 +416,14 @@ def evaluate_model(model: Any, processor: Any, dataset: Any, options: ScoringOpt
                    batch_size: int = 8, device: str | None = None, detection_threshold: float | None = None,
                    progress: bool = True, **scoring: Any) -> dict[str, Any]:
     """Predict (:func:`predict_split`) and score a split in one call; returns ``{**metrics, "conventions",
-    "detections"}``.
+    "detections"}``. ``model``: a PyTorch model or a loaded `bafenet.inference.InferenceModel` (``processor`` None:
+    its own).
 
     ``options`` / ``scoring``: see :class:`ScoringOptions`; an unset ``operating_threshold`` is the model's stored
     operating point (:func:`stored_operating_threshold`)."""
     opts = ScoringOptions.from_arguments(options, **scoring).with_fallback_threshold(stored_operating_threshold(model))
+    if processor is None and isinstance(model, InferenceModel):
+        processor = model.processor
     sky = SkyIoU() if "sky_mask" in dataset.column_names and hasattr(processor, "post_process_sky_segmentation") else None
     detections = predict_split(model, processor, dataset, batch_size, device, detection_threshold, sky, progress)
     return score_detections(detections, dataset, opts, detection_threshold, progress, sky=sky)

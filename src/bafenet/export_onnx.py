@@ -12,6 +12,11 @@ model size ``config.image_size``, with a dynamic batch dimension; in zoom mode h
 - ``sky_logits`` (B, 1, H/8, W/8): the finest level's sky logit map (PyTorch returns a tuple of every level);
 - ``strides`` (P,): the stride of each point's level (constant).
 
+The file's ``metadata_props`` record what it was exported for (``bafenet.input_mode``, ``bafenet.input_size``,
+``bafenet.strides``, ``bafenet.class_names``, ``bafenet.backbone``, JSON values, and ``bafenet.version``;
+`bafenet.inference.onnx_metadata`); ``--onnx`` of ``predict`` and ``evaluate`` refuses a file exported for another
+model than ``--model``.
+
 The dynamic top-K channel exchange (topk / sort / gather / scatter) is inside the graph. Its channel choice is
 the model's: ONNX TopK breaks ties towards the lower channel index, like the stable sort the model ranks raw
 channel scores with in PyTorch (``modeling_bafenet.top_k_channels``), so all-tied scores (the untrained
@@ -26,7 +31,8 @@ Pre- and post-processing stay in Python, in the image processor saved with the m
     processor.post_process_object_detection(outputs, threshold=0.3, target_sizes=[(h, w), ...])  # NMS, rescale
     processor.post_process_sky_segmentation(outputs, target_sizes=[(h, w), ...])
 
-``bafenet predict --onnx model.onnx --model DIR`` does exactly this. After export the command runs the file in
+``bafenet predict --onnx model.onnx --model DIR`` and ``bafenet evaluate --onnx`` do exactly this
+(`bafenet.inference.InferenceModel`). After export the command runs the file in
 onnxruntime on a random batch and prints the largest difference to PyTorch (after sigmoid for logits/centerness);
 it fails when that exceeds ``--atol`` (default 1e-4).
 
@@ -45,12 +51,15 @@ from typing import Any
 import numpy as np
 import torch
 
-OUTPUT_NAMES = ("logits", "pred_boxes", "centerness", "sky_logits", "strides")
+from .inference import OUTPUT_NAMES, dense_input_size, onnx_metadata, outputs_from_onnx, run_onnx
+
 BATCHED_OUTPUTS = ("logits", "pred_boxes", "centerness", "sky_logits")  # "strides" (P,) has no batch dimension
 DEFAULT_OPSET = 17
 DEFAULT_ATOL = 1e-4
 
-__all__ = ["DenseNetwork", "export_onnx", "outputs_from_onnx", "run_onnx", "compare_with_pytorch"]
+# OUTPUT_NAMES, outputs_from_onnx and run_onnx live in bafenet.inference (what runs the file); re-exported here
+__all__ = ["DenseNetwork", "OUTPUT_NAMES", "export_onnx", "outputs_from_onnx", "run_onnx", "compare_with_pytorch",
+           "write_metadata"]
 
 
 class DenseNetwork(torch.nn.Module):
@@ -70,45 +79,12 @@ class DenseNetwork(torch.nn.Module):
             outputs["strides"]
 
 
-def outputs_from_onnx(arrays: list[np.ndarray], pixel_values_shape: tuple[int, ...]) -> dict[str, torch.Tensor]:
-    """Wrap an onnxruntime result (in ``OUTPUT_NAMES`` order) so the image processor's ``post_process_*`` accept it."""
-    outputs = {name: torch.from_numpy(np.asarray(array)) for name, array in zip(OUTPUT_NAMES, arrays)}
-    outputs["sky_logits"] = (outputs["sky_logits"],)
-    outputs["input_size"] = torch.tensor(pixel_values_shape[-2:])
-    return outputs
-
-
-def run_onnx(session: Any, inputs: Mapping[str, Any], config: Any) -> dict[str, Any]:
-    """The dense outputs of an onnxruntime ``session`` for processor ``inputs``, as the PyTorch model returns them:
-    one pass in resize mode; with ``image_sizes`` (tiles and zoom modes) the model's own image path
-    (``tiling_bafenet.run_image_path``: windows, coarse pass, stitching) around session runs."""
-    pixel_values = torch.as_tensor(inputs["pixel_values"]).float()
-
-    def dense(batch: torch.Tensor) -> dict[str, Any]:
-        arrays = session.run(list(OUTPUT_NAMES), {"pixel_values": batch.cpu().numpy()})
-        return outputs_from_onnx(arrays, tuple(batch.shape))
-
-    if inputs.get("image_sizes") is None or config.input_mode == "resize":
-        return dense(pixel_values)
-    from bafenet.models.bafenet.tiling_bafenet import run_image_path
-
-    sizes = [(int(h), int(w)) for h, w in torch.as_tensor(inputs["image_sizes"]).tolist()]
-    return run_image_path(dense, pixel_values, sizes, config)
-
-
 def _load_model(model: str | Path | torch.nn.Module, trust_remote_code: bool = False) -> torch.nn.Module:
     if isinstance(model, torch.nn.Module):
         return model
     from .models.loading import load_model
 
     return load_model(model, trust_remote_code=trust_remote_code)
-
-
-def _image_size(model: torch.nn.Module) -> tuple[int, int]:
-    """The exported input size: the model size, or the sliding window in tiles mode."""
-    config = model.config
-    size = config.tile_window if config.input_mode in ("tiles", "zoom") else config.image_size
-    return (size, size) if isinstance(size, int) else tuple(size)
 
 
 def export_onnx(
@@ -125,7 +101,7 @@ def export_onnx(
     they are dynamic too (the coarse pass runs on whole images, the windows at ``tile_window``).
     """
     model = _load_model(model).float().eval().cpu()
-    height, width = _image_size(model)
+    height, width = dense_input_size(model.config)
     spatial = model.config.input_mode == "zoom"
     dense = DenseNetwork(model).eval()
     dummy = torch.randn(batch_size, 3, height, width)
@@ -152,10 +128,21 @@ def export_onnx(
         torch.onnx.export(dense, (dummy,), str(out), dynamo=dynamo, **kwargs)
     if dynamo and not out.is_file():
         raise RuntimeError(f"{out}: the dynamo exporter did not write the file")
+    write_metadata(out, onnx_metadata(model.config))
     import onnx
 
     onnx.checker.check_model(str(out))
     return out
+
+
+def write_metadata(path: str | Path, values: Mapping[str, str]) -> None:
+    """Set ``values`` in the ``metadata_props`` of the ONNX file ``path`` (other entries are kept)."""
+    import onnx
+
+    proto = onnx.load(str(path))
+    kept = {prop.key: prop.value for prop in proto.metadata_props if prop.key not in values}
+    onnx.helper.set_model_props(proto, {**kept, **values})
+    onnx.save(proto, str(path))
 
 
 def compare_with_pytorch(
@@ -169,7 +156,7 @@ def compare_with_pytorch(
     import onnxruntime as ort
 
     model = _load_model(model).float().eval().cpu()
-    height, width = _image_size(model)
+    height, width = dense_input_size(model.config)
     spatial = model.config.input_mode == "zoom"
     generator = torch.Generator().manual_seed(seed)
     pixel_values = torch.randn(batch_size, 3, height, width, generator=generator)

@@ -126,18 +126,21 @@ class Detections:
 
 
 class Predictor:
-    """Image processor + BAFE-Net (PyTorch, or the dense network in onnxruntime) + post-processing.
+    """Image processor + BAFE-Net (PyTorch, or the dense network in onnxruntime) + post-processing: a loaded
+    `bafenet.inference.InferenceModel` (``network``) and the two thresholds.
 
     Args:
         model: a model folder or Hub repo id saved with ``save_pretrained`` (weights, config, image processor).
         onnx: optional path of an ONNX file from ``bafenet export onnx``; the dense network then runs in
-            onnxruntime and only the image processor is loaded from ``model``.
+            onnxruntime and only the image processor and config are loaded from ``model`` (the file must have been
+            exported for that config: `bafenet.inference.open_onnx_session`).
         operating_threshold: keep detections whose final score (sigmoid(cls) x sigmoid(centerness)) is at least
             this; None: the model's stored operating point (``config.operating_threshold``, the best-F1 score on
             validation), else `bafenet.evaluation.FALLBACK_OPERATING_THRESHOLD` (0.5, as `bafenet evaluate`).
         detection_threshold: the post-processing cut on sigmoid(cls) before NMS; None: the image processor's
             ``detection_threshold`` (0.05).
-        device: torch device for the PyTorch path (default: CUDA when available, else CPU).
+        device: torch device for the PyTorch path (default: CUDA when available, else CPU); with ``onnx`` only the
+            CPU.
         trust_remote_code: run the model folder's own ``.py`` files (`bafenet.models.loading`); by default the
             installed BAFE-Net classes load it.
     """
@@ -145,69 +148,50 @@ class Predictor:
     def __init__(self, model: str | Path, onnx: str | Path | None = None, operating_threshold: float | None = None,
                  device: str | None = None, detection_threshold: float | None = None,
                  trust_remote_code: bool = False) -> None:
-        import torch
+        from .inference import InferenceModel
 
-        from .models.loading import load_config, load_model, load_processor
+        self._settings(InferenceModel.load(model, onnx, device=device, trust_remote_code=trust_remote_code),
+                       operating_threshold, detection_threshold)
 
-        self._settings(load_processor(model, trust_remote_code=trust_remote_code),
-                       load_config(model, trust_remote_code=trust_remote_code), operating_threshold,
-                       detection_threshold)
-        self.model = None
-        self.session = None
-        if onnx is not None:
-            import onnxruntime as ort
-
-            onnx = Path(onnx)
-            if not onnx.is_file():
-                raise FileNotFoundError(f"{onnx}: ONNX file not found (make one with `bafenet export onnx`)")
-            self.session = ort.InferenceSession(str(onnx), providers=["CPUExecutionProvider"])
-            self.device = torch.device("cpu")
-        else:
-            self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-            # float32 whatever the checkpoint's dtype (fp16/bf16 weights would not run on every CPU)
-            self.model = load_model(model, trust_remote_code=trust_remote_code, config=self.config,
-                                    dtype=torch.float32)
-            self.model.to(self.device).eval()
-
-    def _settings(self, processor: Any, config: Any, operating_threshold: float | None,
-                  detection_threshold: float | None) -> None:
+    def _settings(self, network: Any, operating_threshold: float | None, detection_threshold: float | None) -> None:
         from .inference import detection_threshold_of
 
-        self.processor, self.config = processor, config
+        self.network = network
         if operating_threshold is None:
-            stored = getattr(config, "operating_threshold", None)
+            stored = getattr(network.config, "operating_threshold", None)
             operating_threshold = FALLBACK_OPERATING_THRESHOLD if stored is None else stored
         self.operating_threshold = float(operating_threshold)
-        self.detection_threshold = detection_threshold_of(processor, detection_threshold)
+        self.detection_threshold = detection_threshold_of(network.processor, detection_threshold)
 
     @classmethod
     def from_loaded(cls, model: Any, processor: Any, operating_threshold: float | None = None,
                     detection_threshold: float | None = None) -> "Predictor":
         """A predictor around an already loaded PyTorch ``model`` and its ``processor`` (no file is read); the
         thresholds default as in the constructor."""
+        from .inference import InferenceModel
+
         self = cls.__new__(cls)
-        self._settings(processor, model.config, operating_threshold, detection_threshold)
-        self.session, self.model = None, model.eval()
-        self.device = next(model.parameters()).device
+        self._settings(InferenceModel.from_loaded(model.eval(), processor), operating_threshold, detection_threshold)
         return self
+
+    # the parts of the loaded `bafenet.inference.InferenceModel`
+    processor = property(lambda self: self.network.processor)
+    config = property(lambda self: self.network.config)
+    model = property(lambda self: self.network.model)
+    session = property(lambda self: self.network.session)
+    device = property(lambda self: self.network.device)
 
     def forward(self, inputs: Mapping[str, Any]) -> Any:
         """Run the network on processor ``inputs``; returns the model output (or the equivalent from onnxruntime)."""
-        if self.session is not None:
-            from .export_onnx import run_onnx
-
-            return run_onnx(self.session, inputs, self.config)
-        from .inference import model_forward
-
-        return model_forward(self.model, self.device)(inputs)
+        return self.network.forward(inputs)
 
     def __call__(self, images: Sequence[Image.Image], sky: bool = False) -> list[Detections]:
         """Detect targets in a batch of PIL images (any sizes); boxes come back in each image's own pixels."""
-        from .inference import InferenceCollator, evaluation_loop
+        from .inference import InferenceCollator
 
         batch = InferenceCollator(self.processor)(list(enumerate(images)))
         detections = []
-        for _, found in evaluation_loop(self.forward, self.processor, [batch], self.detection_threshold, sky):
+        for _, found in self.network.detect_batches([batch], self.detection_threshold, sky):
             # the detection cut acts on sigmoid(cls) before the centerness factor; the operating point on the final
             # score, as in `bafenet evaluate`
             keep = found["scores"] >= np.float32(self.operating_threshold)

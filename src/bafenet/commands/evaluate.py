@@ -1,5 +1,6 @@
 """``bafenet evaluate``: the command line of `bafenet.evaluation` (flags, output checks, the results JSON and its PR
-curve, the printed summary)."""
+curve, the printed summary). ``--model`` is loaded as a `bafenet.inference.InferenceModel`, as ``bafenet predict``
+loads it: the PyTorch model, or with ``--onnx FILE`` its dense network in onnxruntime."""
 
 from __future__ import annotations
 
@@ -33,13 +34,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     source.add_argument("--predictions", type=Path, default=None,
                         help="score another detector's detections instead of a model: JSON list of {image_id, boxes "
                         "(xyxy, original pixels), scores}, one entry per image of the split")
+    parser.add_argument("--onnx", type=Path, default=None,
+                        help="with --model: run the dense network from this ONNX file in onnxruntime on the CPU (from "
+                        "`bafenet export onnx --model MODEL`; the processor and config still come from --model)")
     parser.add_argument("--dataset", required=True, help="dataset folder (bafenet data build) or Hub repo id")
     parser.add_argument("--config", default="default", help="dataset config: default (v2 splits) or v1")
     parser.add_argument("--split", default="test", help="split to score, e.g. test, validation, train+validation")
     parser.add_argument("--out", default="results.json", type=Path,
                         help="results JSON; the PR curve is written beside it as <stem>_pr_curve.png")
     parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu)")
+    parser.add_argument("--device", default=None,
+                        help="torch device (default: cuda when available, else cpu; with --onnx: cpu only)")
     parser.add_argument("--operating-threshold", type=float, default=None,
                         help="operating point for precision/recall/F1, masks (IoU/nIoU/Pd/Fa) and points (default: "
                         "the model's operating_threshold, the best-F1 score on validation stored by training; 0.5 "
@@ -89,24 +94,23 @@ def _predictions_results(args: argparse.Namespace, dataset: Any) -> dict[str, An
                             predictions=str(args.predictions))
 
 
-def _model_results(args: argparse.Namespace, dataset: Any) -> tuple[dict[str, Any], str]:
-    """``--model``: run the model over the split and score it; returns the results and the device used."""
-    import torch
+def _load_network(args: argparse.Namespace) -> Any:
+    """``--model`` (and ``--onnx``) loaded as a `bafenet.inference.InferenceModel`; a bad ``--onnx`` is one line."""
+    from bafenet.inference import InferenceModel
 
-    from bafenet.models.loading import load_model, load_processor
+    return InferenceModel.load(args.model, args.onnx, device=args.device, trust_remote_code=args.trust_remote_code,
+                               revision=args.revision)
 
-    # float32 whatever the checkpoint's dtype (a Hub model may be stored in fp16/bf16): the scores are not rounded
-    trust = dict(trust_remote_code=args.trust_remote_code, revision=args.revision)
-    model = load_model(args.model, dtype=torch.float32, **trust)
-    processor = load_processor(args.model, **trust)
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+
+def _model_results(args: argparse.Namespace, network: Any, dataset: Any) -> tuple[dict[str, Any], str]:
+    """``--model``: run the loaded network over the split and score it; returns the results and the device used."""
     args.operating_threshold_source = (
         "--operating-threshold" if args.operating_threshold is not None else "model config operating_threshold"
-        if getattr(model.config, "operating_threshold", None) is not None else
+        if getattr(network.config, "operating_threshold", None) is not None else
         f"default {FALLBACK_OPERATING_THRESHOLD} (the model stores no operating_threshold)")
-    results = evaluate_model(model, processor, dataset, batch_size=args.batch_size, device=device,
+    results = evaluate_model(network, network.processor, dataset, batch_size=args.batch_size,
                              options=_scoring_options(args), detection_threshold=args.detection_threshold)
-    return results, device
+    return results, str(network.device) + (" (onnxruntime)" if network.session is not None else "")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -116,6 +120,9 @@ def run(args: argparse.Namespace) -> int:
     out: Path = args.out
     if out.suffix != ".json":
         raise UserError(f"--out {out}: expected a .json file name, e.g. {out.with_suffix('.json')}")
+    if args.onnx is not None and args.predictions is not None:
+        raise UserError(f"--onnx {args.onnx}: runs a model's dense network, so it goes with --model, not with "
+                        "--predictions; leave out --onnx")
     _check_outputs(args)
     if args.predictions is None:
         check_model_path(args.model)
@@ -143,7 +150,7 @@ def _check_outputs(args: argparse.Namespace) -> None:
     from bafenet.outputs import check_output_file
 
     out, pr_path = args.out, _pr_curve_path(args.out)
-    inputs = [args.model, args.predictions, args.dataset]
+    inputs = [args.model, args.predictions, args.dataset, args.onnx]
     check_output_file(out, inputs=inputs, overwrite=args.overwrite, ours=_earlier_results)
     check_output_file(pr_path, inputs=inputs, overwrite=args.overwrite, option="--out (PR curve)",
                       ours=lambda path: _earlier_pr_curve(out, path))
@@ -160,13 +167,15 @@ def _evaluate(args: argparse.Namespace) -> int:
     out, pr_path = args.out, _pr_curve_path(args.out)
     source_path = args.model if args.predictions is None else args.predictions
     started = time.time()
+    network = None if args.predictions is not None else _load_network(args)  # a bad --onnx fails before the data
     dataset = datasets.load_dataset(str(args.dataset), args.config, split=args.split)
-    if args.predictions is not None:
+    if network is None:
         results, device = _predictions_results(args, dataset), None
         source = {"model": None, "predictions": str(args.predictions)}
     else:
-        results, device = _model_results(args, dataset)
-        source = {"model": str(args.model), "revision": args.revision, "batch_size": args.batch_size,
+        results, device = _model_results(args, network, dataset)
+        source = {"model": str(args.model), "onnx": None if args.onnx is None else str(args.onnx),
+                  "revision": args.revision, "batch_size": args.batch_size,
                   "operating_threshold_source": args.operating_threshold_source}
     detections = results.pop("detections")
     conv = results.pop("conventions")

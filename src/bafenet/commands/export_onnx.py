@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 from bafenet.export_onnx import DEFAULT_ATOL, DEFAULT_OPSET, OUTPUT_NAMES, compare_with_pytorch, export_onnx
+from bafenet.inference import dense_input_size
 
 __all__ = ["add_arguments", "run"]
 
@@ -39,8 +40,11 @@ def run(args: argparse.Namespace) -> int:
     size_mb = path.stat().st_size / 2**20
     print(f"exported {args.model} -> {path} ({size_mb:.1f} MiB, opset {args.opset}, "
           f"{'dynamo' if args.dynamo else 'torchscript'} exporter, {time.perf_counter() - start:.1f} s)")
-    print(f"input: pixel_values (batch, 3, {model.config.image_size}, {model.config.image_size}) from the image "
-          f"processor; outputs: {', '.join(OUTPUT_NAMES)}")
+    config = model.config
+    height, width = ("height", "width") if config.input_mode == "zoom" else dense_input_size(config)
+    print(f"input: pixel_values (batch, 3, {height}, {width}) from the image processor; outputs: "
+          f"{', '.join(OUTPUT_NAMES)}; exported for input_mode {config.input_mode}, strides {list(config.strides)} "
+          "(recorded in the file's metadata, checked by --onnx)")
     if args.no_check:
         return 0
     diffs = compare_with_pytorch(model, path)
