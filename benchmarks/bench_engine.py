@@ -9,7 +9,7 @@ post-processing) of the model as saved (zoom or tiles mode) is timed with:
 - `tile_batch_size` 4 / 8 (the default) / 16 windows per forward pass;
 - the ONNX graph in onnxruntime (`bafenet predict --onnx`), same windows and stitching;
 - that graph quantised to int8 (onnxruntime static quantisation, QDQ, per-channel weights, calibrated on the inputs
-  the frame's own passes feed the network; ``--int8-out FILE`` keeps it, for scoring with `bafenet evaluate --onnx`),
+  the frame's own passes feed the network, convolutions only; ``--int8-out FILE`` keeps it, for scoring with `bafenet evaluate --onnx`),
   with the share of the fp32 detections (>= 0.05) it keeps;
 
 and the share of the stitching (`tiling_bafenet.stitch_windows`) in the PyTorch path. Medians, ratios to the default.
@@ -105,6 +105,7 @@ def int8_session(model, processor, image, out: Path | None):
 
     out = out or folder / "model_int8.onnx"
     quantize_static(str(fp32), str(out), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                    op_types_to_quantize=["Conv"],  # only the convolutions: the shape arithmetic stays exact
                     activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
     return onnxruntime.InferenceSession(str(out), providers=["CPUExecutionProvider"])
 

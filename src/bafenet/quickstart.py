@@ -11,8 +11,8 @@
 
 then prints where every artefact is, the metrics, and the equivalent command of each step. Every step calls the
 same function as its command, in this process. The model is the recommended CPU recipe (``--recipe cpu``: ImageNet
-EfficientNet-Lite0, a narrow improved head, images scaled x2 and seen through 256 px windows) trained for about a
-minute: the numbers show a detector that finds the synthetic targets; they say nothing about the paper's results
+EfficientNet-Lite0, a narrow improved head, the zoom mode: a whole-frame pass for the sky and for proposals, 256 px
+windows at x2.5 where they point) trained for about a minute: the numbers show a detector that finds the synthetic targets; they say nothing about the paper's results
 (train on the real DenseSIRST for that, see the README's training section).
 """
 
@@ -39,7 +39,7 @@ class QuickstartSettings:
 
     num_images: int = 64
     # the recommended CPU recipe (`bafenet train --recipe cpu`): ImageNet EfficientNet-Lite0, improved head at FPN
-    # width 64, images scaled x2 and trained on 256 px windows, sliding-window inference
+    # width 64, the zoom mode (whole-frame passes for the sky and proposals, 256 px windows at x2.5 where they point)
     recipe: str = "cpu"
     config_overrides: str = ""  # extra BafeNetConfig fields on top of the recipe's
     epochs: int = 20

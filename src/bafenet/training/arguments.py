@@ -50,7 +50,7 @@ RECIPES: dict[str, dict[str, Any]] = {
 # the coarse pass's proposals at inference.
 RECIPES["cpu-zoom"] = {**RECIPES["cpu-tiles"], "config_overrides": "input_mode=zoom,tile_scale=2.5,fpn_channels=64,"
                        "num_head_convs=2,tile_overlap=64,zoom_coarse_scale=1.0", "zoom_coarse_probability": 0.3}
-RECIPES["cpu"] = RECIPES["cpu-tiles"]  # the recommended CPU recipe (see the README's accuracy table)
+RECIPES["cpu"] = RECIPES["cpu-zoom"]  # the recommended CPU recipe (0.3.0; the README's zoom benchmark)
 
 
 def _arg(help: str, cli: dict[str, Any] | None = None, **kwargs: Any) -> Any:

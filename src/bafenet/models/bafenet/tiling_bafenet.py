@@ -212,9 +212,10 @@ def scaled_window(image: torch.Tensor, extent: Size, scaled: Size, y0: int, x0: 
     rows = resample_axis(y0, window, scaled[0], extent[0], image.device)
     cols = resample_axis(x0, window, scaled[1], extent[1], image.device)
     first, last = int(rows[0].min()), int(rows[1].max()) + 1
-    band = image[:, first:last]
+    left, right = int(cols[0].min()), int(cols[1].max()) + 1
+    band = image[:, first:last, left:right]  # only the source pixels the window reads
     band = band[:, rows[0] - first] * (1 - rows[2])[:, None] + band[:, rows[1] - first] * rows[2][:, None]
-    return (band[:, :, cols[0]] * (1 - cols[2]) + band[:, :, cols[1]] * cols[2]).to(image.dtype)
+    return (band[:, :, cols[0] - left] * (1 - cols[2]) + band[:, :, cols[1] - left] * cols[2]).to(image.dtype)
 
 
 def coarse_input(pixel_values: torch.Tensor, image_sizes: Sequence[Size], scales: Sequence[float], multiple: int
