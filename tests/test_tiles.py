@@ -162,7 +162,10 @@ def assert_same_detections(scores, boxes, reference, atol: float) -> None:
         free[best] = False
 
 @pytest.mark.slow
-@pytest.mark.parametrize("mode", [{}, {"input_mode": "zoom", "zoom_threshold": 0.25, "zoom_max_fraction": 1.0,
+# zoom: the proposal score is sigmoid(cls) x sigmoid(centerness), ~0.2431-0.2495 for this untrained model (prior 0.5);
+# 0.2492 keeps the one coarse point of the first image scoring 0.2495 (the next scores, 0.2488-0.2489, stay 3e-4 below,
+# far above the two runtimes' rounding): a few of its windows run, none of the other images'
+@pytest.mark.parametrize("mode", [{}, {"input_mode": "zoom", "zoom_threshold": 0.2492, "zoom_max_fraction": 1.0,
                                   "zoom_tiles_up_to": 0}],
                          ids=["tiles", "zoom"])
 def test_detections_identical_through_every_entry_point(synthetic_dataset_dir, tmp_path, mode):
