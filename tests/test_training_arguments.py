@@ -55,7 +55,7 @@ def test_explicit_options_win_over_the_recipe_even_at_their_default():
     assert args.backbone == recipe["backbone"] and args.image_size == recipe["image_size"]
     assert args.dataloader_num_workers == 2 and args.optimizer == "dadapt_adam"  # both equal the dataclass default
     merged = _parse(["--recipe", "cpu", "--config-overrides", "fpn_channels=32"])
-    assert "fpn_channels=32" in merged.config_overrides and "input_mode=tiles" in merged.config_overrides
+    assert "fpn_channels=32" in merged.config_overrides and "input_mode=zoom" in merged.config_overrides
     assert _parse([]).recipe is None and _parse([]).backbone == "resnet18"
 
 
