@@ -6,7 +6,7 @@ For each DenseSIRST frame size (320x256, 640x512, 1280x1024, 1918x1080), the who
 (processor -> model -> post-processing, batch 1, random weights: the cost does not depend on them) is timed for
 
 - the default model (R18, `input_mode="resize"`: every image becomes one 512x512 pass, whatever its size) and
-- the `--recipe cpu` model (Lite0, FPN 64, `input_mode="tiles"`, scale 2.5, 256 px windows, overlap 64),
+- the `--recipe cpu-tiles` model (Lite0, FPN 64, `input_mode="tiles"`, scale 2.5, 256 px windows, overlap 64),
 
 interleaved in one process. The table gives each one's milliseconds, the windows the tiles mode runs, and the tiles
 mode's milliseconds per original megapixel (constant when the cost is proportional to area).
@@ -34,7 +34,7 @@ def main() -> None:
     args = timing_parser(__doc__, repeats=3).parse_args()
     start(args)
     default, default_processor = bafenet_model("resnet18", 512)
-    tiles, tiles_processor = recipe_model()
+    tiles, tiles_processor = recipe_model("cpu-tiles")
     config = tiles.config
     rows = []
     for height, width in SIZES:

@@ -14,8 +14,8 @@ Peer: ``fcos_resnet50_fpn(weights=None, weights_backbone=None, num_classes=1, mi
 Candidates run interleaved with a rotating order and the median is reported with the ratio to FCOS-R50.
 Goal: BAFE-Net R18 <= 1.2x FCOS-R50.
 
-``--recipe cpu`` compares the recipe's model (Lite0, FPN 64, 2 tower convs, tiles mode: its training input is the
-recipe's ``image_size`` window, batch = the recipe's) with the equal-time benchmark's peer
+``--recipe cpu`` compares the recipe's model (Lite0, FPN 64, 2 tower convs, zoom mode; ``cpu-tiles`` the tiles mode:
+either way its training input is the recipe's ``image_size`` window, batch = the recipe's) with the equal-time benchmark's peer
 (``benchmarks/fcos_peer.py``: torchvision FCOS on the same ImageNet Lite0 backbone, exp box regression) at the same
 input size and batch. Goal: <= 1.2x the peer.
 """
