@@ -8,9 +8,9 @@ post-processing) of the model as saved (zoom or tiles mode) is timed with:
 - denormal floats kept (PyTorch's default) or flushed to zero (what every `bafenet` command does);
 - `tile_batch_size` 4 / 8 (the default) / 16 windows per forward pass;
 - the ONNX graph in onnxruntime (`bafenet predict --onnx`), same windows and stitching;
-- that graph quantised to int8 (onnxruntime static quantisation, QDQ, per-channel weights, calibrated on the inputs
-  the frame's own passes feed the network, convolutions only; ``--int8-out FILE`` keeps it, for scoring with `bafenet evaluate --onnx`),
-  with the share of the fp32 detections (>= 0.05) it keeps;
+- that graph quantised to int8 (onnxruntime static quantisation, QDQ, per-channel weights, calibrated on the inputs the
+  frame's own passes feed the network, convolutions only; ``--int8-out FILE`` keeps it, for scoring with `bafenet
+  evaluate --onnx`), with the share of the fp32 detections (>= 0.05) it keeps;
 
 and the share of the stitching (`tiling_bafenet.stitch_windows`) in the PyTorch path. Medians, ratios to the default.
 """

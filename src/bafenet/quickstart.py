@@ -12,8 +12,9 @@
 then prints where every artefact is, the metrics, and the equivalent command of each step. Every step calls the
 same function as its command, in this process. The model is the recommended CPU recipe (``--recipe cpu``: ImageNet
 EfficientNet-Lite0, a narrow improved head, the zoom mode: a whole-frame pass for the sky and for proposals, 256 px
-windows at x2.5 where they point) trained for about a minute: the numbers show a detector that finds the synthetic targets; they say nothing about the paper's results
-(train on the real DenseSIRST for that, see the README's training section).
+windows at x2.5 where they point) trained for a few minutes: the numbers show a detector that finds the synthetic
+targets; they say nothing about the paper's results (train on the real DenseSIRST for that, see the README's
+training section).
 """
 
 from __future__ import annotations

@@ -805,10 +805,10 @@ class BafeNetForObjectDetection(BafeNetPreTrainedModel):
             points, ranges, gt_boxes, gt_classes, gt_valid, self.config.num_labels, tiny_box_points=tiny
         )
         dense_targets = (logits, distances, centerness, target_classes, target_distances)
-        detect = torch.tensor([not bool(t.get("sky_only", False)) for t in labels], device=device)
-        only_sky = not bool(detect.any())  # zoom's whole-frame views train the sky only
-        if not only_sky and not bool(detect.all()):
-            dense_targets = tuple(t[detect] for t in dense_targets)
+        detect = [not t.get("sky_only", False) for t in labels]  # zoom's whole-frame views train the sky only
+        only_sky = not any(detect)
+        if not only_sky and not all(detect):
+            dense_targets = tuple(t[torch.tensor(detect, device=device)] for t in dense_targets)
         losses = detection_losses(*dense_targets, self.config.focal_alpha, self.config.focal_gamma)
         if only_sky:  # the detection terms stay in the graph at zero (every parameter gets a gradient under DDP)
             losses = {key: value * 0.0 for key, value in losses.items()}

@@ -9,18 +9,17 @@ to the dense outputs of the network (``logits`` (N, P, C), ``pred_boxes`` (N, P,
 * ``tiles`` (:func:`run_windows`): the image processor scales each image by ``tile_scale`` and pads it to the window
   grid; every ``tile_window`` squared window runs, and each point of the scaled image takes the values of the one
   window whose *core* holds it (inner borders are cut half-way through the overlap), so nothing is counted twice.
-* ``zoom`` (:func:`run_zoom`): the processor hands over each image at its own size (x1), padded by at least one
-  pixel. A *coarse pass* runs the network once over every whole image at ``zoom_coarse_scale`` (each image on a
-  canvas of its own, not the batch's): the predicted box
-  centres of its points whose detection score (sigmoid(cls) x sigmoid(centerness)) is >= ``zoom_threshold`` are
-  *proposals*. Of the ``tile_scale`` window grid (the windows ``tiles`` would run), only the windows whose core meets
-  a proposal (its centre grown by ``zoom_margin`` fine pixels) run, at the fine scale, and are stitched exactly as in
-  ``tiles``; points of the other windows get ``EMPTY_LOGIT`` (never a detection). An image whose proposals select
-  more than ``zoom_max_fraction`` of its windows runs all of them (the ``tiles`` result), and so does an image whose
-  longer side is at most ``zoom_tiles_up_to`` pixels (a small frame's full grid is cheap, and the x1 coarse pass
-  misses some of its targets). The sky comes from a
-  *whole-frame pass*: each image scaled so that its longer side is ``zoom_sky_size`` pixels (the whole horizon in
-  one view; ``zoom_sky_size=0``: a pass at the coarse scale over the batch, the sky of earlier versions).
+* ``zoom`` (:func:`run_zoom`): the processor hands over each image at its own size (x1), padded by at least one pixel. A
+  *coarse pass* runs the network once over every whole image at ``zoom_coarse_scale`` (each image on a canvas of its
+  own, not the batch's): the predicted box centres of its points whose detection score (sigmoid(cls) x
+  sigmoid(centerness)) is >= ``zoom_threshold`` are *proposals*. Of the ``tile_scale`` window grid (the windows
+  ``tiles`` would run), only the windows whose core meets a proposal (its centre grown by ``zoom_margin`` fine pixels)
+  run, at the fine scale, and are stitched exactly as in ``tiles``; points of the other windows get ``EMPTY_LOGIT``
+  (never a detection). An image whose proposals select more than ``zoom_max_fraction`` of its windows runs all of them
+  (the ``tiles`` result), and so does an image whose longer side is at most ``zoom_tiles_up_to`` pixels (a small frame's
+  full grid is cheap, and the x1 coarse pass misses some of its targets). The sky comes from a *whole-frame pass*: each
+  image scaled so that its longer side is ``zoom_sky_size`` pixels (the whole horizon in one view; ``zoom_sky_size=0``:
+  a pass at the coarse scale over the batch, the sky of earlier versions).
 """
 
 from __future__ import annotations
@@ -278,14 +277,14 @@ def proposal_boxes(candidates: Sequence[tuple[torch.Tensor, torch.Tensor]], coar
 
 
 def select_windows(layout: Sequence[Window], proposals: Sequence[torch.Tensor], max_fraction: float,
-                   run_all: Sequence[bool] = ()) -> list[Window]:
+                   run_all: Sequence[bool]) -> list[Window]:
     """The windows whose core meets a proposal box of their image; every window of an image whose selection would
     exceed ``max_fraction`` of its windows (too many proposals to gain from zooming: the tiles result) or whose
     ``run_all`` entry is true."""
     chosen = []
-    for index, boxes in enumerate(proposals):
+    for index, (boxes, everything) in enumerate(zip(proposals, run_all, strict=True)):
         windows = [w for w in layout if w[0] == index]
-        if index < len(run_all) and run_all[index]:
+        if everything:
             chosen += windows
             continue
         if not windows or not len(boxes):
@@ -315,9 +314,9 @@ def run_zoom(dense: Dense, pixel_values: torch.Tensor, image_sizes: Sequence[Siz
              tiles_up_to: int = 0) -> dict[str, Any]:
     """Zoom inference (see the module docstring): the coarse pass over the whole images, the selected windows of the
     ``fine_scale`` grid, stitched, and the sky of the whole-frame pass (each image's longer side at ``sky_size``
-    pixels; with ``sky_size`` 0, a pass at ``coarse_scale`` over the batch's canvas). Returns the dense outputs over the fine canvas
-    (``image_sizes`` the fine extents, ``input_size`` the fine canvas), the sky (``sky_logits``, ``sky_input_size``,
-    ``sky_image_sizes``) and the ``windows`` run."""
+    pixels; with ``sky_size`` 0, a pass at ``coarse_scale`` over the batch's canvas). Returns the dense outputs over
+    the fine canvas (``image_sizes`` the fine extents, ``input_size`` the fine canvas), the sky (``sky_logits``,
+    ``sky_input_size``, ``sky_image_sizes``) and the ``windows`` run."""
     batch, _, height, width = pixel_values.shape
     if any(h >= height or w >= width for h, w in image_sizes):
         raise ValueError(f"input {height}x{width} holds an image of image_sizes {list(image_sizes)} without a "
