@@ -71,6 +71,18 @@ def test_components_are_eight_connected_and_raster_ordered():
     assert centroids[0] == pytest.approx([0.5, 4.5]) and centroids[1] == pytest.approx([3.0, 0.0])
 
 
+def test_component_centroids_are_scipys_center_of_mass_exactly():
+    """The centroids (sums of integer coordinates per label) equal scipy's center_of_mass bit for bit, so the strict
+    < 3 px matching cannot flip."""
+    from scipy import ndimage
+
+    rng = np.random.default_rng(1)
+    mask = ndimage.binary_dilation(rng.random((120, 160)) > 0.97)
+    labels, centroids, _ = components(mask)
+    expected = ndimage.center_of_mass(mask, labels, np.arange(1, labels.max() + 1))
+    assert labels.max() > 20 and np.array_equal(centroids, np.asarray(expected))
+
+
 def test_perfect_masks_give_one_and_no_false_alarm():
     rng = np.random.default_rng(0)
     masks = [rng.random((32, 40)) > 0.97 for _ in range(3)]

@@ -40,9 +40,11 @@ def components(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     labels, count = ndimage.label(mask, structure=EIGHT_CONNECTED)
     if count == 0:
         return labels, np.zeros((0, 2)), np.zeros(0, dtype=np.int64)
-    index = np.arange(1, count + 1)
-    centroids = np.asarray(ndimage.center_of_mass(mask, labels, index), dtype=np.float64).reshape(count, 2)
-    areas = np.bincount(labels.ravel(), minlength=count + 1)[1:]
+    rows, cols = np.nonzero(labels)  # sums of integer coordinates per label: exact in float64, as center_of_mass
+    owner = labels[rows, cols]
+    areas = np.bincount(owner, minlength=count + 1)[1:]
+    centroids = np.stack([np.bincount(owner, weights=rows, minlength=count + 1)[1:],
+                          np.bincount(owner, weights=cols, minlength=count + 1)[1:]], axis=1) / areas[:, None]
     return labels, centroids, areas
 
 
