@@ -36,6 +36,22 @@ def test_rgb_channel_order_and_presets():
     assert lite[0, 0, 0].item() == pytest.approx((200 / 255 - 0.5) / 0.5) and lite[1, 0, 0].item() == -1.0
 
 
+@pytest.mark.parametrize("channel_order", ["rgb", "bgr"])
+def test_normalize_pixels_leaves_its_input_alone(channel_order):
+    """The normalisation (partly in place, for large batches) returns (x * rescale - mean) / std and never changes
+    the tensor it is given."""
+    processor = BafeNetImageProcessor(channel_order=channel_order)
+    pixels = torch.rand(2, 3, 5, 7) * 255
+    before = pixels.clone()
+    out = processor.normalize_pixels(pixels)
+    source = before.flip(-3) if channel_order == "bgr" else before
+    mean = torch.tensor(processor.image_mean).reshape(-1, 1, 1)
+    std = torch.tensor(processor.image_std).reshape(-1, 1, 1)
+    torch.testing.assert_close(out, (source * processor.rescale_factor - mean) / std, rtol=0, atol=0)
+    assert torch.equal(pixels, before)
+    assert torch.equal(processor.normalize_pixels(pixels, do_rescale=False, do_normalize=False), source)
+
+
 def test_from_model_config_matches_the_config():
     config = BafeNetConfig(backbone="tf_efficientnet_lite0", image_size=256)
     processor = BafeNetImageProcessor.from_model_config(config, max_detections=50)

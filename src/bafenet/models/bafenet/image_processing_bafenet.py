@@ -215,15 +215,17 @@ class BafeNetImageProcessor(BaseImageProcessor):
         """(B, 3, H, W) RGB on 0..255 -> model input (channel order, rescale, mean/std of this processor, or the
         `do_rescale`, `rescale_factor`, `do_normalize`, `image_mean`, `image_std` given, None = this processor's)."""
         get = lambda name: getattr(self, name) if overrides.get(name) is None else overrides[name]  # noqa: E731
-        if self.channel_order == "bgr":
+        copied = self.channel_order == "bgr"  # past the first new tensor, the steps run in place (large batches)
+        if copied:
             pixels = pixels.flip(-3)
         if get("do_rescale"):
-            pixels = pixels * float(get("rescale_factor"))
+            factor = float(get("rescale_factor"))
+            pixels, copied = pixels.mul_(factor) if copied else pixels * factor, True
         if not get("do_normalize"):
             return pixels
         mean = torch.tensor(get("image_mean"), dtype=pixels.dtype, device=pixels.device).reshape(-1, 1, 1)
         std = torch.tensor(get("image_std"), dtype=pixels.dtype, device=pixels.device).reshape(-1, 1, 1)
-        return (pixels - mean) / std
+        return (pixels.sub_(mean) if copied else pixels - mean).div_(std)
 
     def preprocess(
         self,
