@@ -39,6 +39,8 @@ def test_config_validates_zoom_settings_and_calls_zoom_an_improvement():
         BafeNetConfig.improved(**ZOOM, zoom_max_fraction=2.0)
     with pytest.raises(ValueError, match="zoom_tiles_up_to"):
         BafeNetConfig.improved(**ZOOM | {"zoom_tiles_up_to": -1})
+    with pytest.raises(ValueError, match="zoom_small_pass"):
+        BafeNetConfig.improved(**ZOOM | {"zoom_small_pass": "tiles"})
 
 
 def test_processor_keeps_images_at_their_size_with_a_padding_row_and_column():
@@ -81,11 +83,12 @@ def fake_dense(strides=(8, 16)):
     return dense, calls
 
 
-def run_fake(pixels: torch.Tensor, sizes, max_fraction: float = 0.5, sky_size: int = 0, tiles_up_to: int = 0):
+def run_fake(pixels: torch.Tensor, sizes, max_fraction: float = 0.5, sky_size: int = 0, tiles_up_to: int = 0,
+             small_pass: str = "whole"):
     dense, calls = fake_dense()
     out = run_zoom(dense, pixels, sizes, coarse_scale=1.0, fine_scale=2.0, window=128, overlap=32, strides=(8, 16),
                    batch_size=4, threshold=0.5, margin=0.0, max_fraction=max_fraction, sky_size=sky_size,
-                   tiles_up_to=tiles_up_to)
+                   tiles_up_to=tiles_up_to, small_pass=small_pass)
     return out, calls
 
 
@@ -125,12 +128,31 @@ def test_each_image_has_its_own_coarse_canvas():
 
 
 def test_small_images_run_every_window_without_proposals():
-    """An image whose longer side is at most tiles_up_to runs its whole grid (the tiles result); a larger one in the
-    same batch still runs only what its proposals choose (none here)."""
-    out, _ = run_fake(torch.zeros(2, 3, 208, 304), [(200, 300), (100, 150)], tiles_up_to=150)
+    """With zoom_small_pass "windows", an image whose longer side is at most tiles_up_to skips the coarse pass and
+    runs its whole grid (the tiles result); a larger one in the same batch still runs only what its proposals choose
+    (none here)."""
+    out, calls = run_fake(torch.zeros(2, 3, 208, 304), [(200, 300), (100, 150)], tiles_up_to=150, small_pass="windows")
     small = window_layout([(400, 600), (200, 300)], 128, 32)
     assert sorted(map(tuple, out["windows"].tolist())) == sorted((i, y0, x0) for i, y0, x0, _ in small if i == 1)
+    assert calls[0] == (1, 3, 208, 304)  # the coarse pass of the large image only
     assert len(run_fake(torch.zeros(2, 3, 208, 304), [(200, 300), (100, 150)], tiles_up_to=149)[0]["windows"]) == 0
+
+
+def test_small_images_run_whole_in_one_pass():
+    """With zoom_small_pass "whole" (the default), a small image runs once over its whole scaled image (on a canvas of
+    its own, no window listed), and its dense outputs fill its part of the fine canvas point for point."""
+    pixels = torch.zeros(2, 3, 208, 304)
+    pixels[1, :, 40:48, 40:48] = 1.0  # a bright cell of the small image
+    out, calls = run_fake(pixels, [(200, 300), (100, 150)], tiles_up_to=150)
+    assert len(out["windows"]) == 0
+    assert calls == [(1, 3, 208, 304), (2, 3, 208, 304), (1, 3, 208, 304)]  # coarse (large), sky, the small one x2
+    dense, _ = fake_dense()
+    scaled = F.interpolate(pixels[1:, :, :100, :150], size=(200, 300), mode="bilinear", align_corners=False)
+    expected = dense(F.pad(scaled, (0, 4, 0, 8)))["logits"][0, : 26 * 38, 0].reshape(26, 38)  # stride 8, 208 x 304
+    fine = out["logits"][1, : 52 * 76, 0].reshape(52, 76)  # stride 8 points of the 416 x 608 fine canvas
+    torch.testing.assert_close(fine[:26, :38], expected)
+    assert (fine[26:] == EMPTY_LOGIT).all() and (fine[:, 38:] == EMPTY_LOGIT).all()  # past its canvas: empty
+    assert fine.max() > 0  # the bright cell is there
 
 
 @pytest.mark.parametrize("sky_size,sky_input,sky_image", [(0, [208, 304], [200, 300]), (64, [48, 64], [43, 64])])

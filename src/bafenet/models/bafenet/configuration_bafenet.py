@@ -29,6 +29,7 @@ MODES = ("faithful", "improved")
 BACKBONE_INITS = ("imagenet", "random")
 PAPER_BACKBONES = ("resnet18", "resnet50")  # timm names of the paper's torchvision ImageNet ResNets
 INPUT_MODES = ("resize", "tiles", "zoom")
+ZOOM_SMALL_PASSES = ("whole", "windows")  # how the zoom mode runs a small image (`zoom_small_pass`)
 # Settings of the image processor (normalisation, post-processing), which owns them: older config files carried them
 # (`score_threshold` is the old name of `detection_threshold`); `BafeNetConfig` reads them from such files, keeps them
 # for `BafeNetImageProcessor.from_model_config` and no longer saves them.
@@ -110,8 +111,11 @@ class BafeNetConfig(PreTrainedConfig):
             pass.
         zoom_max_fraction: an image whose proposals choose more than this fraction of its `tile_scale` windows runs
             all of them (the tiles result); see `tiling_bafenet.py`.
-        zoom_tiles_up_to: an image whose longer side is at most this many pixels runs all its `tile_scale` windows
-            (a 400 px frame has at most 20; the x1 coarse pass misses some targets of such small frames); 0: none.
+        zoom_tiles_up_to: an image whose longer side is at most this many pixels skips the coarse pass (the x1
+            coarse pass misses some targets of such small frames) and runs whole at `tile_scale`; 0: none.
+        zoom_small_pass: how such a small image runs at `tile_scale`: `"whole"` (one pass over the whole scaled
+            image, ~35-50 % fewer pixels than its overlapping windows) or `"windows"` (all its windows: the tiles
+            result).
 
     Normalisation and post-processing (`normalization`, `image_mean`, ..., `detection_threshold`, `max_detections`:
     `PROCESSOR_SETTINGS`) belong to [`BafeNetImageProcessor`], saved as `preprocessor_config.json`. Passed here (or
@@ -157,6 +161,7 @@ class BafeNetConfig(PreTrainedConfig):
         zoom_max_fraction: float = 0.5,
         zoom_sky_size: int = 256,
         zoom_tiles_up_to: int = 400,
+        zoom_small_pass: str = "whole",
         **kwargs: Any,
     ) -> None:
         if "score_threshold" in kwargs:  # the name of `detection_threshold` in older config files
@@ -214,6 +219,7 @@ class BafeNetConfig(PreTrainedConfig):
         self.zoom_max_fraction = float(zoom_max_fraction)
         self.zoom_sky_size = int(zoom_sky_size)
         self.zoom_tiles_up_to = int(zoom_tiles_up_to)
+        self.zoom_small_pass = str(zoom_small_pass)
         super().__init__(**kwargs)
         self.validate_bafenet()
 
@@ -333,6 +339,8 @@ class BafeNetConfig(PreTrainedConfig):
         if self.zoom_sky_size < 0 or self.zoom_tiles_up_to < 0:
             raise ValueError(f"{err}zoom_sky_size (0: the sky of the coarse pass) and zoom_tiles_up_to (0: no image "
                              f"runs all its windows) must be >= 0, got {self.zoom_sky_size}, {self.zoom_tiles_up_to}")
+        if self.zoom_small_pass not in ZOOM_SMALL_PASSES:
+            raise ValueError(f"{err}zoom_small_pass must be one of {ZOOM_SMALL_PASSES}, got {self.zoom_small_pass!r}")
         if self.operating_threshold is not None and not 0 <= self.operating_threshold <= 1:
             raise ValueError(f"{err}operating_threshold must be in [0, 1] or None, got {self.operating_threshold}")
 

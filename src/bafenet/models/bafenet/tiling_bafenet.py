@@ -16,8 +16,10 @@ to the dense outputs of the network (``logits`` (N, P, C), ``pred_boxes`` (N, P,
   ``tiles`` would run), only the windows whose core meets a proposal (its centre grown by ``zoom_margin`` fine pixels)
   run, at the fine scale, and are stitched exactly as in ``tiles``; points of the other windows get ``EMPTY_LOGIT``
   (never a detection). An image whose proposals select more than ``zoom_max_fraction`` of its windows runs all of them
-  (the ``tiles`` result), and so does an image whose longer side is at most ``zoom_tiles_up_to`` pixels (a small frame's
-  full grid is cheap, and the x1 coarse pass misses some of its targets). The sky comes from a *whole-frame pass*: each
+  (the ``tiles`` result). An image whose longer side is at most ``zoom_tiles_up_to`` pixels skips the coarse pass (it
+  misses some targets of such small frames) and runs whole at the fine scale: in one pass over the whole scaled image
+  (``zoom_small_pass="whole"``, ~35-50 % fewer pixels than its overlapping windows) or as all its windows
+  (``"windows"``, the ``tiles`` result). The sky comes from a *whole-frame pass*: each
   image scaled so that its longer side is ``zoom_sky_size`` pixels (the whole horizon in one view; ``zoom_sky_size=0``:
   a pass at the coarse scale over the batch, the sky of earlier versions).
 """
@@ -25,7 +27,7 @@ to the dense outputs of the network (``logits`` (N, P, C), ``pred_boxes`` (N, P,
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -102,12 +104,15 @@ def window_layout(image_sizes: Sequence[Size], window: int, overlap: int) -> lis
 
 # ------------------------------------------------------------------------------------------------------ stitching
 def stitch_windows(window_outputs: dict[str, Any], layout: Sequence[Window], batch: int, canvas: Size, window: int,
-                   strides: Sequence[int]) -> dict[str, Any]:
+                   strides: Sequence[int], wholes: Mapping[int, tuple[dict[str, Any], Size]] | None = None
+                   ) -> dict[str, Any]:
     """Dense outputs of `window`-sized windows -> the dense outputs of the whole padded input.
 
     `window_outputs`: `logits` (N, Pw, C), `pred_boxes` (N, Pw, 4) in window pixels, `centerness` (N, Pw) and
     `sky_logits` (per level (N, 1, window / s, window / s)) for the N windows of `layout` (N may be 0). Each canvas
-    point takes the values of the window whose core holds it; points no window covers get `EMPTY_LOGIT`.
+    point takes the values of the window whose core holds it; points no window covers get `EMPTY_LOGIT`. `wholes`:
+    image index -> the dense outputs of one pass over the whole image (batch dimension dropped) and its canvas (a
+    multiple of the largest stride, inside `canvas`), which fill that image's points from the top-left corner.
     """
     logits = window_outputs["logits"]
     device, num_classes = logits.device, logits.shape[-1]
@@ -135,6 +140,13 @@ def stitch_windows(window_outputs: dict[str, Any], layout: Sequence[Window], bat
                 grid[key][target] = values[k, rows, cols]
             if level < len(sky_levels):  # the ONNX graph returns the finest level only
                 sky_out[level][index, :, target[1], target[2]] = sky_levels[level][k, :, rows, cols]
+        for index, (outputs, (whole_h, whole_w)) in (wholes or {}).items():
+            h_s, w_s = whole_h // s, whole_w // s
+            first = sum((whole_h // t) * (whole_w // t) for t in strides[:level])
+            for key in parts:
+                grid[key][index, :h_s, :w_s] = outputs[key][first : first + h_s * w_s].reshape(h_s, w_s, *tails[key])
+            if level < min(len(sky_levels), len(outputs["sky_logits"])):
+                sky_out[level][index, :, :h_s, :w_s] = outputs["sky_logits"][level]
         start += side * side
         for key, values in grid.items():  # back to the flattened (B, P_level, ...) layout of the dense outputs
             parts[key].append(values.reshape(batch, h * w, *tails[key]))
@@ -213,8 +225,10 @@ def scaled_window(image: torch.Tensor, extent: Size, scaled: Size, y0: int, x0: 
     first, last = int(rows[0].min()), int(rows[1].max()) + 1
     left, right = int(cols[0].min()), int(cols[1].max()) + 1
     band = image[:, first:last, left:right]  # only the source pixels the window reads
-    band = band[:, rows[0] - first] * (1 - rows[2])[:, None] + band[:, rows[1] - first] * rows[2][:, None]
-    return (band[:, :, cols[0] - left] * (1 - cols[2]) + band[:, :, cols[1] - left] * cols[2]).to(image.dtype)
+    band = (band.index_select(1, rows[0] - first) * (1 - rows[2])[:, None]
+            + band.index_select(1, rows[1] - first) * rows[2][:, None])
+    return (band.index_select(2, cols[0] - left) * (1 - cols[2])
+            + band.index_select(2, cols[1] - left) * cols[2]).to(image.dtype)
 
 
 def coarse_input(pixel_values: torch.Tensor, image_sizes: Sequence[Size], scales: Sequence[float], multiple: int
@@ -242,27 +256,48 @@ def frame_scale(height: int, width: int, size: int) -> float:
     return size / max(height, width)
 
 
-def coarse_candidates(dense: Dense, pixel_values: torch.Tensor, image_sizes: Sequence[Size], scale: float,
-                      strides: Sequence[int]) -> tuple[list[tuple[torch.Tensor, torch.Tensor]], list[Size]]:
-    """The coarse pass: every image scaled by ``scale`` through ``dense`` on a canvas of its own (its scaled size
-    rounded up to a multiple of the largest stride; images of one canvas size run together, so a small frame never
-    pays for a large one's canvas). Per image, the detection score sigmoid(cls) x sigmoid(centerness) (P,) of every
-    point inside it and the predicted box centre (P, 2) xy in scaled pixels; and the scaled sizes."""
-    multiple = strides[-1]
-    sizes = [scaled_size(h, w, scale) for h, w in image_sizes]
-    canvases = [(math.ceil(h / multiple) * multiple, math.ceil(w / multiple) * multiple) for h, w in sizes]
-    found: list[Any] = [None] * len(sizes)
-    for canvas in dict.fromkeys(canvases):
-        group = [i for i, c in enumerate(canvases) if c == canvas]
-        pixels, _ = coarse_input(pixel_values[group], [image_sizes[i] for i in group], [scale] * len(group), multiple)
+def own_canvas_passes(dense: Dense, pixel_values: torch.Tensor, image_sizes: Sequence[Size], scales: Sequence[float],
+                      multiple: int, indices: Sequence[int]) -> dict[int, tuple[dict[str, Any], Size, Size]]:
+    """Images ``indices`` of the batch, each scaled by its ``scales`` entry, through ``dense`` on a canvas of its own
+    (its scaled size rounded up to ``multiple``; images of one canvas size run together, so a small frame never pays
+    for a large one's canvas). Per image index: its dense outputs (batch dimension dropped), canvas and scaled size."""
+    sizes = {i: scaled_size(*image_sizes[i], scales[i]) for i in indices}
+    canvases = {i: (math.ceil(h / multiple) * multiple, math.ceil(w / multiple) * multiple) for i, (h, w) in sizes.items()}
+    found: dict[int, tuple[dict[str, Any], Size, Size]] = {}
+    for canvas in dict.fromkeys(canvases.values()):
+        group = [i for i, c in canvases.items() if c == canvas]
+        pixels, _ = coarse_input(pixel_values[group], [image_sizes[i] for i in group], [scales[i] for i in group],
+                                 multiple)
         out = dense(pixels[..., : canvas[0], : canvas[1]])
-        points, _ = make_points([(canvas[0] // s, canvas[1] // s) for s in strides], strides, pixel_values.device)
         for b, i in enumerate(group):
-            inside = (points[:, 0] < sizes[i][1]) & (points[:, 1] < sizes[i][0])
-            score = out["logits"][b].float().sigmoid().amax(-1) * out["centerness"][b].float().sigmoid()
-            boxes = out["pred_boxes"][b].float()
-            found[i] = (score[inside], ((boxes[:, :2] + boxes[:, 2:]) / 2)[inside])
-    return found, sizes
+            image_out = {key: out[key][b] for key in ("logits", "pred_boxes", "centerness")}
+            image_out["sky_logits"] = tuple(m[b] for m in out["sky_logits"])
+            found[i] = (image_out, canvas, sizes[i])
+    return found
+
+
+def coarse_candidates(dense: Dense, pixel_values: torch.Tensor, image_sizes: Sequence[Size], scale: float,
+                      strides: Sequence[int], skip: Sequence[bool] | None = None
+                      ) -> tuple[list[tuple[torch.Tensor, torch.Tensor]], list[Size]]:
+    """The coarse pass: every image (but those whose ``skip`` entry is true) scaled by ``scale`` through ``dense`` on
+    a canvas of its own (:func:`own_canvas_passes`). Per image, the detection score sigmoid(cls) x sigmoid(centerness)
+    (P,) of every point inside it and the predicted box centre (P, 2) xy in scaled pixels (none for a skipped image);
+    and the scaled sizes."""
+    skip = skip or [False] * len(image_sizes)
+    indices = [i for i, skipped in enumerate(skip) if not skipped]
+    passes = own_canvas_passes(dense, pixel_values, image_sizes, [scale] * len(image_sizes), strides[-1], indices)
+    found = []
+    for i, size in enumerate(image_sizes):
+        if i not in passes:
+            found.append((pixel_values.new_zeros(0), pixel_values.new_zeros(0, 2)))
+            continue
+        out, canvas, (height, width) = passes[i]
+        points, _ = make_points([(canvas[0] // s, canvas[1] // s) for s in strides], strides, pixel_values.device)
+        inside = (points[:, 0] < width) & (points[:, 1] < height)
+        score = out["logits"].float().sigmoid().amax(-1) * out["centerness"].float().sigmoid()
+        boxes = out["pred_boxes"].float()
+        found.append((score[inside], ((boxes[:, :2] + boxes[:, 2:]) / 2)[inside]))
+    return found, [scaled_size(h, w, scale) for h, w in image_sizes]
 
 
 def proposal_boxes(candidates: Sequence[tuple[torch.Tensor, torch.Tensor]], coarse_sizes: Sequence[Size],
@@ -311,23 +346,29 @@ def zoom_windows(candidates: Sequence[tuple[torch.Tensor, torch.Tensor]], image_
 def run_zoom(dense: Dense, pixel_values: torch.Tensor, image_sizes: Sequence[Size], *, coarse_scale: float,
              fine_scale: float, window: int, overlap: int, strides: Sequence[int], batch_size: int,
              threshold: float, margin: float, max_fraction: float, sky_size: int = 0,
-             tiles_up_to: int = 0) -> dict[str, Any]:
+             tiles_up_to: int = 0, small_pass: str = "whole") -> dict[str, Any]:
     """Zoom inference (see the module docstring): the coarse pass over the whole images, the selected windows of the
     ``fine_scale`` grid, stitched, and the sky of the whole-frame pass (each image's longer side at ``sky_size``
     pixels; with ``sky_size`` 0, a pass at ``coarse_scale`` over the batch's canvas). Returns the dense outputs over
     the fine canvas (``image_sizes`` the fine extents, ``input_size`` the fine canvas), the sky (``sky_logits``,
-    ``sky_input_size``, ``sky_image_sizes``) and the ``windows`` run."""
+    ``sky_input_size``, ``sky_image_sizes``) and the ``windows`` run. An image whose longer side is at most
+    ``tiles_up_to`` skips the coarse pass and runs whole at ``fine_scale``: in one pass (``small_pass="whole"``; no
+    window is listed for it) or as all its windows (``"windows"``)."""
     batch, _, height, width = pixel_values.shape
     if any(h >= height or w >= width for h, w in image_sizes):
         raise ValueError(f"input {height}x{width} holds an image of image_sizes {list(image_sizes)} without a "
                          "padding row and column; prepare it with the image processor (input_mode='zoom')")
-    candidates, coarse_sizes = coarse_candidates(dense, pixel_values, image_sizes, coarse_scale, strides)
+    small = [max(h, w) <= tiles_up_to for h, w in image_sizes]
+    candidates, coarse_sizes = coarse_candidates(dense, pixel_values, image_sizes, coarse_scale, strides, skip=small)
     sky_scales = [frame_scale(h, w, sky_size) if sky_size else coarse_scale for h, w in image_sizes]
     sky_pixels, sky_sizes = coarse_input(pixel_values, image_sizes, sky_scales, strides[-1])
     sky = dense(sky_pixels)
     fine_sizes = [scaled_size(h, w, fine_scale) for h, w in image_sizes]
     layout = zoom_windows(candidates, image_sizes, coarse_sizes, fine_sizes, window=window, overlap=overlap,
-                          threshold=threshold, margin=margin, max_fraction=max_fraction, tiles_up_to=tiles_up_to)
+                          threshold=threshold, margin=margin, max_fraction=max_fraction,
+                          tiles_up_to=tiles_up_to if small_pass == "windows" else 0)
+    wholes = own_canvas_passes(dense, pixel_values, image_sizes, [fine_scale] * batch, strides[-1],
+                               [i for i, is_small in enumerate(small) if is_small and small_pass == "whole"])
 
     def crops(windows: Sequence[Window]) -> torch.Tensor:
         return torch.stack([scaled_window(pixel_values[i], image_sizes[i], fine_sizes[i], y0, x0, window)
@@ -335,7 +376,7 @@ def run_zoom(dense: Dense, pixel_values: torch.Tensor, image_sizes: Sequence[Siz
 
     canvas = window_canvas(fine_sizes, window, overlap)
     outputs = stitch_windows(run_batches(dense, crops, layout, batch_size, like=sky), layout, batch, canvas,
-                             window, strides)
+                             window, strides, {i: (out, whole) for i, (out, whole, _) in wholes.items()})
     device = pixel_values.device
     return {**outputs, "sky_logits": sky["sky_logits"], "windows": windows_tensor(layout, device),
             "input_size": torch.tensor(canvas, device=device), "image_sizes": torch.tensor(fine_sizes, device=device),
@@ -353,7 +394,7 @@ def run_image_path(dense: Dense, pixel_values: torch.Tensor, image_sizes: Sequen
         return run_zoom(dense, pixel_values, image_sizes, coarse_scale=config.zoom_coarse_scale,
                         fine_scale=config.tile_scale, threshold=config.zoom_threshold, margin=config.zoom_margin,
                         max_fraction=config.zoom_max_fraction, sky_size=config.zoom_sky_size,
-                        tiles_up_to=config.zoom_tiles_up_to, **common)
+                        tiles_up_to=config.zoom_tiles_up_to, small_pass=config.zoom_small_pass, **common)
     outputs = run_windows(dense, pixel_values, image_sizes, **common)
     return {**outputs, "input_size": torch.tensor(pixel_values.shape[-2:], device=pixel_values.device),
             "image_sizes": torch.tensor(image_sizes, device=pixel_values.device)}
