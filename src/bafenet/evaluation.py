@@ -104,7 +104,7 @@ def _binary_mask(image: Any, column: str, image_id: str, shape: tuple[int, int])
     if array.shape != shape:
         raise ValueError(f"image {image_id!r}: column {column!r} is {array.shape[::-1]} (w, h) but the image is "
                          f"{shape[::-1]}")
-    values = np.unique(array)
+    values = np.flatnonzero(np.bincount(array.ravel(), minlength=256)) if array.dtype == np.uint8 else np.unique(array)
     if not np.isin(values, (0, 1, 255)).all() or (1 in values and 255 in values):
         raise ValueError(f"image {image_id!r}: column {column!r} has values {values[:8].tolist()}; expected a binary "
                          "mask with values {0, 255} (grey/antialiased masks would be scored ambiguously)")
