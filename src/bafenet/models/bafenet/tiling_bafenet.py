@@ -401,6 +401,6 @@ def run_image_path(dense: Dense, pixel_values: torch.Tensor, image_sizes: Sequen
 
 
 __all__ = ["DEFAULT_IMAGE_SIZE", "DEFAULT_STRIDES", "DEFAULT_TILE_OVERLAP", "DEFAULT_TILE_SCALE", "EMPTY_LOGIT",
-           "TILE_GEOMETRY", "coarse_candidates", "frame_scale", "make_points", "run_image_path", "run_windows",
-           "run_zoom", "scaled_size", "scaled_window", "select_windows", "stitch_windows", "tile_geometry",
+           "TILE_GEOMETRY", "coarse_candidates", "frame_scale", "make_points", "own_canvas_passes", "run_image_path",
+           "run_windows", "run_zoom", "scaled_size", "scaled_window", "select_windows", "stitch_windows", "tile_geometry",
            "window_canvas", "window_layout", "window_starts", "zoom_windows"]
