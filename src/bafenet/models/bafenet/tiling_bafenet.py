@@ -262,7 +262,8 @@ def own_canvas_passes(dense: Dense, pixel_values: torch.Tensor, image_sizes: Seq
     (its scaled size rounded up to ``multiple``; images of one canvas size run together, so a small frame never pays
     for a large one's canvas). Per image index: its dense outputs (batch dimension dropped), canvas and scaled size."""
     sizes = {i: scaled_size(*image_sizes[i], scales[i]) for i in indices}
-    canvases = {i: (math.ceil(h / multiple) * multiple, math.ceil(w / multiple) * multiple) for i, (h, w) in sizes.items()}
+    canvases = {i: (math.ceil(h / multiple) * multiple, math.ceil(w / multiple) * multiple)
+                for i, (h, w) in sizes.items()}
     found: dict[int, tuple[dict[str, Any], Size, Size]] = {}
     for canvas in dict.fromkeys(canvases.values()):
         group = [i for i, c in canvases.items() if c == canvas]
@@ -287,7 +288,7 @@ def coarse_candidates(dense: Dense, pixel_values: torch.Tensor, image_sizes: Seq
     indices = [i for i, skipped in enumerate(skip) if not skipped]
     passes = own_canvas_passes(dense, pixel_values, image_sizes, [scale] * len(image_sizes), strides[-1], indices)
     found = []
-    for i, size in enumerate(image_sizes):
+    for i in range(len(image_sizes)):
         if i not in passes:
             found.append((pixel_values.new_zeros(0), pixel_values.new_zeros(0, 2)))
             continue
@@ -402,5 +403,5 @@ def run_image_path(dense: Dense, pixel_values: torch.Tensor, image_sizes: Sequen
 
 __all__ = ["DEFAULT_IMAGE_SIZE", "DEFAULT_STRIDES", "DEFAULT_TILE_OVERLAP", "DEFAULT_TILE_SCALE", "EMPTY_LOGIT",
            "TILE_GEOMETRY", "coarse_candidates", "frame_scale", "make_points", "own_canvas_passes", "run_image_path",
-           "run_windows", "run_zoom", "scaled_size", "scaled_window", "select_windows", "stitch_windows", "tile_geometry",
-           "window_canvas", "window_layout", "window_starts", "zoom_windows"]
+           "run_windows", "run_zoom", "scaled_size", "scaled_window", "select_windows", "stitch_windows",
+           "tile_geometry", "window_canvas", "window_layout", "window_starts", "zoom_windows"]
