@@ -287,13 +287,16 @@ def coarse_candidates(dense: Dense, pixel_values: torch.Tensor, image_sizes: Seq
     skip = skip or [False] * len(image_sizes)
     indices = [i for i, skipped in enumerate(skip) if not skipped]
     passes = own_canvas_passes(dense, pixel_values, image_sizes, [scale] * len(image_sizes), strides[-1], indices)
-    found = []
+    found, points_of = [], {}  # the points of each canvas size, made once
     for i in range(len(image_sizes)):
         if i not in passes:
             found.append((pixel_values.new_zeros(0), pixel_values.new_zeros(0, 2)))
             continue
         out, canvas, (height, width) = passes[i]
-        points, _ = make_points([(canvas[0] // s, canvas[1] // s) for s in strides], strides, pixel_values.device)
+        if canvas not in points_of:
+            points_of[canvas] = make_points([(canvas[0] // s, canvas[1] // s) for s in strides], strides,
+                                            pixel_values.device)[0]
+        points = points_of[canvas]
         inside = (points[:, 0] < width) & (points[:, 1] < height)
         score = out["logits"].float().sigmoid().amax(-1) * out["centerness"].float().sigmoid()
         boxes = out["pred_boxes"].float()
